@@ -1,0 +1,604 @@
+"""Agent configuration: YAML loaded into typed, validated objects.
+
+Every problem is collected and reported at once, one per line, as
+``FILE: dotted.path: got VALUE, expected WHAT``. Unknown keys are errors.
+Environment variables override scalar keys: ``SINYAL_`` + the dotted path in
+upper case with ``__`` between levels (``SINYAL_COLLECTOR__TOKEN``,
+``SINYAL_STATION__ID``, ``SINYAL_DATA_DIR``); values are parsed as YAML scalars.
+See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+ENV_PREFIX = "SINYAL_"
+DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
+
+_STATION_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._:-]{0,63}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?"
+                      r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$")
+_IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
+_SECRET_KEYS = {"token"}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Station:
+    id: str
+    name: str
+    lat: float
+    lon: float
+    tz: str
+
+
+@dataclass(frozen=True)
+class Collector:
+    url: str
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    ca_bundle: Path | None = None
+    timeout_s: float = 10.0
+
+    def read_token(self) -> str:
+        if self.token is not None:
+            return self.token
+        assert self.token_file is not None
+        return self.token_file.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Uplink:
+    name: str
+    operator: str
+    source: str | None = None  # local IP address to bind
+    interface: str | None = None  # or an interface whose address is bound at probe time
+
+
+@dataclass(frozen=True)
+class IcmpTarget:
+    host: str
+    name: str
+
+
+@dataclass(frozen=True)
+class IcmpProbeConfig:
+    enabled: bool
+    interval_s: float
+    count: int
+    spacing_s: float
+    timeout_s: float
+    payload_bytes: int
+    targets: tuple[IcmpTarget, ...]
+
+
+@dataclass(frozen=True)
+class Resolver:
+    address: str
+    port: int
+    name: str
+
+
+@dataclass(frozen=True)
+class DnsProbeConfig:
+    enabled: bool
+    interval_s: float
+    timeout_s: float
+    resolvers: tuple[Resolver, ...]
+    names: tuple[str, ...]
+    qtype: str
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    url: str
+    name: str
+    expect_status: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HttpProbeConfig:
+    enabled: bool
+    interval_s: float
+    timeout_s: float
+    max_bytes: int
+    ca_bundle: Path | None
+    targets: tuple[HttpTarget, ...]
+
+
+@dataclass(frozen=True)
+class Probes:
+    icmp: IcmpProbeConfig | None
+    dns: DnsProbeConfig | None
+    http: HttpProbeConfig | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    jitter_fraction: float
+    max_jitter_s: float
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    max_mb: float
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    station: Station
+    collector: Collector | None
+    uplinks: tuple[Uplink, ...]
+    probes: Probes
+    schedule: Schedule
+    spool: SpoolConfig
+    data_dir: Path
+    thresholds_file: Path
+
+
+T = TypeVar("T")
+
+
+def _show(value: Any, secret: bool = False) -> str:
+    if secret and value is not None:
+        return "'***'"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Reader:
+    """Walks the parsed YAML, collecting errors with their dotted paths."""
+
+    def __init__(self, file: str, env_sources: Mapping[str, str]) -> None:
+        self.file = file
+        self.env_sources = env_sources  # dotted path -> env var that set it
+        self.errors: list[str] = []
+
+    def error(self, path: str, got: str, expected: str) -> None:
+        where = self.file
+        if path in self.env_sources:
+            where = f"{self.file} (${self.env_sources[path]})"
+        self.errors.append(f"{where}: {path}: got {got}, expected {expected}")
+
+    def mapping(self, value: Any, path: str, keys: set[str], required: set[str]) -> dict[str, Any]:
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path or "(top level)", _show(value), "a mapping")
+            return {}
+        for key in value:
+            if key not in keys:
+                self.error(
+                    f"{path}.{key}" if path else str(key),
+                    "an unknown key",
+                    f"one of {', '.join(sorted(keys))}",
+                )
+        for key in sorted(required - set(value)):
+            self.error(f"{path}.{key}" if path else key, "nothing", "a value (required)")
+        return value
+
+    def get(
+        self,
+        m: dict[str, Any],
+        key: str,
+        path: str,
+        check: Callable[[Any], T | None],
+        expected: str,
+        default: T | None = None,
+    ) -> T | None:
+        full = f"{path}.{key}" if path else key
+        if key not in m or m[key] is None:
+            return default
+        value = m[key]
+        result = check(value)
+        if result is None:
+            self.error(full, _show(value, key in _SECRET_KEYS), expected)
+        return result
+
+
+def _string(pattern: re.Pattern[str] | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or not v.strip():
+            return None
+        if pattern is not None and not pattern.match(v):
+            return None
+        return v
+
+    return check
+
+
+def _number(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float | None]:
+    def check(v: Any) -> float | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            return None
+        return float(v)
+
+    return check
+
+
+def _integer(lo: int, hi: int) -> Callable[[Any], int | None]:
+    def check(v: Any) -> int | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return None
+        return v
+
+    return check
+
+
+def _boolean(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def _ip(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        return None
+
+
+def _host(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    return _ip(v) or (v if _HOST_RE.match(v) else None)
+
+
+def _timezone(v: Any) -> str | None:
+    if not isinstance(v, str) or not v:
+        return None
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return v
+
+
+def _http_url(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        parts = urlsplit(v)
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return v
+
+
+class _Loader:
+    def __init__(self, reader: _Reader, base: Path) -> None:
+        self.r = reader
+        self.base = base
+
+    def path_value(self, value: Any) -> Path | None:
+        if not isinstance(value, str) or not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def existing_file(self, value: Any) -> Path | None:
+        p = self.path_value(value)
+        return p if p is not None and p.is_file() else None
+
+    def station(self, raw: Any) -> Station | None:
+        r = self.r
+        m = r.mapping(raw, "station", {"id", "name", "lat", "lon", "tz"}, {"id", "lat", "lon", "tz"})
+        sid = r.get(m, "id", "station", _string(_STATION_ID_RE),
+                    "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'")
+        name = r.get(m, "name", "station", _string(), "a non-empty string")
+        lat = r.get(m, "lat", "station", _number(-90, 90), "a latitude in degrees, -90..90")
+        lon = r.get(m, "lon", "station", _number(-180, 180), "a longitude in degrees, -180..180")
+        tz = r.get(m, "tz", "station", _timezone,
+                   "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura")
+        if sid is None or lat is None or lon is None or tz is None:
+            return None
+        return Station(sid, name or sid, lat, lon, tz)
+
+    def collector(self, raw: Any) -> Collector | None:
+        if raw is None:
+            return None
+        r = self.r
+        keys = {"url", "token", "token_file", "ca_bundle", "timeout_s"}
+        m = r.mapping(raw, "collector", keys, {"url"})
+        url = r.get(m, "url", "collector", _http_url, "an http:// or https:// URL")
+        token = r.get(m, "token", "collector", _string(), "a non-empty token string")
+        token_file = r.get(m, "token_file", "collector", self.existing_file,
+                           "a readable file holding the token")
+        if token is not None and token_file is not None:
+            r.error("collector.token_file", _show(m["token_file"]),
+                    "either token or token_file, not both")
+        if m and "token" not in m and "token_file" not in m:
+            r.error("collector.token", "nothing", "token or token_file (required with url)")
+        ca = r.get(m, "ca_bundle", "collector", self.existing_file, "a readable PEM file")
+        timeout = r.get(m, "timeout_s", "collector", _number(0, 600, lo_open=True),
+                        "seconds, > 0 and <= 600", 10.0)
+        if url is None:
+            return None
+        return Collector(url, token, token_file, ca, timeout or 10.0)
+
+    def uplinks(self, raw: Any) -> tuple[Uplink, ...]:
+        r = self.r
+        if raw is None:
+            return (Uplink("default", "unknown"),)
+        if not isinstance(raw, list) or not raw:
+            r.error("uplinks", _show(raw), "a non-empty list of uplinks")
+            return ()
+        out: list[Uplink] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            p = f"uplinks[{i}]"
+            m = r.mapping(item, p, {"name", "operator", "source", "interface"}, {"name"})
+            name = r.get(m, "name", p, _string(_NAME_RE),
+                         "a name of 1..64 letters, digits, '.', '_', ':', '-'")
+            operator = r.get(m, "operator", p, _string(_NAME_RE),
+                             "an operator label such as telkomsel, indosat, xlsmart", "unknown")
+            source = r.get(m, "source", p, _ip, "a local IP address")
+            iface = r.get(m, "interface", p, _string(_IFNAME_RE), "a network interface name")
+            if source is not None and iface is not None:
+                r.error(f"{p}.interface", _show(iface), "either source or interface, not both")
+            if name is not None:
+                if name in seen:
+                    r.error(f"{p}.name", _show(name), "a name not used by another uplink")
+                seen.add(name)
+                out.append(Uplink(name, operator or "unknown", source, iface))
+        return tuple(out)
+
+    def _common(self, m: dict[str, Any], p: str, interval: float, timeout: float,
+                max_timeout: float) -> tuple[bool, float, float]:
+        r = self.r
+        enabled = r.get(m, "enabled", p, _boolean, "true or false", True)
+        iv = r.get(m, "interval_s", p, _number(10, 86_400), "seconds, 10..86400", interval)
+        to = r.get(m, "timeout_s", p, _number(0, max_timeout, lo_open=True),
+                   f"seconds, > 0 and <= {max_timeout:g}", timeout)
+        return bool(enabled), iv or interval, to or timeout
+
+    def icmp(self, raw: Any) -> IcmpProbeConfig | None:
+        if raw is None:
+            return None
+        r, p = self.r, "probes.icmp"
+        keys = {"enabled", "interval_s", "count", "spacing_s", "timeout_s", "payload_bytes",
+                "targets"}
+        m = r.mapping(raw, p, keys, {"targets"})
+        enabled, interval, timeout = self._common(m, p, 60.0, 2.0, 10.0)
+        count = r.get(m, "count", p, _integer(1, 1000), "an integer, 1..1000", 10)
+        spacing = r.get(m, "spacing_s", p, _number(0.01, 60), "seconds, 0.01..60", 0.2)
+        payload = r.get(m, "payload_bytes", p, _integer(0, 1472), "bytes, 0..1472", 56)
+        targets: list[IcmpTarget] = []
+        raw_targets = m.get("targets")
+        if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
+            r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
+        elif isinstance(raw_targets, list):
+            for i, t in enumerate(raw_targets):
+                tp = f"{p}.targets[{i}]"
+                if isinstance(t, str):
+                    t = {"host": t}
+                tm = r.mapping(t, tp, {"host", "name"}, {"host"})
+                host = r.get(tm, "host", tp, _host, "an IP address or host name")
+                name = r.get(tm, "name", tp, _string(_NAME_RE),
+                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+                if host is not None:
+                    targets.append(IcmpTarget(host, name or host))
+        self._unique([t.name for t in targets], f"{p}.targets", "target name")
+        if count is not None and spacing is not None and interval is not None and timeout:
+            round_s = (count - 1) * spacing + count * timeout
+            if round_s > interval:
+                r.error(f"{p}.interval_s", _show(interval),
+                        f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
+                        f" = {round_s:g} s")
+        return IcmpProbeConfig(enabled, interval, count or 10, spacing or 0.2, timeout,
+                               56 if payload is None else payload, tuple(targets))
+
+    def dns(self, raw: Any) -> DnsProbeConfig | None:
+        if raw is None:
+            return None
+        r, p = self.r, "probes.dns"
+        keys = {"enabled", "interval_s", "timeout_s", "resolvers", "names", "qtype"}
+        m = r.mapping(raw, p, keys, {"resolvers", "names"})
+        enabled, interval, timeout = self._common(m, p, 300.0, 2.0, 30.0)
+        qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None,
+                      "A or AAAA", "A")
+        resolvers: list[Resolver] = []
+        raw_res = m.get("resolvers")
+        if "resolvers" in m and (not isinstance(raw_res, list) or not raw_res):
+            r.error(f"{p}.resolvers", _show(raw_res), "a non-empty list of resolvers")
+        elif isinstance(raw_res, list):
+            for i, item in enumerate(raw_res):
+                rp = f"{p}.resolvers[{i}]"
+                if isinstance(item, str):
+                    item = {"address": item}
+                rm = r.mapping(item, rp, {"address", "port", "name"}, {"address"})
+                addr = r.get(rm, "address", rp, _ip, "the IP address of a resolver")
+                port = r.get(rm, "port", rp, _integer(1, 65535), "a port, 1..65535", 53)
+                name = r.get(rm, "name", rp, _string(_NAME_RE),
+                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+                if addr is not None:
+                    default_name = addr if port == 53 else f"{addr}:{port}"
+                    resolvers.append(Resolver(addr, port or 53, name or default_name))
+        self._unique([x.name for x in resolvers], f"{p}.resolvers", "resolver name")
+        names: list[str] = []
+        raw_names = m.get("names")
+        if "names" in m and (not isinstance(raw_names, list) or not raw_names):
+            r.error(f"{p}.names", _show(raw_names), "a non-empty list of host names")
+        elif isinstance(raw_names, list):
+            for i, n in enumerate(raw_names):
+                if not isinstance(n, str) or _ip(n) is not None or not _HOST_RE.match(n):
+                    r.error(f"{p}.names[{i}]", _show(n), "a host name such as kpu.go.id")
+                else:
+                    names.append(n)
+        return DnsProbeConfig(enabled, interval, timeout, tuple(resolvers), tuple(names),
+                              qtype or "A")
+
+    def http(self, raw: Any) -> HttpProbeConfig | None:
+        if raw is None:
+            return None
+        r, p = self.r, "probes.http"
+        keys = {"enabled", "interval_s", "timeout_s", "max_bytes", "ca_bundle", "targets"}
+        m = r.mapping(raw, p, keys, {"targets"})
+        enabled, interval, timeout = self._common(m, p, 300.0, 10.0, 120.0)
+        max_bytes = r.get(m, "max_bytes", p, _integer(0, 100 * 2**20),
+                          "bytes, 0..104857600", 2**20)
+        ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
+        targets: list[HttpTarget] = []
+        raw_targets = m.get("targets")
+        if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
+            r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
+        elif isinstance(raw_targets, list):
+            for i, t in enumerate(raw_targets):
+                tp = f"{p}.targets[{i}]"
+                if isinstance(t, str):
+                    t = {"url": t}
+                tm = r.mapping(t, tp, {"url", "name", "expect_status"}, {"url"})
+                url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
+                name = r.get(tm, "name", tp, _string(_NAME_RE),
+                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+                expect = r.get(tm, "expect_status", tp, _status_list,
+                               "an HTTP status (100..599) or a list of them")
+                if url is not None:
+                    default = urlsplit(url).hostname or url
+                    targets.append(HttpTarget(url, name or default, expect or (200,)))
+        self._unique([t.name for t in targets], f"{p}.targets", "target name")
+        return HttpProbeConfig(enabled, interval, timeout,
+                               2**20 if max_bytes is None else max_bytes, ca, tuple(targets))
+
+    def _unique(self, names: list[str], path: str, what: str) -> None:
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                self.r.error(f"{path}[{i}].name", _show(n),
+                             f"a {what} not used twice (set name: to tell them apart)")
+            seen.add(n)
+
+
+def _status_list(v: Any) -> tuple[int, ...] | None:
+    items = v if isinstance(v, list) else [v]
+    if not items or any(isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599
+                        for x in items):
+        return None
+    return tuple(items)
+
+
+_TOP_KEYS = {"station", "collector", "uplinks", "probes", "schedule", "spool", "data_dir",
+             "thresholds_file"}
+
+
+def _apply_env(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """Overlay SINYAL_A__B=value onto doc["a"]["b"]; returns the doc and path->var sources."""
+    sources: dict[str, str] = {}
+    if not isinstance(doc, dict):
+        return doc, sources
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in ("SINYAL_CONFIG",):
+            continue
+        parts = [s.lower() for s in var[len(ENV_PREFIX):].split("__")]
+        if parts[0] not in _TOP_KEYS:
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        if parts[-1] in _SECRET_KEYS or parts[-1].endswith(("id", "name")):
+            value = text  # never reinterpret tokens or ids (a TPS code is all digits)
+        node = doc
+        for key in parts[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[parts[-1]] = value
+        sources[".".join(parts)] = var
+    return doc, sources
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load and validate an agent config; raises ConfigError listing every problem."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found (give one with -c FILE or SINYAL_CONFIG)"]) \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    doc, sources = _apply_env(doc, os.environ if environ is None else environ)
+    r = _Reader(name, sources)
+    top = r.mapping(doc, "", _TOP_KEYS, {"station"})
+    loader = _Loader(r, p.resolve().parent)
+    station = loader.station(top.get("station")) if "station" in top else None
+    collector = loader.collector(top.get("collector"))
+    uplinks = loader.uplinks(top.get("uplinks"))
+
+    pm = r.mapping(top.get("probes"), "probes", {"icmp", "dns", "http"}, set())
+    probes = Probes(loader.icmp(pm.get("icmp")), loader.dns(pm.get("dns")),
+                    loader.http(pm.get("http")))
+    if not any(x is not None and x.enabled for x in (probes.icmp, probes.dns, probes.http)):
+        r.error("probes", "no enabled probe", "at least one of icmp, dns, http")
+
+    sm = r.mapping(top.get("schedule"), "schedule", {"jitter_fraction", "max_jitter_s"}, set())
+    jf = r.get(sm, "jitter_fraction", "schedule", _number(0, 0.5), "a fraction, 0..0.5", 0.1)
+    mj = r.get(sm, "max_jitter_s", "schedule", _number(0, 600), "seconds, 0..600", 30.0)
+
+    spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
+    max_mb = r.get(spm, "max_mb", "spool", _number(1, 1_000_000), "megabytes, 1..1000000", 256.0)
+
+    data_dir = r.get(top, "data_dir", "", loader.path_value, "a directory path",
+                     Path("/var/lib/sinyal"))
+    thresholds = r.get(top, "thresholds_file", "", loader.existing_file,
+                       "a readable thresholds YAML file",
+                       loader.path_value("thresholds.yaml"))
+    if "thresholds_file" not in top and thresholds is not None and not thresholds.is_file():
+        r.error("thresholds_file", "nothing", f"a thresholds file (none at {thresholds})")
+
+    if r.errors or station is None:
+        raise ConfigError(r.errors or [f"{name}: station: invalid"])
+    assert data_dir is not None and thresholds is not None
+    return AgentConfig(
+        path=p, station=station, collector=collector, uplinks=uplinks, probes=probes,
+        schedule=Schedule(0.1 if jf is None else jf, 30.0 if mj is None else mj),
+        spool=SpoolConfig(max_mb or 256.0), data_dir=data_dir, thresholds_file=thresholds,
+    )
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("SINYAL_CONFIG", DEFAULT_CONFIG)

@@ -1,0 +1,184 @@
+"""HTTP GET with phase timings, with httpx.
+
+Phases (all in ms, on the monotonic clock):
+  dns_ms      resolving the URL's host (getaddrinfo); absent for an IP literal
+  connect_ms  TCP connect, from httpcore's connect_tcp trace events
+  tls_ms      TLS handshake (https), from start_tls trace events
+  ttfb_ms     sending the request headers to receiving the response headers
+  total_ms    start of resolution to the last body byte read
+The host is resolved first and the connection made to that address with the
+original Host header and TLS server name, so resolution is timed on its own.
+Each measurement uses a fresh connection; redirects are not followed. At most
+`max_bytes` of the body are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from agent import __version__
+from agent.config import HttpProbeConfig, HttpTarget, Uplink
+from agent.netutil import SourceUnavailable, error_code_for, uplink_source
+from agent.probes.base import ProbeEnv, Stamp, make_record
+from agent.record import ErrorCode, FieldValue, Record
+
+USER_AGENT = f"sinyal-agent/{__version__}"
+
+
+class _Trace:
+    """Collects httpcore trace events as monotonic timestamps."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        self.t.setdefault(event, time.monotonic())
+
+    def span(self, start: str, end: str) -> float | None:
+        if start in self.t and end in self.t:
+            return (self.t[end] - self.t[start]) * 1000
+        return None
+
+
+class HttpProbe:
+    kind = "http"
+    exclusive = False
+
+    def __init__(self, cfg: HttpProbeConfig, env: ProbeEnv) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.interval_s = cfg.interval_s
+        self.station = env.config.station.id
+        self._ssl: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_env(cls, env: ProbeEnv) -> HttpProbe | None:
+        cfg = env.config.probes.http
+        return cls(cfg, env) if cfg is not None and cfg.enabled else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            cafile = str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None
+            if cafile is None:
+                import certifi  # httpx's own CA bundle
+
+                cafile = certifi.where()
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        return self._ssl
+
+    async def run(self) -> list[Record]:
+        jobs = [self.measure(u, t) for u in self.env.config.uplinks for t in self.cfg.targets]
+        return list(await asyncio.gather(*jobs))
+
+    async def measure(self, uplink: Uplink, target: HttpTarget) -> Record:
+        stamp = Stamp()
+        fields: dict[str, FieldValue | None] = {"ok": 0}
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                error = await self._get(uplink, target, fields)
+        except TimeoutError:
+            error = ErrorCode.TIMEOUT
+        except SourceUnavailable:
+            error = ErrorCode.SOURCE_UNAVAILABLE
+        except httpx.TimeoutException:
+            error = ErrorCode.TIMEOUT
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            error = error_code_for(exc) or (
+                ErrorCode.CONNECTION_RESET
+                if isinstance(exc, httpx.ReadError | httpx.WriteError)
+                or "disconnected" in str(exc).lower()
+                else ErrorCode.PROTOCOL_ERROR
+            )
+        except httpx.ConnectError as exc:
+            error = error_code_for(exc) or ErrorCode.CONNECTION_REFUSED
+        except (httpx.HTTPError, OSError) as exc:
+            error = error_code_for(exc) or ErrorCode.PROTOCOL_ERROR
+        if error is not None:
+            fields["ok"] = 0
+        return make_record(self.kind, stamp, self.station, uplink, {"target": target.name},
+                           fields, error)
+
+    async def _get(self, uplink: Uplink, target: HttpTarget,
+                   fields: dict[str, FieldValue | None]) -> ErrorCode | None:
+        source = uplink_source(uplink)
+        parts = urlsplit(target.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        t0 = time.monotonic()
+        address = host
+        if not _is_ip(host):
+            family = socket.AF_UNSPEC
+            if source is not None:
+                family = socket.AF_INET6 if _is_ip(source, 6) else socket.AF_INET
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, family=family,
+                                               type=socket.SOCK_STREAM)
+            except socket.gaierror:
+                return ErrorCode.NAME_NOT_RESOLVED
+            address = str(infos[0][4][0])
+            fields["dns_ms"] = round((time.monotonic() - t0) * 1000, 3)
+        netloc = f"[{address}]" if _is_ip(address, 6) else address
+        if parts.port:
+            netloc += f":{parts.port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        host_header = parts.netloc.rpartition("@")[2]
+
+        trace = _Trace()
+        transport = httpx.AsyncHTTPTransport(
+            local_address=source, retries=0,
+            verify=self.ssl_context() if parts.scheme == "https" else False,
+        )
+        async with httpx.AsyncClient(transport=transport, follow_redirects=False,
+                                     timeout=self.cfg.timeout_s) as client:
+            request = client.build_request(
+                "GET", url,
+                headers={"Host": host_header, "User-Agent": USER_AGENT,
+                         "Accept-Encoding": "identity", "Connection": "close"},
+                extensions={"trace": trace, "sni_hostname": host},
+            )
+            response = await client.send(request, stream=True)
+            try:
+                received = 0
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if received >= self.cfg.max_bytes:
+                        break
+            finally:
+                await response.aclose()
+            t_end = time.monotonic()
+        fields.update(
+            connect_ms=_r(trace.span("connection.connect_tcp.started",
+                                     "connection.connect_tcp.complete")),
+            tls_ms=_r(trace.span("connection.start_tls.started",
+                                 "connection.start_tls.complete")),
+            ttfb_ms=_r(trace.span("http11.send_request_headers.started",
+                                  "http11.receive_response_headers.complete")),
+            total_ms=round((t_end - t0) * 1000, 3),
+            status=response.status_code,
+            bytes=received,
+        )
+        if response.status_code not in target.expect_status:
+            return ErrorCode.HTTP_STATUS
+        fields["ok"] = 1
+        return None
+
+
+def _is_ip(text: str, version: int | None = None) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or ip.version == version
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)

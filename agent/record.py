@@ -1,0 +1,412 @@
+"""The measurement record and the upload envelope: Sinyal's wire contract.
+
+Stdlib only, so the collector can import it without the agent's libraries.
+Every record carries the UTC time it was measured, its tags (bounded, used as
+InfluxDB tags), its fields (units in their names; "not measured" is absent,
+never 0), an error code when the measurement failed, and a unique id.
+
+The measurements, their tags and fields are declared once in MEASUREMENTS; the
+collector validates against the same table, and docs/data-model.md describes it
+(tests/test_docs.py keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+FieldValue = int | float | str
+
+
+class ContractError(ValueError):
+    """A record or envelope does not follow the contract.
+
+    `path` names the offending element (for example `records[3].fields.loss_pct`).
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes; dashboards and reports group failures by them."""
+
+    TIMEOUT = "timeout"  # no answer within the probe's timeout
+    HOST_UNREACHABLE = "host_unreachable"  # ICMP destination/host unreachable, EHOSTUNREACH
+    NETWORK_UNREACHABLE = "network_unreachable"  # no route (ENETUNREACH)
+    NAME_NOT_RESOLVED = "name_not_resolved"  # a target host name did not resolve
+    CONNECTION_REFUSED = "connection_refused"  # TCP RST on connect
+    CONNECTION_RESET = "connection_reset"  # peer closed or reset mid-exchange
+    TLS_ERROR = "tls_error"  # handshake or certificate failure
+    HTTP_STATUS = "http_status"  # an HTTP answer whose status was not the expected one
+    PROTOCOL_ERROR = "protocol_error"  # malformed answer (HTTP or DNS)
+    DNS_NXDOMAIN = "dns_nxdomain"  # the resolver says the name does not exist
+    DNS_SERVFAIL = "dns_servfail"  # SERVFAIL
+    DNS_REFUSED = "dns_refused"  # REFUSED
+    DNS_ERROR = "dns_error"  # any other non-NOERROR rcode
+    DNS_NO_ANSWER = "dns_no_answer"  # NOERROR but no record of the asked type
+    SOURCE_UNAVAILABLE = "source_unavailable"  # the uplink's source address/interface is gone
+    PERMISSION_DENIED = "permission_denied"  # the OS refused the socket
+    INTERNAL_ERROR = "internal_error"  # a bug in the probe; the message is logged
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    type: type  # int, float or str
+    unit: str
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    name: str
+    description: str
+    tags: tuple[str, ...]
+    fields: Mapping[str, FieldSpec]
+
+
+# Tags every agent record carries. The collector adds province and regency
+# from its station registry.
+COMMON_TAGS = ("station", "uplink", "operator")
+
+_OK = FieldSpec(int, "0/1", "1 when the measurement succeeded, 0 when it failed", 0, 1)
+
+MEASUREMENTS: dict[str, Measurement] = {
+    "icmp": Measurement(
+        "icmp",
+        "One round of ICMP echo requests to one target over one uplink.",
+        (*COMMON_TAGS, "target"),
+        {
+            "sent": FieldSpec(int, "packets", "echo requests sent in the round", 0, 10_000),
+            "received": FieldSpec(int, "packets", "echo replies received in time", 0, 10_000),
+            "loss_pct": FieldSpec(float, "%", "100 * (sent - received) / sent", 0, 100),
+            "timeout_ms": FieldSpec(
+                float, "ms", "Tmax: a reply later than this counts as lost", 0, 600_000
+            ),
+            "rtt_min_ms": FieldSpec(float, "ms", "smallest round-trip time", 0, 600_000),
+            "rtt_avg_ms": FieldSpec(float, "ms", "mean round-trip time", 0, 600_000),
+            "rtt_p50_ms": FieldSpec(float, "ms", "median round-trip time", 0, 600_000),
+            "rtt_p95_ms": FieldSpec(float, "ms", "95th percentile round-trip time", 0, 600_000),
+            "rtt_max_ms": FieldSpec(float, "ms", "largest round-trip time", 0, 600_000),
+            "rtt_stddev_ms": FieldSpec(
+                float, "ms", "population standard deviation of the RTTs", 0, 600_000
+            ),
+            "jitter_ms": FieldSpec(
+                float, "ms", "mean absolute difference of consecutive RTTs", 0, 600_000
+            ),
+            "mos": FieldSpec(float, "1..4.5", "E-model MOS estimate from RTT, jitter, loss", 1, 4.5),
+            "ok": _OK,
+        },
+    ),
+    "dns": Measurement(
+        "dns",
+        "One DNS query for one name to one resolver over one uplink.",
+        (*COMMON_TAGS, "resolver", "qname", "qtype"),
+        {
+            "resolve_ms": FieldSpec(float, "ms", "query sent to answer received", 0, 600_000),
+            "rcode": FieldSpec(int, "code", "DNS response code (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN)", 0, 4095),
+            "answers": FieldSpec(int, "records", "records of the asked type in the answer", 0, 10_000),
+            "ok": _OK,
+        },
+    ),
+    "http": Measurement(
+        "http",
+        "One HTTP GET of one URL over one uplink, with phase timings.",
+        (*COMMON_TAGS, "target"),
+        {
+            "dns_ms": FieldSpec(float, "ms", "name resolution of the URL's host", 0, 600_000),
+            "connect_ms": FieldSpec(float, "ms", "TCP connect (SYN to established)", 0, 600_000),
+            "tls_ms": FieldSpec(float, "ms", "TLS handshake (https only)", 0, 600_000),
+            "ttfb_ms": FieldSpec(
+                float, "ms", "request start to first response byte (excludes dns, connect, tls)",
+                0, 600_000,
+            ),
+            "total_ms": FieldSpec(float, "ms", "start of resolution to last body byte", 0, 600_000),
+            "status": FieldSpec(int, "code", "HTTP status code", 100, 599),
+            "bytes": FieldSpec(int, "bytes", "response body bytes received", 0, 2**53),
+            "ok": _OK,
+        },
+    ),
+}
+
+_TAG_VALUE_MAX = 256
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_id() -> str:
+    """A fresh record id: 32 lowercase hex digits (a UUID4)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a Z suffix."""
+    if t.tzinfo is None:
+        raise ValueError("naive datetime; measured times must be timezone-aware UTC")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time with an explicit offset; returns an aware UTC datetime."""
+    if not isinstance(text, str) or not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text):
+        raise ValueError(f"got {text!r}, expected an RFC 3339 time such as 2026-11-22T04:13:00Z")
+    t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if t.tzinfo is None:
+        raise ValueError(f"got {text!r}, expected a time with Z or an explicit offset")
+    return t.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockInfo:
+    """What is needed to correct the measured time later (see docs/data-model.md).
+
+    boot_id: the kernel's boot id when the record was made; monotonic_ns: the
+    CLOCK_MONOTONIC reading at measured_at; synced: whether the system clock
+    said it was synchronised (1), not (0), or unknown (None).
+    """
+
+    boot_id: str | None = None
+    monotonic_ns: int | None = None
+    synced: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"boot_id": self.boot_id, "monotonic_ns": self.monotonic_ns, "synced": self.synced}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: str
+    measured_at: datetime
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    error: str | None = None
+    id: str = field(default_factory=new_id)
+    clock: ClockInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "measured_at": format_time(self.measured_at),
+            "tags": dict(self.tags),
+            "fields": dict(self.fields),
+            "error": self.error,
+        }
+        if self.clock is not None:
+            d["clock"] = self.clock.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "") -> Record:
+        """Decode and validate one record; raises ContractError naming the element."""
+        p = f"{path}." if path else ""
+        if not isinstance(d, dict):
+            raise ContractError(path, f"got {type(d).__name__}, expected an object")
+        allowed = {"id", "kind", "measured_at", "tags", "fields", "error", "clock"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ContractError(f"{p}{unknown[0]}", "unknown key")
+        for key in ("id", "kind", "measured_at", "tags", "fields"):
+            if key not in d:
+                raise ContractError(f"{p}{key}", "missing")
+        rid = d["id"]
+        if not isinstance(rid, str) or not _ID_RE.match(rid):
+            raise ContractError(f"{p}id", f"got {rid!r}, expected 32 lowercase hex digits")
+        kind = d["kind"]
+        spec = MEASUREMENTS.get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            raise ContractError(
+                f"{p}kind", f"got {kind!r}, expected one of {', '.join(sorted(MEASUREMENTS))}"
+            )
+        try:
+            measured_at = parse_time(d["measured_at"])
+        except ValueError as exc:
+            raise ContractError(f"{p}measured_at", str(exc)) from None
+        tags = _decode_tags(d["tags"], spec, f"{p}tags")
+        fields = _decode_fields(d["fields"], spec, f"{p}fields")
+        error = d.get("error")
+        if error is not None and error not in ErrorCode.__members__.values():
+            raise ContractError(f"{p}error", f"got {error!r}, expected a known error code or null")
+        clock = _decode_clock(d.get("clock"), f"{p}clock")
+        return cls(kind, measured_at, tags, fields, error, rid, clock)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Record:
+        return cls.from_dict(json.loads(text))
+
+
+def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise ContractError(path, f"got {type(raw).__name__}, expected an object")
+    for key, value in raw.items():
+        if key not in spec.tags:
+            raise ContractError(
+                f"{path}.{key}", f"unknown tag, expected one of {', '.join(spec.tags)}"
+            )
+        if not isinstance(value, str) or not value or len(value) > _TAG_VALUE_MAX:
+            raise ContractError(
+                f"{path}.{key}", f"got {value!r}, expected a string of 1..{_TAG_VALUE_MAX} chars"
+            )
+    return dict(raw)
+
+
+def _decode_fields(raw: Any, spec: Measurement, path: str) -> dict[str, FieldValue]:
+    if not isinstance(raw, dict):
+        raise ContractError(path, f"got {type(raw).__name__}, expected an object")
+    out: dict[str, FieldValue] = {}
+    for key, value in raw.items():
+        fs = spec.fields.get(key)
+        if fs is None:
+            raise ContractError(f"{path}.{key}", f"unknown field of {spec.name}")
+        if value is None:
+            continue  # "not measured": absent, never 0
+        if fs.type is str:
+            if not isinstance(value, str):
+                raise ContractError(f"{path}.{key}", f"got {value!r}, expected a string")
+            out[key] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ContractError(f"{path}.{key}", f"got {value!r}, expected a number in {fs.unit}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ContractError(f"{path}.{key}", f"got {value!r}, expected a finite number")
+        if fs.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ContractError(f"{path}.{key}", f"got {value!r}, expected an integer")
+            value = int(value)
+        else:
+            value = float(value)
+        if (fs.minimum is not None and value < fs.minimum) or (
+            fs.maximum is not None and value > fs.maximum
+        ):
+            raise ContractError(
+                f"{path}.{key}",
+                f"got {value!r}, expected {fs.minimum:g}..{fs.maximum:g} {fs.unit}",
+            )
+        out[key] = value
+    return out
+
+
+def _decode_clock(raw: Any, path: str) -> ClockInfo | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"boot_id", "monotonic_ns", "synced"}:
+        raise ContractError(path, "expected an object with boot_id, monotonic_ns, synced")
+    boot_id, mono, synced = raw.get("boot_id"), raw.get("monotonic_ns"), raw.get("synced")
+    if boot_id is not None and (not isinstance(boot_id, str) or len(boot_id) > 64):
+        raise ContractError(f"{path}.boot_id", f"got {boot_id!r}, expected a string")
+    if mono is not None and (isinstance(mono, bool) or not isinstance(mono, int) or mono < 0):
+        raise ContractError(f"{path}.monotonic_ns", f"got {mono!r}, expected an integer >= 0")
+    if synced not in (None, 0, 1) or isinstance(synced, bool):
+        raise ContractError(f"{path}.synced", f"got {synced!r}, expected 0, 1 or null")
+    return ClockInfo(boot_id, mono, synced)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One upload: who sends, when, and a batch of records."""
+
+    station: str
+    agent_version: str
+    sent_at: datetime
+    records: tuple[Record, ...]
+    schema: int = SCHEMA_VERSION
+    boot_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "agent": {
+                "station": self.station,
+                "version": self.agent_version,
+                "boot_id": self.boot_id,
+            },
+            "sent_at": format_time(self.sent_at),
+            "records": [r.to_dict() for r in self.records],
+        }
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return json.dumps(env.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    """Decode an envelope; raises ContractError naming the first bad element.
+
+    Records are validated one by one: a collector that wants to accept the good
+    records of a batch and reject the bad ones uses decode_envelope_lenient.
+    """
+    env, bad = decode_envelope_lenient(data)
+    if bad:
+        raise bad[0][1]
+    return env
+
+
+def decode_envelope_lenient(
+    data: bytes | str,
+) -> tuple[Envelope, list[tuple[str | None, ContractError]]]:
+    """Decode an envelope, keeping the valid records and listing the invalid ones.
+
+    Returns the envelope (with valid records only) and (record id or None,
+    error) for each record that failed. The envelope header itself must be valid.
+    """
+    try:
+        d = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError("", f"not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise ContractError("", "expected a JSON object")
+    schema = d.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise ContractError("schema", f"got {schema!r}, expected {SCHEMA_VERSION}")
+    agent = d.get("agent")
+    if not isinstance(agent, dict):
+        raise ContractError("agent", "expected an object with station and version")
+    station, version = agent.get("station"), agent.get("version")
+    if not isinstance(station, str) or not station:
+        raise ContractError("agent.station", f"got {station!r}, expected a station id")
+    if not isinstance(version, str) or not version:
+        raise ContractError("agent.version", f"got {version!r}, expected a version string")
+    boot_id = agent.get("boot_id")
+    try:
+        sent_at = parse_time(d.get("sent_at"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ContractError("sent_at", str(exc)) from None
+    raw_records = d.get("records")
+    if not isinstance(raw_records, list):
+        raise ContractError("records", "expected a list")
+    good: list[Record] = []
+    bad: list[tuple[str | None, ContractError]] = []
+    for i, raw in enumerate(raw_records):
+        try:
+            good.append(Record.from_dict(raw, f"records[{i}]"))
+        except ContractError as exc:
+            rid = raw.get("id") if isinstance(raw, dict) else None
+            bad.append((rid if isinstance(rid, str) else None, exc))
+    env = Envelope(
+        station, version, sent_at, tuple(good), schema,
+        boot_id if isinstance(boot_id, str) else None,
+    )
+    return env, bad
