@@ -28,8 +28,10 @@ DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
 
 _STATION_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._:-]{0,63}$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?"
-                      r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?"
+    r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$"
+)
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 _SECRET_KEYS = {"token"}
 
@@ -314,14 +316,26 @@ class _Loader:
 
     def station(self, raw: Any) -> Station | None:
         r = self.r
-        m = r.mapping(raw, "station", {"id", "name", "lat", "lon", "tz"}, {"id", "lat", "lon", "tz"})
-        sid = r.get(m, "id", "station", _string(_STATION_ID_RE),
-                    "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'")
+        m = r.mapping(
+            raw, "station", {"id", "name", "lat", "lon", "tz"}, {"id", "lat", "lon", "tz"}
+        )
+        sid = r.get(
+            m,
+            "id",
+            "station",
+            _string(_STATION_ID_RE),
+            "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'",
+        )
         name = r.get(m, "name", "station", _string(), "a non-empty string")
         lat = r.get(m, "lat", "station", _number(-90, 90), "a latitude in degrees, -90..90")
         lon = r.get(m, "lon", "station", _number(-180, 180), "a longitude in degrees, -180..180")
-        tz = r.get(m, "tz", "station", _timezone,
-                   "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura")
+        tz = r.get(
+            m,
+            "tz",
+            "station",
+            _timezone,
+            "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura",
+        )
         if sid is None or lat is None or lon is None or tz is None:
             return None
         return Station(sid, name or sid, lat, lon, tz)
@@ -334,16 +348,26 @@ class _Loader:
         m = r.mapping(raw, "collector", keys, {"url"})
         url = r.get(m, "url", "collector", _http_url, "an http:// or https:// URL")
         token = r.get(m, "token", "collector", _string(), "a non-empty token string")
-        token_file = r.get(m, "token_file", "collector", self.existing_file,
-                           "a readable file holding the token")
+        token_file = r.get(
+            m, "token_file", "collector", self.existing_file, "a readable file holding the token"
+        )
         if token is not None and token_file is not None:
-            r.error("collector.token_file", _show(m["token_file"]),
-                    "either token or token_file, not both")
+            r.error(
+                "collector.token_file",
+                _show(m["token_file"]),
+                "either token or token_file, not both",
+            )
         if m and "token" not in m and "token_file" not in m:
             r.error("collector.token", "nothing", "token or token_file (required with url)")
         ca = r.get(m, "ca_bundle", "collector", self.existing_file, "a readable PEM file")
-        timeout = r.get(m, "timeout_s", "collector", _number(0, 600, lo_open=True),
-                        "seconds, > 0 and <= 600", 10.0)
+        timeout = r.get(
+            m,
+            "timeout_s",
+            "collector",
+            _number(0, 600, lo_open=True),
+            "seconds, > 0 and <= 600",
+            10.0,
+        )
         if url is None:
             return None
         return Collector(url, token, token_file, ca, timeout or 10.0)
@@ -360,10 +384,21 @@ class _Loader:
         for i, item in enumerate(raw):
             p = f"uplinks[{i}]"
             m = r.mapping(item, p, {"name", "operator", "source", "interface"}, {"name"})
-            name = r.get(m, "name", p, _string(_NAME_RE),
-                         "a name of 1..64 letters, digits, '.', '_', ':', '-'")
-            operator = r.get(m, "operator", p, _string(_NAME_RE),
-                             "an operator label such as telkomsel, indosat, xlsmart", "unknown")
+            name = r.get(
+                m,
+                "name",
+                p,
+                _string(_NAME_RE),
+                "a name of 1..64 letters, digits, '.', '_', ':', '-'",
+            )
+            operator = r.get(
+                m,
+                "operator",
+                p,
+                _string(_NAME_RE),
+                "an operator label such as telkomsel, indosat, xlsmart",
+                "unknown",
+            )
             source = r.get(m, "source", p, _ip, "a local IP address")
             iface = r.get(m, "interface", p, _string(_IFNAME_RE), "a network interface name")
             if source is not None and iface is not None:
@@ -375,21 +410,35 @@ class _Loader:
                 out.append(Uplink(name, operator or "unknown", source, iface))
         return tuple(out)
 
-    def _common(self, m: dict[str, Any], p: str, interval: float, timeout: float,
-                max_timeout: float) -> tuple[bool, float, float]:
+    def _common(
+        self, m: dict[str, Any], p: str, interval: float, timeout: float, max_timeout: float
+    ) -> tuple[bool, float, float]:
         r = self.r
         enabled = r.get(m, "enabled", p, _boolean, "true or false", True)
         iv = r.get(m, "interval_s", p, _number(10, 86_400), "seconds, 10..86400", interval)
-        to = r.get(m, "timeout_s", p, _number(0, max_timeout, lo_open=True),
-                   f"seconds, > 0 and <= {max_timeout:g}", timeout)
+        to = r.get(
+            m,
+            "timeout_s",
+            p,
+            _number(0, max_timeout, lo_open=True),
+            f"seconds, > 0 and <= {max_timeout:g}",
+            timeout,
+        )
         return bool(enabled), iv or interval, to or timeout
 
     def icmp(self, raw: Any) -> IcmpProbeConfig | None:
         if raw is None:
             return None
         r, p = self.r, "probes.icmp"
-        keys = {"enabled", "interval_s", "count", "spacing_s", "timeout_s", "payload_bytes",
-                "targets"}
+        keys = {
+            "enabled",
+            "interval_s",
+            "count",
+            "spacing_s",
+            "timeout_s",
+            "payload_bytes",
+            "targets",
+        }
         m = r.mapping(raw, p, keys, {"targets"})
         enabled, interval, timeout = self._common(m, p, 60.0, 2.0, 10.0)
         count = r.get(m, "count", p, _integer(1, 1000), "an integer, 1..1000", 10)
@@ -406,19 +455,34 @@ class _Loader:
                     t = {"host": t}
                 tm = r.mapping(t, tp, {"host", "name"}, {"host"})
                 host = r.get(tm, "host", tp, _host, "an IP address or host name")
-                name = r.get(tm, "name", tp, _string(_NAME_RE),
-                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+                name = r.get(
+                    tm,
+                    "name",
+                    tp,
+                    _string(_NAME_RE),
+                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
+                )
                 if host is not None:
                     targets.append(IcmpTarget(host, name or host))
         self._unique([t.name for t in targets], f"{p}.targets", "target name")
         if count is not None and spacing is not None and interval is not None and timeout:
             round_s = (count - 1) * spacing + count * timeout
             if round_s > interval:
-                r.error(f"{p}.interval_s", _show(interval),
-                        f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
-                        f" = {round_s:g} s")
-        return IcmpProbeConfig(enabled, interval, count or 10, spacing or 0.2, timeout,
-                               56 if payload is None else payload, tuple(targets))
+                r.error(
+                    f"{p}.interval_s",
+                    _show(interval),
+                    f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
+                    f" = {round_s:g} s",
+                )
+        return IcmpProbeConfig(
+            enabled,
+            interval,
+            count or 10,
+            spacing or 0.2,
+            timeout,
+            56 if payload is None else payload,
+            tuple(targets),
+        )
 
     def dns(self, raw: Any) -> DnsProbeConfig | None:
         if raw is None:
@@ -427,8 +491,7 @@ class _Loader:
         keys = {"enabled", "interval_s", "timeout_s", "resolvers", "names", "qtype"}
         m = r.mapping(raw, p, keys, {"resolvers", "names"})
         enabled, interval, timeout = self._common(m, p, 300.0, 2.0, 30.0)
-        qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None,
-                      "A or AAAA", "A")
+        qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None, "A or AAAA", "A")
         resolvers: list[Resolver] = []
         raw_res = m.get("resolvers")
         if "resolvers" in m and (not isinstance(raw_res, list) or not raw_res):
@@ -441,8 +504,13 @@ class _Loader:
                 rm = r.mapping(item, rp, {"address", "port", "name"}, {"address"})
                 addr = r.get(rm, "address", rp, _ip, "the IP address of a resolver")
                 port = r.get(rm, "port", rp, _integer(1, 65535), "a port, 1..65535", 53)
-                name = r.get(rm, "name", rp, _string(_NAME_RE),
-                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+                name = r.get(
+                    rm,
+                    "name",
+                    rp,
+                    _string(_NAME_RE),
+                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
+                )
                 if addr is not None:
                     default_name = addr if port == 53 else f"{addr}:{port}"
                     resolvers.append(Resolver(addr, port or 53, name or default_name))
@@ -457,8 +525,9 @@ class _Loader:
                     r.error(f"{p}.names[{i}]", _show(n), "a host name such as kpu.go.id")
                 else:
                     names.append(n)
-        return DnsProbeConfig(enabled, interval, timeout, tuple(resolvers), tuple(names),
-                              qtype or "A")
+        return DnsProbeConfig(
+            enabled, interval, timeout, tuple(resolvers), tuple(names), qtype or "A"
+        )
 
     def http(self, raw: Any) -> HttpProbeConfig | None:
         if raw is None:
@@ -467,8 +536,7 @@ class _Loader:
         keys = {"enabled", "interval_s", "timeout_s", "max_bytes", "ca_bundle", "targets"}
         m = r.mapping(raw, p, keys, {"targets"})
         enabled, interval, timeout = self._common(m, p, 300.0, 10.0, 120.0)
-        max_bytes = r.get(m, "max_bytes", p, _integer(0, 100 * 2**20),
-                          "bytes, 0..104857600", 2**20)
+        max_bytes = r.get(m, "max_bytes", p, _integer(0, 100 * 2**20), "bytes, 0..104857600", 2**20)
         ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
         targets: list[HttpTarget] = []
         raw_targets = m.get("targets")
@@ -481,36 +549,64 @@ class _Loader:
                     t = {"url": t}
                 tm = r.mapping(t, tp, {"url", "name", "expect_status"}, {"url"})
                 url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
-                name = r.get(tm, "name", tp, _string(_NAME_RE),
-                             "a label of 1..64 letters, digits, '.', '_', ':', '-'")
-                expect = r.get(tm, "expect_status", tp, _status_list,
-                               "an HTTP status (100..599) or a list of them")
+                name = r.get(
+                    tm,
+                    "name",
+                    tp,
+                    _string(_NAME_RE),
+                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
+                )
+                expect = r.get(
+                    tm,
+                    "expect_status",
+                    tp,
+                    _status_list,
+                    "an HTTP status (100..599) or a list of them",
+                )
                 if url is not None:
                     default = urlsplit(url).hostname or url
                     targets.append(HttpTarget(url, name or default, expect or (200,)))
         self._unique([t.name for t in targets], f"{p}.targets", "target name")
-        return HttpProbeConfig(enabled, interval, timeout,
-                               2**20 if max_bytes is None else max_bytes, ca, tuple(targets))
+        return HttpProbeConfig(
+            enabled,
+            interval,
+            timeout,
+            2**20 if max_bytes is None else max_bytes,
+            ca,
+            tuple(targets),
+        )
 
     def _unique(self, names: list[str], path: str, what: str) -> None:
         seen: set[str] = set()
         for i, n in enumerate(names):
             if n in seen:
-                self.r.error(f"{path}[{i}].name", _show(n),
-                             f"a {what} not used twice (set name: to tell them apart)")
+                self.r.error(
+                    f"{path}[{i}].name",
+                    _show(n),
+                    f"a {what} not used twice (set name: to tell them apart)",
+                )
             seen.add(n)
 
 
 def _status_list(v: Any) -> tuple[int, ...] | None:
     items = v if isinstance(v, list) else [v]
-    if not items or any(isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599
-                        for x in items):
+    if not items or any(
+        isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599 for x in items
+    ):
         return None
     return tuple(items)
 
 
-_TOP_KEYS = {"station", "collector", "uplinks", "probes", "schedule", "spool", "data_dir",
-             "thresholds_file"}
+_TOP_KEYS = {
+    "station",
+    "collector",
+    "uplinks",
+    "probes",
+    "schedule",
+    "spool",
+    "data_dir",
+    "thresholds_file",
+}
 
 
 def _apply_env(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
@@ -521,7 +617,7 @@ def _apply_env(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str
     for var, text in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or var in ("SINYAL_CONFIG",):
             continue
-        parts = [s.lower() for s in var[len(ENV_PREFIX):].split("__")]
+        parts = [s.lower() for s in var[len(ENV_PREFIX) :].split("__")]
         if parts[0] not in _TOP_KEYS:
             continue
         try:
@@ -549,8 +645,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{name}: file not found (give one with -c FILE or SINYAL_CONFIG)"]) \
-            from None
+        raise ConfigError(
+            [f"{name}: file not found (give one with -c FILE or SINYAL_CONFIG)"]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{name}: cannot read: {exc}"]) from None
     try:
@@ -569,8 +666,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     uplinks = loader.uplinks(top.get("uplinks"))
 
     pm = r.mapping(top.get("probes"), "probes", {"icmp", "dns", "http"}, set())
-    probes = Probes(loader.icmp(pm.get("icmp")), loader.dns(pm.get("dns")),
-                    loader.http(pm.get("http")))
+    probes = Probes(
+        loader.icmp(pm.get("icmp")), loader.dns(pm.get("dns")), loader.http(pm.get("http"))
+    )
     if not any(x is not None and x.enabled for x in (probes.icmp, probes.dns, probes.http)):
         r.error("probes", "no enabled probe", "at least one of icmp, dns, http")
 
@@ -581,11 +679,17 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
     max_mb = r.get(spm, "max_mb", "spool", _number(1, 1_000_000), "megabytes, 1..1000000", 256.0)
 
-    data_dir = r.get(top, "data_dir", "", loader.path_value, "a directory path",
-                     Path("/var/lib/sinyal"))
-    thresholds = r.get(top, "thresholds_file", "", loader.existing_file,
-                       "a readable thresholds YAML file",
-                       loader.path_value("thresholds.yaml"))
+    data_dir = r.get(
+        top, "data_dir", "", loader.path_value, "a directory path", Path("/var/lib/sinyal")
+    )
+    thresholds = r.get(
+        top,
+        "thresholds_file",
+        "",
+        loader.existing_file,
+        "a readable thresholds YAML file",
+        loader.path_value("thresholds.yaml"),
+    )
     if "thresholds_file" not in top and thresholds is not None and not thresholds.is_file():
         r.error("thresholds_file", "nothing", f"a thresholds file (none at {thresholds})")
 
@@ -593,9 +697,15 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise ConfigError(r.errors or [f"{name}: station: invalid"])
     assert data_dir is not None and thresholds is not None
     return AgentConfig(
-        path=p, station=station, collector=collector, uplinks=uplinks, probes=probes,
+        path=p,
+        station=station,
+        collector=collector,
+        uplinks=uplinks,
+        probes=probes,
         schedule=Schedule(0.1 if jf is None else jf, 30.0 if mj is None else mj),
-        spool=SpoolConfig(max_mb or 256.0), data_dir=data_dir, thresholds_file=thresholds,
+        spool=SpoolConfig(max_mb or 256.0),
+        data_dir=data_dir,
+        thresholds_file=thresholds,
     )
 
 

@@ -23,8 +23,7 @@ def interface_ipv4(name: str) -> str:
     """The IPv4 address of a network interface (SIOCGIFADDR), or SourceUnavailable."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR,
-                                 struct.pack("256s", name.encode()[:15]))
+            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
         except OSError as exc:
             reason = "does not exist" if exc.errno == errno.ENODEV else "has no IPv4 address"
             raise SourceUnavailable(f"interface {name} {reason}") from None

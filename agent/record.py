@@ -107,7 +107,9 @@ MEASUREMENTS: dict[str, Measurement] = {
             "jitter_ms": FieldSpec(
                 float, "ms", "mean absolute difference of consecutive RTTs", 0, 600_000
             ),
-            "mos": FieldSpec(float, "1..4.5", "E-model MOS estimate from RTT, jitter, loss", 1, 4.5),
+            "mos": FieldSpec(
+                float, "1..4.5", "E-model MOS estimate from RTT, jitter, loss", 1, 4.5
+            ),
             "ok": _OK,
         },
     ),
@@ -117,8 +119,12 @@ MEASUREMENTS: dict[str, Measurement] = {
         (*COMMON_TAGS, "resolver", "qname", "qtype"),
         {
             "resolve_ms": FieldSpec(float, "ms", "query sent to answer received", 0, 600_000),
-            "rcode": FieldSpec(int, "code", "DNS response code (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN)", 0, 4095),
-            "answers": FieldSpec(int, "records", "records of the asked type in the answer", 0, 10_000),
+            "rcode": FieldSpec(
+                int, "code", "DNS response code (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN)", 0, 4095
+            ),
+            "answers": FieldSpec(
+                int, "records", "records of the asked type in the answer", 0, 10_000
+            ),
             "ok": _OK,
         },
     ),
@@ -131,8 +137,11 @@ MEASUREMENTS: dict[str, Measurement] = {
             "connect_ms": FieldSpec(float, "ms", "TCP connect (SYN to established)", 0, 600_000),
             "tls_ms": FieldSpec(float, "ms", "TLS handshake (https only)", 0, 600_000),
             "ttfb_ms": FieldSpec(
-                float, "ms", "request start to first response byte (excludes dns, connect, tls)",
-                0, 600_000,
+                float,
+                "ms",
+                "request start to first response byte (excludes dns, connect, tls)",
+                0,
+                600_000,
             ),
             "total_ms": FieldSpec(float, "ms", "start of resolution to last body byte", 0, 600_000),
             "status": FieldSpec(int, "code", "HTTP status code", 100, 599),
@@ -406,7 +415,11 @@ def decode_envelope_lenient(
             rid = raw.get("id") if isinstance(raw, dict) else None
             bad.append((rid if isinstance(rid, str) else None, exc))
     env = Envelope(
-        station, version, sent_at, tuple(good), schema,
+        station,
+        version,
+        sent_at,
+        tuple(good),
+        schema,
         boot_id if isinstance(boot_id, str) else None,
     )
     return env, bad

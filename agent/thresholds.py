@@ -99,7 +99,7 @@ def load(path: str | Path) -> Thresholds:
         err("version", doc.get("version"), "1")
     raw = doc.get("metrics")
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(errors + [f"{name}: metrics: expected a mapping of metric names"])
+        raise ConfigError([*errors, f"{name}: metrics: expected a mapping of metric names"])
     keys = {"fields", "direction", "unit", "good", "warn", "alert", "inclusive", "source"}
     out: list[Threshold] = []
     for mname, m in raw.items():
@@ -129,9 +129,11 @@ def load(path: str | Path) -> Thresholds:
             else:
                 limits[k] = float(v)
         if len(limits) == 3:
-            ordered = (limits["good"] <= limits["warn"] <= limits["alert"]
-                       if direction == "higher_is_worse"
-                       else limits["good"] >= limits["warn"] >= limits["alert"])
+            ordered = (
+                limits["good"] <= limits["warn"] <= limits["alert"]
+                if direction == "higher_is_worse"
+                else limits["good"] >= limits["warn"] >= limits["alert"]
+            )
             if not ordered:
                 err(p, limits, f"good, warn, alert in order for {direction}")
         source = m.get("source")
@@ -142,9 +144,19 @@ def load(path: str | Path) -> Thresholds:
             err(f"{p}.inclusive", inclusive, "true or false")
         unit = m.get("unit", "")
         if not errors:
-            out.append(Threshold(str(mname), tuple(str(f) for f in fields),
-                                 direction == "higher_is_worse", str(unit), limits["good"],
-                                 limits["warn"], limits["alert"], bool(inclusive), str(source)))
+            out.append(
+                Threshold(
+                    str(mname),
+                    tuple(str(f) for f in fields),
+                    direction == "higher_is_worse",
+                    str(unit),
+                    limits["good"],
+                    limits["warn"],
+                    limits["alert"],
+                    bool(inclusive),
+                    str(source),
+                )
+            )
     if errors:
         raise ConfigError(errors)
     return Thresholds(tuple(out))

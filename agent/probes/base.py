@@ -56,5 +56,6 @@ def make_record(
 ) -> Record:
     all_tags = {"station": station, "uplink": uplink.name, "operator": uplink.operator, **tags}
     clean = {k: v for k, v in fields.items() if v is not None}
-    return Record(kind, stamp.time, all_tags, clean, error.value if error else None,
-                  clock=stamp.clock)
+    return Record(
+        kind, stamp.time, all_tags, clean, error.value if error else None, clock=stamp.clock
+    )

@@ -1,0 +1,177 @@
+"""Checks that start-up and `doctor` share: what the environment allows, and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.clock import clock_synced
+from agent.config import AgentConfig
+from agent.netutil import SourceUnavailable, uplink_source
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+MIN_FREE_BYTES = 200 * 2**20
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok / warn / fail
+    detail: str
+    fix: str = ""
+
+
+def icmp_fix() -> str:
+    python = os.path.realpath(sys.executable)
+    return (
+        "grant raw ICMP sockets to the agent: run it under systemd with "
+        "AmbientCapabilities=CAP_NET_RAW (deploy/systemd/sinyal-agent.service does), or "
+        f"`sudo setcap cap_net_raw+ep {python}`; or allow unprivileged ICMP for its group: "
+        "`sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'` "
+        "(persist it in /etc/sysctl.d/60-sinyal.conf)"
+    )
+
+
+def icmp_mode() -> tuple[bool | None, Check]:
+    """(privileged?, check): raw sockets when allowed, else unprivileged ICMP, else None."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+        return True, Check("icmp", OK, "raw ICMP sockets allowed (privileged mode)")
+    except PermissionError:
+        pass
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()
+        return False, Check(
+            "icmp", OK, "unprivileged ICMP sockets allowed (net.ipv4.ping_group_range)"
+        )
+    except PermissionError:
+        pass
+    groups = _read("/proc/sys/net/ipv4/ping_group_range") or "unknown"
+    return None, Check(
+        "icmp",
+        FAIL,
+        f"no raw ICMP socket (CAP_NET_RAW missing) and unprivileged ICMP is closed "
+        f"(net.ipv4.ping_group_range = {groups.split()!r}, gid {os.getgid()} not in it)",
+        icmp_fix(),
+    )
+
+
+def clock_check() -> Check:
+    synced = clock_synced()
+    if synced == 1:
+        return Check("clock", OK, "system clock is synchronised (adjtimex)")
+    if synced == 0:
+        return Check(
+            "clock",
+            WARN,
+            "system clock is NOT synchronised: measured times may be wrong",
+            "enable time sync: `sudo timedatectl set-ntp true` (systemd-timesyncd) or install "
+            "chrony; a Raspberry Pi has no battery clock and boots with a stale date",
+        )
+    return Check("clock", WARN, "cannot tell whether the clock is synchronised")
+
+
+def disk_check(data_dir: Path) -> Check:
+    probe = data_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    free_mb = usage.free / 2**20
+    if usage.free < MIN_FREE_BYTES:
+        return Check(
+            "disk",
+            FAIL,
+            f"{free_mb:.0f} MB free under {data_dir}",
+            f"free space: at least {MIN_FREE_BYTES // 2**20} MB is needed for the spool",
+        )
+    return Check("disk", OK, f"{free_mb:.0f} MB free under {data_dir}")
+
+
+def data_dir_check(data_dir: Path) -> Check:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        test = data_dir / ".write-test"
+        test.write_text("ok")
+        test.unlink()
+    except OSError as exc:
+        return Check(
+            "data_dir",
+            FAIL,
+            f"cannot write to {data_dir}: {exc.strerror or exc}",
+            f"create it and give the agent's user write access: "
+            f"`sudo install -d -o $(whoami) {data_dir}`, or set data_dir in the config",
+        )
+    return Check("data_dir", OK, f"{data_dir} is writable")
+
+
+def uplink_checks(config: AgentConfig) -> list[Check]:
+    out = []
+    for u in config.uplinks:
+        try:
+            src = uplink_source(u)
+            if src is not None:
+                with socket.socket(
+                    socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM
+                ) as s:
+                    s.bind((src, 0))
+        except SourceUnavailable as exc:
+            out.append(
+                Check(
+                    f"uplink {u.name}",
+                    FAIL,
+                    str(exc),
+                    "bring the interface up (check the modem / SIM) or fix uplinks[].interface",
+                )
+            )
+            continue
+        except OSError as exc:
+            out.append(
+                Check(
+                    f"uplink {u.name}",
+                    FAIL,
+                    f"source address {src} is not on this machine ({exc.strerror})",
+                    "fix uplinks[].source, or use uplinks[].interface",
+                )
+            )
+            continue
+        how = f"bound to {src}" if src else "routed by the system"
+        out.append(Check(f"uplink {u.name}", OK, f"{how}, operator {u.operator}"))
+    return out
+
+
+def collector_check(config: AgentConfig) -> Check:
+    if config.collector is None:
+        return Check(
+            "collector",
+            WARN,
+            "no collector configured: results stay in the spool",
+            "add a collector: section (url and token_file)",
+        )
+    return Check(
+        "collector",
+        OK,
+        f"configured: {config.collector.url} (reachability and token "
+        "are checked once the uploader exists)",
+    )
+
+
+def run_checks(config: AgentConfig) -> list[Check]:
+    checks = [Check("config", OK, f"{config.path} is valid")]
+    if config.probes.icmp is not None and config.probes.icmp.enabled:
+        checks.append(icmp_mode()[1])
+    checks += [clock_check(), data_dir_check(config.data_dir), disk_check(config.data_dir)]
+    checks += uplink_checks(config)
+    checks.append(collector_check(config))
+    return checks
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None

@@ -1,0 +1,96 @@
+"""Wires config, probes, scheduler and spool together for `once` and `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from agent.config import AgentConfig
+from agent.preflight import Check, icmp_mode
+from agent.probes import ProbeEnv, build_probes
+from agent.record import Record
+from agent.scheduler import Scheduler
+from agent.spool import Spool, SpoolFullError
+
+log = logging.getLogger("sinyal.agent")
+
+
+class PreflightError(Exception):
+    """The environment cannot run the configured probes; `check.fix` says what to do."""
+
+    def __init__(self, check: Check) -> None:
+        super().__init__(f"{check.name}: {check.detail}")
+        self.check = check
+
+
+def build_env(config: AgentConfig) -> ProbeEnv:
+    """Decide once how probes run here (ICMP raw or unprivileged); fail with the fix."""
+    privileged = False
+    if config.probes.icmp is not None and config.probes.icmp.enabled:
+        mode, check = icmp_mode()
+        if mode is None:
+            raise PreflightError(check)
+        privileged = mode
+    return ProbeEnv(config, icmp_privileged=privileged)
+
+
+def open_spool(config: AgentConfig) -> Spool:
+    return Spool.in_dir(config.data_dir, int(config.spool.max_mb * 2**20))
+
+
+def store(spool: Spool, records: Sequence[Record]) -> None:
+    """Spool records; a full disk is logged, never a crash."""
+    try:
+        evicted = spool.put(records)
+    except SpoolFullError as exc:
+        log.error("%s; %d record(s) lost", exc, len(records))
+        return
+    if evicted:
+        log.warning(
+            "spool at its cap (%s MB): evicted %d oldest record(s)",
+            spool.max_bytes / 2**20,
+            evicted,
+        )
+
+
+async def run_once(env: ProbeEnv, spool: Spool | None) -> list[Record]:
+    """Every configured probe once: shared probes together, then exclusive ones alone."""
+    probes = build_probes(env)
+    shared = [p for p in probes if not p.exclusive]
+    results: list[Record] = []
+    for batch in await asyncio.gather(*(p.run() for p in shared)):
+        results.extend(batch)
+    for p in probes:
+        if p.exclusive:
+            results.extend(await p.run())
+    if spool is not None:
+        await asyncio.to_thread(store, spool, results)
+    return results
+
+
+class Daemon:
+    """The long-running agent: scheduled probes, every record spooled first, then shown."""
+
+    def __init__(
+        self, env: ProbeEnv, spool: Spool, show: Callable[[Sequence[Record]], None]
+    ) -> None:
+        self.env = env
+        self.spool = spool
+        self.show = show
+        cfg = env.config
+        self.scheduler = Scheduler(
+            cfg.station.id,
+            build_probes(env),
+            self.on_records,
+            cfg.schedule.jitter_fraction,
+            cfg.schedule.max_jitter_s,
+        )
+
+    async def on_records(self, records: list[Record]) -> None:
+        # Off the event loop: fsync must not delay the timing of running probes.
+        await asyncio.to_thread(store, self.spool, records)
+        self.show(records)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.scheduler.run(stop)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System tools the test suite uses as real peers: fping (RTT reference), dnsmasq (resolver),
+# iptables and iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
+# root; otherwise the tests that need them skip with a reason (and fail in CI).
+set -euo pipefail
+packages=(fping dnsmasq-base iptables iproute2 iputils-ping procps util-linux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "note: not installing ${missing[*]} (needs root and apt); tests that need them will skip" >&2
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
