@@ -144,6 +144,9 @@ def _setup_logging(verbose: bool, handler: logging.Handler | None = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [h]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # httpx logs every request at INFO; the agent reports results itself.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,7 +167,7 @@ def _show(value: Any, secret: bool = False) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -230,7 +230,7 @@ def _string(pattern: re.Pattern[str] | None = None) -> Callable[[Any], str | Non
     def check(v: Any) -> str | None:
         if not isinstance(v, str) or not v.strip():
             return None
-        if pattern is not None and not pattern.match(v):
+        if pattern is not None and not pattern.fullmatch(v):
             return None
         return v
 
@@ -273,7 +273,7 @@ def _ip(v: Any) -> str | None:
 def _host(v: Any) -> str | None:
     if not isinstance(v, str):
         return None
-    return _ip(v) or (v if _HOST_RE.match(v) else None)
+    return _ip(v) or (v if _HOST_RE.fullmatch(v) else None)
 
 
 def _timezone(v: Any) -> str | None:
@@ -281,7 +281,7 @@ def _timezone(v: Any) -> str | None:
         return None
     try:
         ZoneInfo(v)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a directory
         return None
     return v
 
@@ -305,14 +305,20 @@ class _Loader:
         self.base = base
 
     def path_value(self, value: Any) -> Path | None:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             return None
-        p = Path(value).expanduser()
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError:  # ~user that does not exist
+            return None
         return p if p.is_absolute() else (self.base / p)
 
     def existing_file(self, value: Any) -> Path | None:
         p = self.path_value(value)
-        return p if p is not None and p.is_file() else None
+        try:
+            return p if p is not None and p.is_file() else None
+        except OSError:  # e.g. a name too long
+            return None
 
     def station(self, raw: Any) -> Station | None:
         r = self.r
@@ -357,7 +363,7 @@ class _Loader:
                 _show(m["token_file"]),
                 "either token or token_file, not both",
             )
-        if m and "token" not in m and "token_file" not in m:
+        if m and m.get("token") is None and m.get("token_file") is None:
             r.error("collector.token", "nothing", "token or token_file (required with url)")
         ca = r.get(m, "ca_bundle", "collector", self.existing_file, "a readable PEM file")
         timeout = r.get(
@@ -445,6 +451,7 @@ class _Loader:
         spacing = r.get(m, "spacing_s", p, _number(0.01, 60), "seconds, 0.01..60", 0.2)
         payload = r.get(m, "payload_bytes", p, _integer(0, 1472), "bytes, 0..1472", 56)
         targets: list[IcmpTarget] = []
+        indices: list[int] = []  # position of each target in the YAML list, for errors
         raw_targets = m.get("targets")
         if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
             r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
@@ -464,7 +471,8 @@ class _Loader:
                 )
                 if host is not None:
                     targets.append(IcmpTarget(host, name or host))
-        self._unique([t.name for t in targets], f"{p}.targets", "target name")
+                    indices.append(i)
+        self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
         if count is not None and spacing is not None and interval is not None and timeout:
             round_s = (count - 1) * spacing + count * timeout
             if round_s > interval:
@@ -493,6 +501,7 @@ class _Loader:
         enabled, interval, timeout = self._common(m, p, 300.0, 2.0, 30.0)
         qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None, "A or AAAA", "A")
         resolvers: list[Resolver] = []
+        indices: list[int] = []
         raw_res = m.get("resolvers")
         if "resolvers" in m and (not isinstance(raw_res, list) or not raw_res):
             r.error(f"{p}.resolvers", _show(raw_res), "a non-empty list of resolvers")
@@ -514,14 +523,15 @@ class _Loader:
                 if addr is not None:
                     default_name = addr if port == 53 else f"{addr}:{port}"
                     resolvers.append(Resolver(addr, port or 53, name or default_name))
-        self._unique([x.name for x in resolvers], f"{p}.resolvers", "resolver name")
+                    indices.append(i)
+        self._unique([x.name for x in resolvers], indices, f"{p}.resolvers", "resolver name")
         names: list[str] = []
         raw_names = m.get("names")
         if "names" in m and (not isinstance(raw_names, list) or not raw_names):
             r.error(f"{p}.names", _show(raw_names), "a non-empty list of host names")
         elif isinstance(raw_names, list):
             for i, n in enumerate(raw_names):
-                if not isinstance(n, str) or _ip(n) is not None or not _HOST_RE.match(n):
+                if not isinstance(n, str) or _ip(n) is not None or not _HOST_RE.fullmatch(n):
                     r.error(f"{p}.names[{i}]", _show(n), "a host name such as kpu.go.id")
                 else:
                     names.append(n)
@@ -539,6 +549,7 @@ class _Loader:
         max_bytes = r.get(m, "max_bytes", p, _integer(0, 100 * 2**20), "bytes, 0..104857600", 2**20)
         ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
         targets: list[HttpTarget] = []
+        indices: list[int] = []
         raw_targets = m.get("targets")
         if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
             r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
@@ -566,7 +577,8 @@ class _Loader:
                 if url is not None:
                     default = urlsplit(url).hostname or url
                     targets.append(HttpTarget(url, name or default, expect or (200,)))
-        self._unique([t.name for t in targets], f"{p}.targets", "target name")
+                    indices.append(i)
+        self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
         return HttpProbeConfig(
             enabled,
             interval,
@@ -576,9 +588,9 @@ class _Loader:
             tuple(targets),
         )
 
-    def _unique(self, names: list[str], path: str, what: str) -> None:
+    def _unique(self, names: list[str], indices: list[int], path: str, what: str) -> None:
         seen: set[str] = set()
-        for i, n in enumerate(names):
+        for i, n in zip(indices, names, strict=True):
             if n in seen:
                 self.r.error(
                     f"{path}[{i}].name",
@@ -660,6 +672,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     doc, sources = _apply_env(doc, os.environ if environ is None else environ)
     r = _Reader(name, sources)
     top = r.mapping(doc, "", _TOP_KEYS, {"station"})
+    if not isinstance(doc, dict):  # nothing else can be checked
+        raise ConfigError(r.errors)
     loader = _Loader(r, p.resolve().parent)
     station = loader.station(top.get("station")) if "station" in top else None
     collector = loader.collector(top.get("collector"))

@@ -44,19 +44,14 @@ class Threshold:
     source: str
 
     def grade(self, value: float) -> Grade:
-        if self.higher_is_worse:
-            worse = (lambda v, t: v >= t) if self.inclusive else (lambda v, t: v > t)
-            if worse(value, self.alert):
-                return Grade.ALERT
-            if worse(value, self.warn):
-                return Grade.WARN
-            return Grade.GOOD if value <= self.good else Grade.FAIR
-        worse = (lambda v, t: v <= t) if self.inclusive else (lambda v, t: v < t)
-        if worse(value, self.alert):
+        # Mirror lower-is-worse metrics so one set of comparisons serves both directions.
+        sign = 1.0 if self.higher_is_worse else -1.0
+        v, good, warn, alert = (sign * x for x in (value, self.good, self.warn, self.alert))
+        if v > alert or (self.inclusive and v == alert):
             return Grade.ALERT
-        if worse(value, self.warn):
+        if v > warn or (self.inclusive and v == warn):
             return Grade.WARN
-        return Grade.GOOD if value >= self.good else Grade.FAIR
+        return Grade.GOOD if v <= good else Grade.FAIR
 
 
 @dataclass(frozen=True)

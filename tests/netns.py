@@ -42,8 +42,9 @@ _RULE_COMMENT_RE = re.compile(r"sinyal-test-(\d+)")
 _IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
 
 
-def sh(*cmd: str, check: bool = True, timeout: float = 15,
-       input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    *cmd: str, check: bool = True, timeout: float = 15, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; on failure the error names command and stderr."""
     proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
@@ -61,8 +62,9 @@ class Netns:
         """The argv prefix that runs a command inside this namespace."""
         return ["ip", "netns", "exec", self.name]
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 15,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 15, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return sh(*self.prefix(), *cmd, check=check, timeout=timeout, input=input)
 
     def sysctl(self, key: str, value: str) -> None:
@@ -101,8 +103,12 @@ class Lab:
         reap_stale()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -127,8 +133,20 @@ class Lab:
         near_prefix = near.prefix() if near else []
         with _allocation_lock():
             net = self._free_subnet()
-            sh(*near_prefix, "ip", "link", "add", near_if, "type", "veth",
-               "peer", "name", far_if, "netns", far.name)
+            sh(
+                *near_prefix,
+                "ip",
+                "link",
+                "add",
+                near_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                far_if,
+                "netns",
+                far.name,
+            )
             # Deleting one end deletes both, at once (a namespace is deleted lazily).
             self._stack.callback(_delete_link, near_if, near)
             hosts = list(net.hosts())
@@ -147,13 +165,19 @@ class Lab:
         """
         rule = [*spec, "-m", "comment", "--comment", f"sinyal-test-{os.getpid()}"]
         sh("iptables", "-w", "5", "-t", table, "-A", chain, *rule)
-        self._stack.callback(sh, "iptables", "-w", "5", "-t", table, "-D", chain, *rule,
-                             check=False)
+        self._stack.callback(
+            sh, "iptables", "-w", "5", "-t", table, "-D", chain, *rule, check=False
+        )
 
     def spawn(self, ns: Netns, *cmd: str) -> subprocess.Popen[str]:
         """Start a process inside `ns`; it is stopped before the namespace is deleted."""
-        proc = subprocess.Popen([*ns.prefix(), *cmd], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*ns.prefix(), *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._stack.callback(_stop, proc)
         return proc
 

@@ -132,12 +132,23 @@ def dnsmasq(
         for _attempt in range(3):  # the port can be taken between free_port() and the bind
             use_port = port or free_port(host)
             conf = tmpdir / "dnsmasq.conf"
-            conf.write_text(_dnsmasq_config(host, use_port, addresses, host_records,
-                                            local_domains, extra, tmpdir / "dnsmasq.pid"))
+            conf.write_text(
+                _dnsmasq_config(
+                    host,
+                    use_port,
+                    addresses,
+                    host_records,
+                    local_domains,
+                    extra,
+                    tmpdir / "dnsmasq.pid",
+                )
+            )
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
                     [binary, "--keep-in-foreground", f"--conf-file={conf}"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             deadline = time.monotonic() + startup_s
             ready = False
@@ -208,8 +219,12 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.server.requests.append(
-            Request(self.path, self.headers.get("Host"), self.headers.get("User-Agent"),
-                    getattr(self.connection, "sni", None))
+            Request(
+                self.path,
+                self.headers.get("Host"),
+                self.headers.get("User-Agent"),
+                getattr(self.connection, "sni", None),
+            )
         )
         path = parts.path
         if path == "/":
@@ -227,8 +242,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/close":
             self._abort(reset=False)
         elif path == "/slow":
-            self._slow(int(q.get("n", "1000")), int(q.get("chunk", "100")),
-                       int(q.get("interval_ms", "100")))
+            self._slow(
+                int(q.get("n", "1000")),
+                int(q.get("chunk", "100")),
+                int(q.get("interval_ms", "100")),
+            )
         else:
             self._reply(404, b"not found\n")
 
@@ -300,8 +318,9 @@ class _HttpServer(ThreadingHTTPServer):
         pass  # clients that time out and hang up mid-response are part of the tests
 
 
-def _remember_sni(sock: ssl.SSLSocket | ssl.SSLObject, name: str | None,
-                  _ctx: ssl.SSLContext) -> None:
+def _remember_sni(
+    sock: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext
+) -> None:
     sock.sni = name  # type: ignore[union-attr]  # read back by the handler
 
 
@@ -362,12 +381,17 @@ def http_server(
             ca_path = Path(tmp) / "ca.pem"
             ca.cert_pem.write_to_path(str(ca_path))
         server = _HttpServer((host, 0), context)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  name="test-http-server", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="test-http-server",
+            daemon=True,
+        )
         thread.start()
         try:
-            yield HttpServer("https" if tls else "http", host, int(server.server_address[1]),
-                             ca_path, server)
+            yield HttpServer(
+                "https" if tls else "http", host, int(server.server_address[1]), ca_path, server
+            )
         finally:
             server.stopping.set()
             server.shutdown()

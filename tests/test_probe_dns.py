@@ -49,8 +49,13 @@ def probe(
     timeout_s: float = 1.0,
     uplinks: list[dict[str, Any]] | None = None,
 ) -> DnsProbe:
-    dns = {"interval_s": 60, "timeout_s": timeout_s, "resolvers": resolvers, "names": names,
-           "qtype": qtype}
+    dns = {
+        "interval_s": 60,
+        "timeout_s": timeout_s,
+        "resolvers": resolvers,
+        "names": names,
+        "qtype": qtype,
+    }
     sections: dict[str, Any] = {"probes": {"dns": dns}}
     if uplinks is not None:
         sections["uplinks"] = uplinks
@@ -84,8 +89,14 @@ def test_good_name_resolves(make_config: MakeConfig, resolver: DnsServer) -> Non
     assert r.fields["answers"] == 1
     assert 0 < r.fields["resolve_ms"] < 500  # loopback: well under the 1 s timeout
     assert r.kind == "dns"
-    assert dict(r.tags) == {"station": "3171011001001", "uplink": "lo", "operator": "test",
-                            "resolver": "dnsmasq", "qname": GOOD, "qtype": "A"}
+    assert dict(r.tags) == {
+        "station": "3171011001001",
+        "uplink": "lo",
+        "operator": "test",
+        "resolver": "dnsmasq",
+        "qname": GOOD,
+        "qtype": "A",
+    }
     assert f"query[A] {GOOD} from 127.0.0.1" in resolver.log()
 
 
@@ -105,8 +116,9 @@ def test_refused(make_config: MakeConfig, resolver: DnsServer) -> None:
     assert r.fields["rcode"] == 5
 
 
-def test_aaaa_of_a_name_with_only_a_is_no_answer(make_config: MakeConfig,
-                                                 resolver: DnsServer) -> None:
+def test_aaaa_of_a_name_with_only_a_is_no_answer(
+    make_config: MakeConfig, resolver: DnsServer
+) -> None:
     r = run_one(probe(make_config, [at(resolver)], [V4ONLY], qtype="AAAA"))
     assert r.error == "dns_no_answer"
     assert r.fields["ok"] == 0
@@ -122,8 +134,7 @@ def test_aaaa(make_config: MakeConfig, resolver: DnsServer) -> None:
     assert r.fields["answers"] == 1
 
 
-def test_truncated_answer_is_retried_over_tcp(make_config: MakeConfig,
-                                              resolver: DnsServer) -> None:
+def test_truncated_answer_is_retried_over_tcp(make_config: MakeConfig, resolver: DnsServer) -> None:
     r = run_one(probe(make_config, [at(resolver)], [BIG]))
     assert r.error is None
     assert r.fields["answers"] == 60  # a truncated UDP answer holds only about half
@@ -132,8 +143,12 @@ def test_truncated_answer_is_retried_over_tcp(make_config: MakeConfig,
 def test_silent_resolver_times_out(make_config: MakeConfig) -> None:
     timeout_s = 0.5
     with black_hole_udp() as (host, port):
-        p = probe(make_config, [{"address": host, "port": port, "name": "hole"}], [GOOD],
-                  timeout_s=timeout_s)
+        p = probe(
+            make_config,
+            [{"address": host, "port": port, "name": "hole"}],
+            [GOOD],
+            timeout_s=timeout_s,
+        )
         t0 = time.monotonic()
         r = run_one(p)
         elapsed = time.monotonic() - t0
@@ -145,8 +160,12 @@ def test_silent_resolver_times_out(make_config: MakeConfig) -> None:
 def test_closed_port_is_refused_at_once(make_config: MakeConfig) -> None:
     # The ICMP port unreachable reaches a connected UDP socket as ECONNREFUSED: the probe
     # reports it at once instead of waiting out its timeout.
-    p = probe(make_config, [{"address": "127.0.0.1", "port": closed_port(), "name": "closed"}],
-              [GOOD], timeout_s=2.0)
+    p = probe(
+        make_config,
+        [{"address": "127.0.0.1", "port": closed_port(), "name": "closed"}],
+        [GOOD],
+        timeout_s=2.0,
+    )
     t0 = time.monotonic()
     r = run_one(p)
     elapsed = time.monotonic() - t0
@@ -157,19 +176,26 @@ def test_closed_port_is_refused_at_once(make_config: MakeConfig) -> None:
 
 def test_unavailable_source_address(make_config: MakeConfig, resolver: DnsServer) -> None:
     # 198.18.0.1 is not configured on this machine: the bind fails, nothing is sent.
-    uplinks = [{"name": "gone", "operator": "x", "source": "198.18.0.1"},
-               {"name": "noif", "operator": "y", "interface": "sinyal-none0"}]
+    uplinks = [
+        {"name": "gone", "operator": "x", "source": "198.18.0.1"},
+        {"name": "noif", "operator": "y", "interface": "sinyal-none0"},
+    ]
     records = asyncio.run(probe(make_config, [at(resolver)], [GOOD], uplinks=uplinks).run())
     assert [(r.tags["uplink"], r.error) for r in map(round_trip, records)] == [
-        ("gone", "source_unavailable"), ("noif", "source_unavailable")]
+        ("gone", "source_unavailable"),
+        ("noif", "source_unavailable"),
+    ]
     assert all(r.fields == {"ok": 0} for r in records)
 
 
-def test_run_covers_uplinks_resolvers_and_names(make_config: MakeConfig,
-                                                resolver: DnsServer) -> None:
+def test_run_covers_uplinks_resolvers_and_names(
+    make_config: MakeConfig, resolver: DnsServer
+) -> None:
     timeout_s = 0.5
-    uplinks = [{"name": "lo", "operator": "test"},
-               {"name": "lo-src", "operator": "telkomsel", "source": "127.0.0.1"}]
+    uplinks = [
+        {"name": "lo", "operator": "test"},
+        {"name": "lo-src", "operator": "telkomsel", "source": "127.0.0.1"},
+    ]
     names = [GOOD, MISSING, V4ONLY]
     with black_hole_udp() as (host, port):
         resolvers = [at(resolver, "dm"), {"address": host, "port": port, "name": "hole"}]

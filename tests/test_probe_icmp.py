@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,8 +31,7 @@ from tests.netns import Lab, Link, Netns, netns_lab
 
 __all__ = ["netns_lab"]  # a fixture, used by name
 
-RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_ms",
-              "rtt_stddev_ms")
+RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_ms", "rtt_stddev_ms")
 NOBODY = 65534
 MakeConfig = Callable[..., AgentConfig]
 
@@ -41,9 +39,15 @@ MakeConfig = Callable[..., AgentConfig]
 # --- helpers ---------------------------------------------------------------------------
 
 
-def icmp_config(make_config: MakeConfig, targets: Sequence[str], *, count: int = 10,
-                spacing_s: float = 0.2, timeout_s: float = 1.0,
-                uplinks: Sequence[dict[str, str]] | None = None) -> AgentConfig:
+def icmp_config(
+    make_config: MakeConfig,
+    targets: Sequence[str],
+    *,
+    count: int = 10,
+    spacing_s: float = 0.2,
+    timeout_s: float = 1.0,
+    uplinks: Sequence[dict[str, str]] | None = None,
+) -> AgentConfig:
     """An agent config whose ICMP probe pings `targets` (named t1, t2, ... in order)."""
     worst_round = (count - 1) * spacing_s + count * timeout_s
     icmp = {
@@ -53,8 +57,9 @@ def icmp_config(make_config: MakeConfig, targets: Sequence[str], *, count: int =
         "timeout_s": timeout_s,
         "targets": [{"host": h, "name": f"t{i}"} for i, h in enumerate(targets, 1)],
     }
-    return make_config(probes={"icmp": icmp},
-                       uplinks=list(uplinks or [{"name": "lo", "operator": "test"}]))
+    return make_config(
+        probes={"icmp": icmp}, uplinks=list(uplinks or [{"name": "lo", "operator": "test"}])
+    )
 
 
 def make_probe(config: AgentConfig, privileged: bool = True) -> IcmpProbe:
@@ -103,10 +108,9 @@ def binomial_interval(n: int, p: float, confidence: float = 0.99) -> tuple[int, 
     Each tail outside it has probability <= (1 - confidence) / 2.
     """
     pf, tail = Fraction(str(p)), (1 - Fraction(str(confidence))) / 2
-    pmf = [math.comb(n, k) * pf**k * (1 - pf) ** (n - k) for k in range(n + 1)]
     cdf, lo, hi = Fraction(0), None, n
-    for k, mass in enumerate(pmf):
-        cdf += mass
+    for k in range(n + 1):
+        cdf += math.comb(n, k) * pf**k * (1 - pf) ** (n - k)
         if lo is None and cdf > tail:
             lo = k  # P(X < lo) <= tail
         if cdf >= 1 - tail:
@@ -119,8 +123,12 @@ def binomial_interval(n: int, p: float, confidence: float = 0.99) -> tuple[int, 
 def fping_rtts(addr: str, count: int, period_ms: int) -> list[float]:
     """RTTs (ms) of the replies fping got; its -C output goes to stderr, '-' for a loss."""
     fping = require_tool("fping")
-    proc = subprocess.run([fping, "-C", str(count), "-p", str(period_ms), "-q", addr],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [fping, "-C", str(count), "-p", str(period_ms), "-q", addr],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     line = next(x for x in proc.stderr.splitlines() if x.startswith(f"{addr} "))
     values = line.split(":", 1)[1].split()
     assert len(values) == count, proc.stderr
@@ -156,8 +164,9 @@ for record in asyncio.run(probe.run()):
 """
 
 
-def run_in_namespace(ns: Netns, config: AgentConfig, *, privileged: bool,
-                     uid: int | None = None) -> list[Record]:
+def run_in_namespace(
+    ns: Netns, config: AgentConfig, *, privileged: bool, uid: int | None = None
+) -> list[Record]:
     """Run the config's ICMP probe in a child process inside `ns` (as `uid` if given)."""
     assert config.probes.icmp is not None
     spec = {
@@ -169,11 +178,13 @@ def run_in_namespace(ns: Netns, config: AgentConfig, *, privileged: bool,
     user: list[str] = []
     if uid is not None:
         setpriv = require_tool("setpriv")
-        user = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                "--inh-caps=-all"]
+        user = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
     proc = subprocess.run(
         [*ns.prefix(), *user, sys.executable, "-c", CHILD_PROBE, json.dumps(spec)],
-        capture_output=True, text=True, timeout=30, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
     )
     assert proc.returncode == 0, proc.stderr
@@ -222,6 +233,12 @@ def target(netns_lab: Lab) -> Iterator[Link]:
     yield netns_lab.link(netns_lab.namespace())
 
 
+def test_binomial_interval_helper() -> None:
+    # Binomial(10, 1/2): P(X = 0) = 1/1024 <= 0.005 < P(X <= 1) = 11/1024.
+    assert binomial_interval(10, 0.5, 0.99) == (1, 9)
+    assert binomial_interval(500, 0.2, 0.99) == (78, 124)
+
+
 # --- summarise (no network) ------------------------------------------------------------
 
 
@@ -257,8 +274,12 @@ def test_loopback_round(make_config: MakeConfig) -> None:
     [record] = records
     assert_good_round(record, count)
     assert record.fields["rtt_max_ms"] < 50  # loopback
-    assert dict(record.tags) == {"station": "3171011001001", "uplink": "lo",
-                                 "operator": "test", "target": "t1"}
+    assert dict(record.tags) == {
+        "station": "3171011001001",
+        "uplink": "lo",
+        "operator": "test",
+        "target": "t1",
+    }
     # Requests go out at a fixed spacing and the round ends with the last reply.
     assert (count - 1) * spacing <= elapsed < (count - 1) * spacing + 0.5, elapsed
     roundtrip(record)
@@ -290,11 +311,13 @@ def test_many_loopback_targets_concurrently(make_config: MakeConfig) -> None:
 
 
 @pytest.mark.netns
-def test_namespace_host_answers_and_a_missing_host_fails(make_config: MakeConfig,
-                                                         target: Link) -> None:
+def test_namespace_host_answers_and_a_missing_host_fails(
+    make_config: MakeConfig, target: Link
+) -> None:
     count = 5
-    config = icmp_config(make_config, [target.far_addr, target.spare()], count=count,
-                         spacing_s=0.1, timeout_s=1.0)
+    config = icmp_config(
+        make_config, [target.far_addr, target.spare()], count=count, spacing_s=0.1, timeout_s=1.0
+    )
     up, down = asyncio.run(make_probe(config).run())
     assert_good_round(up, count)
     roundtrip(up)
@@ -308,11 +331,9 @@ def test_namespace_host_answers_and_a_missing_host_fails(make_config: MakeConfig
 @pytest.mark.slow
 def test_loss_on_the_far_side_is_counted(make_config: MakeConfig, target: Link) -> None:
     n, p = 500, 0.2
-    target.far.iptables("-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request",
-                        "-m", "statistic", "--mode", "random", "--probability", str(p),
-                        "-j", "DROP")
-    config = icmp_config(make_config, [target.far_addr], count=n, spacing_s=0.01,
-                         timeout_s=1.0)
+    rule = f"-A INPUT -p icmp --icmp-type echo-request -m statistic --mode random --probability {p}"
+    target.far.iptables(*rule.split(), "-j", "DROP")
+    config = icmp_config(make_config, [target.far_addr], count=n, spacing_s=0.01, timeout_s=1.0)
     [record] = asyncio.run(make_probe(config).run())
     f = record.fields
     lost = f["sent"] - f["received"]
@@ -344,13 +365,15 @@ def test_rtt_matches_fping(make_config: MakeConfig, target: Link) -> None:
 
 
 @pytest.mark.netns
-def test_rtt_matches_fping_with_added_delay(make_config: MakeConfig, netns_lab: Lab,
-                                           target: Link) -> None:
+def test_rtt_matches_fping_with_added_delay(
+    make_config: MakeConfig, netns_lab: Lab, target: Link
+) -> None:
     require_tool("fping")
     delay_ms, count = 20.0, 20
     target.far.sysctl("net.ipv4.icmp_echo_ignore_all", "1")  # the responder answers instead
-    responder = netns_lab.spawn(target.far, sys.executable, "-c", DELAYED_RESPONDER,
-                                str(delay_ms / 1000), "20")
+    responder = netns_lab.spawn(
+        target.far, sys.executable, "-c", DELAYED_RESPONDER, str(delay_ms / 1000), "20"
+    )
     assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
     config = icmp_config(make_config, [target.far_addr], count=count, spacing_s=0.05)
     probe = make_probe(config)
@@ -368,8 +391,9 @@ def test_rtt_matches_fping_with_added_delay(make_config: MakeConfig, netns_lab: 
 
 
 @pytest.mark.netns
-def test_unprivileged_probe_follows_ping_group_range(make_config: MakeConfig,
-                                                     netns_lab: Lab) -> None:
+def test_unprivileged_probe_follows_ping_group_range(
+    make_config: MakeConfig, netns_lab: Lab
+) -> None:
     ns = netns_lab.namespace()
     count = 3
     config = icmp_config(make_config, ["127.0.0.1"], count=count, spacing_s=0.05)
@@ -393,8 +417,8 @@ def test_unprivileged_probe_follows_ping_group_range(make_config: MakeConfig,
 @pytest.mark.netns
 def test_unresolvable_name_is_a_record(make_config: MakeConfig, netns_lab: Lab) -> None:
     nsswitch = Path("/etc/nsswitch.conf")
-    hosts = next((x.split()[1:] for x in nsswitch.read_text().splitlines()
-                  if x.startswith("hosts:")), []) if nsswitch.exists() else []
+    lines = nsswitch.read_text().splitlines() if nsswitch.exists() else []
+    hosts = next((x.split()[1:] for x in lines if x.startswith("hosts:")), [])
     if set(hosts) - {"files", "dns"} or Path("/var/run/nscd/socket").exists():
         pytest.skip(f"name lookups may leave the namespace through hosts: {hosts} or nscd")
     # Inside a namespace with only a loopback a DNS query cannot leave the machine.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -76,8 +77,7 @@ def test_percentile_rejects_bad_input(samples: list[float], q: float) -> None:
         ([1.25, 1.5, 1.0, 2.0], (0.25 + 0.5 + 1.0) / 3),
     ],
 )
-def test_jitter_is_mean_absolute_consecutive_difference(rtts: list[float],
-                                                        expected: float) -> None:
+def test_jitter_is_mean_absolute_consecutive_difference(rtts: list[float], expected: float) -> None:
     assert stats.jitter(rtts) == pytest.approx(expected)
 
 
@@ -155,6 +155,6 @@ def test_mos_stays_in_range_and_falls_with_every_impairment() -> None:
     for loss in (0, 0.5, 5, 20, 40, 100):
         values = [stats.mos(r, 2, loss) for r in rtts]
         assert all(1.0 <= v <= 4.5 for v in values)
-        assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(values))
     assert stats.mos(50, 0, 0) > stats.mos(50, 10, 0) > stats.mos(50, 10, 2)
     assert math.isfinite(stats.mos(1e9, 1e9, 0))

@@ -3,8 +3,9 @@
 One query per (uplink, resolver, name) with recursion desired, over UDP with
 a TCP retry when the answer is truncated. resolve_ms runs from sending the
 query to the answer (including a TCP retry). A timeout is a record with
-error=timeout and no rcode; an answer with a bad rcode is a record with that
-rcode and ok=0.
+error=timeout and no rcode; a resolver host that answers with ICMP port
+unreachable (nothing listening) is connection_refused at once; an answer with
+a bad rcode is a record with that rcode and ok=0.
 """
 
 from __future__ import annotations
@@ -71,14 +72,21 @@ class DnsProbe:
             # a resolver whose server is down then ends the query at once as ECONNREFUSED,
             # as with the system resolver, instead of waiting out the timeout.
             udp_sock = await _BACKEND.make_socket(  # type: ignore[no-untyped-call]
-                dns.inet.af_for_address(resolver.address), socket.SOCK_DGRAM, 0,
-                (source, 0) if source is not None else None, (resolver.address, resolver.port),
+                dns.inet.af_for_address(resolver.address),
+                socket.SOCK_DGRAM,
+                0,
+                (source, 0) if source is not None else None,
+                (resolver.address, resolver.port),
             )
             async with udp_sock:
                 t0 = time.monotonic()
                 response, _tcp = await dns.asyncquery.udp_with_fallback(
-                    query, resolver.address, timeout=self.cfg.timeout_s, port=resolver.port,
-                    source=source, udp_sock=udp_sock,
+                    query,
+                    resolver.address,
+                    timeout=self.cfg.timeout_s,
+                    port=resolver.port,
+                    source=source,
+                    udp_sock=udp_sock,
                 )
                 elapsed_ms = (time.monotonic() - t0) * 1000
         except SourceUnavailable:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -40,6 +41,10 @@ _ECHO_REPLY = {4: 0, 6: 129}
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) on Linux x86, arm and arm64; Python does not export it.
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _NET_UNREACHABLE_CODES = {0, 6, 11}  # ICMPv4 dest-unreachable codes meaning "network"
+# Linux values; Python 3.11 does not export them.
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
 
 @dataclass
@@ -177,15 +182,32 @@ class IcmpProbe:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            recverr = not self.env.icmp_privileged
+            if recverr:
+                # A raw socket sees ICMP errors as packets; a datagram (unprivileged)
+                # socket hears of host/network unreachable only through its error queue.
+                level = socket.IPPROTO_IPV6 if version == 6 else socket.IPPROTO_IP
+                try:
+                    sock.setsockopt(level, _IPV6_RECVERR if version == 6 else _IP_RECVERR, 1)
+                except OSError:
+                    recverr = False
 
             def on_readable() -> None:
+                if recverr:
+                    # Drained on every wake-up: a non-empty error queue keeps the
+                    # socket readable.
+                    code = _drain_error_queue(sock)
+                    result.icmp_error = code or result.icmp_error
                 while True:
                     try:
                         data, ancdata, _flags, peer = sock.recvmsg(2048, 64)
                     except (BlockingIOError, InterruptedError):
                         return
-                    except OSError:
-                        return  # ICMP errors queued on the socket; replies still count
+                    except OSError as exc:
+                        # The socket's pending error (the same ICMP error, as errno);
+                        # reading it clears it and later replies still count.
+                        result.icmp_error = error_code_for(exc) or result.icmp_error
+                        return
                     rx = _kernel_time(ancdata)
                     reply = icmp_sock._parse_reply(data, peer[0], rx)
                     if reply is None or reply.id not in idents or reply.sequence not in sent_at:
@@ -237,10 +259,26 @@ class IcmpProbe:
         return result
 
 
+def _drain_error_queue(sock: socket.socket) -> ErrorCode | None:
+    """Read every queued IP_RECVERR message; the error code of the last one we can name."""
+    code = None
+    for _ in range(1024):  # bounded: the kernel caps the queue at the socket's rcvbuf
+        try:
+            _data, ancdata, _flags, _peer = sock.recvmsg(512, 512, _MSG_ERRQUEUE)
+        except OSError:
+            return code  # EAGAIN: the queue is empty
+        for level, kind, data in ancdata:
+            if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR),
+                                 (socket.IPPROTO_IPV6, _IPV6_RECVERR)) and len(data) >= 4:
+                (ee_errno,) = struct.unpack_from("=I", data)
+                code = error_code_for(OSError(ee_errno, os.strerror(ee_errno))) or code
+    return code
+
+
 def _kernel_time(ancdata: list[tuple[int, int, bytes]]) -> float:
     """The kernel's receive timestamp from SCM_TIMESTAMPNS, else the current time."""
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
             sec, nsec = struct.unpack("qq", data[:16])
-            return sec + nsec / 1e9
+            return float(sec + nsec / 1e9)
     return time.time()

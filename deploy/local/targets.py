@@ -24,14 +24,16 @@ import dns.rdatatype
 import dns.rrset
 
 ZONE = "sinyal.test."
-PAGE = (b"<!doctype html><title>Sinyal local target</title>"
-        b"<p>This page is served on loopback for the Sinyal agent's HTTP probe.</p>\n") * 20
+PAGE = (
+    b"<!doctype html><title>Sinyal local target</title>"
+    b"<p>This page is served on loopback for the Sinyal agent's HTTP probe.</p>\n"
+) * 20
 
 
 def dns_answer(wire: bytes) -> bytes | None:
     try:
         query = dns.message.from_wire(wire)
-    except Exception:  # noqa: BLE001 - a malformed datagram gets no answer
+    except Exception:
         return None
     response = dns.message.make_response(query)
     response.flags |= dns.flags.RA
@@ -64,14 +66,14 @@ def serve_dns(host: str, port: int, stop: threading.Event) -> None:
 class Handler(BaseHTTPRequestHandler):
     server_version = "sinyal-local-target/1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(PAGE)))
         self.end_headers()
         self.wfile.write(PAGE)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -93,8 +95,11 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    print(f"local targets: DNS {args.host}:{args.dns_port} (*.sinyal.test), "
-          f"HTTP http://{args.host}:{args.http_port}/", flush=True)
+    print(
+        f"local targets: DNS {args.host}:{args.dns_port} (*.sinyal.test), "
+        f"HTTP http://{args.host}:{args.http_port}/",
+        flush=True,
+    )
     stop.wait()
     httpd.shutdown()
 
