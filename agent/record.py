@@ -279,6 +279,9 @@ def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
             raise ContractError(
                 f"{path}.{key}", f"got {value!r}, expected a string of 1..{_TAG_VALUE_MAX} chars"
             )
+    for tag in spec.tags:
+        if tag not in raw:
+            raise ContractError(f"{path}.{tag}", f"missing, {spec.name} records carry it")
     return dict(raw)
 
 

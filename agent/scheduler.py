@@ -46,8 +46,12 @@ class SharedExclusiveLock:
                 self._exclusive_waiting += 1
                 try:
                     await self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
-                finally:
+                except BaseException:
+                    # Cancelled while waiting: the shared waiters this one held back may go.
                     self._exclusive_waiting -= 1
+                    self._cond.notify_all()
+                    raise
+                self._exclusive_waiting -= 1
                 self._exclusive = True
             else:
                 await self._cond.wait_for(
@@ -184,4 +188,8 @@ class Scheduler:
             state.last_duration_s = time.monotonic() - started
             state.runs += 1
         if records:
-            await self.on_records(records)
+            try:
+                await self.on_records(records)
+            except Exception:
+                # Otherwise this probe's loop would end silently and it would never run again.
+                log.exception("probe %s: %d record(s) not handed over", probe.kind, len(records))

@@ -15,6 +15,7 @@ The spool also keeps the latest result per series for `sinyal-agent status`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -117,13 +118,39 @@ class Spool:
             return self.spool._db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            db = self.spool._db
             try:
-                self.spool._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    try:
+                        db.execute("COMMIT")
+                    except sqlite3.Error as commit_exc:
+                        # A failed COMMIT (disk full, I/O error) can leave the transaction
+                        # open; close it so the next put() does not start inside it.
+                        self._rollback(db)
+                        self.spool._raise_if_full(commit_exc)
+                        raise
+                else:
+                    self._rollback(db)
+                    if isinstance(exc, sqlite3.Error):
+                        self.spool._raise_if_full(exc)
             finally:
                 self.spool._lock.release()
 
+        @staticmethod
+        def _rollback(db: sqlite3.Connection) -> None:
+            # SQLite has already rolled back by itself after some errors (SQLITE_FULL while
+            # spilling a large transaction mid-statement); a second ROLLBACK would then
+            # fail and hide the error that matters.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+
     def _tx(self) -> Spool._Tx:
         return Spool._Tx(self)
+
+    def _raise_if_full(self, exc: sqlite3.Error) -> None:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise SpoolFullError(28, f"disk full, spool not changed: {self.path}") from exc
 
     def put(self, records: Sequence[Record]) -> int:
         """Store records durably (one transaction); returns how many were evicted to fit.
@@ -143,33 +170,28 @@ class Spool:
                     format_time(r.measured_at),
                     _PRIORITY.get(r.kind, _MEASUREMENT_PRIORITY),
                     body,
-                    len(body),
+                    len(body.encode()),
                 )
             )
             series = "|".join([r.kind, *(r.tags.get(t, "") for t in _SERIES_TAGS)])
             latest.append((series, r.kind, format_time(r.measured_at), body))
-        try:
-            with self._tx() as db:
-                added = 0
-                for row in rows:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO records (id, kind, measured_at, priority, body,"
-                        " size) VALUES (?, ?, ?, ?, ?, ?)",
-                        row,
-                    )
-                    added += row[5] if cur.rowcount == 1 else 0
-                db.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added,))
-                db.executemany(
-                    "INSERT INTO latest (series, kind, measured_at, body) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT(series) DO UPDATE SET measured_at = excluded.measured_at,"
-                    " body = excluded.body WHERE excluded.measured_at >= latest.measured_at",
-                    latest,
+        with self._tx() as db:
+            added = 0
+            for row in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO records (id, kind, measured_at, priority, body,"
+                    " size) VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
                 )
-                return self._evict(db)
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc).lower():
-                raise SpoolFullError(28, f"disk full, record not spooled: {self.path}") from exc
-            raise
+                added += row[5] if cur.rowcount == 1 else 0
+            db.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added,))
+            db.executemany(
+                "INSERT INTO latest (series, kind, measured_at, body) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(series) DO UPDATE SET measured_at = excluded.measured_at,"
+                " body = excluded.body WHERE excluded.measured_at >= latest.measured_at",
+                latest,
+            )
+            return self._evict(db)
 
     def _evict(self, db: sqlite3.Connection) -> int:
         (size,) = db.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()

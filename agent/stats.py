@@ -58,4 +58,3 @@ def mos(rtt_avg_ms: float, jitter_ms: float, loss_pct: float) -> float:
     r = 93.2 - eff / 40 if eff < 160 else 93.2 - (eff - 120) / 10
     r = min(100.0, max(0.0, r - 2.5 * loss_pct))
     return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
-

@@ -4,10 +4,11 @@ The agent uses them to colour its live view; the collector uses the same file to
 compute station status. Each metric names the `kind.field` values it applies to,
 which way is worse, three limits and the `source` the numbers come from.
 
-Grading a value v of a higher-is-worse metric (strict comparisons unless the
-metric sets `inclusive: true`, which turns > into >=):
+Grading a value v of a higher-is-worse metric:
   alert if v > alert; else warn if v > warn; else good if v <= good; else fair.
-Lower-is-worse metrics mirror this with < and >=.
+A metric with `inclusive: true` moves each boundary's equality to the worse side
+(alert if v >= alert, warn if v >= warn, good only if v < good), as sources that
+say "loss >= 1 %" or "good < 0.4 %" mean. Lower-is-worse metrics mirror this.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Threshold:
             return Grade.ALERT
         if v > warn or (self.inclusive and v == warn):
             return Grade.WARN
-        return Grade.GOOD if v <= good else Grade.FAIR
+        good_enough = v < good if self.inclusive else v <= good
+        return Grade.GOOD if good_enough else Grade.FAIR
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,14 @@ def load(path: str | Path) -> Thresholds:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{name}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{name}: not valid YAML: {exc}"]) from None
+        # One line per error: str(exc) spans several lines.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
     errors: list[str] = []
 
     def err(p: str, got: Any, expected: str) -> None:
@@ -102,8 +110,10 @@ def load(path: str | Path) -> Thresholds:
         if not isinstance(m, dict):
             err(p, m, "a mapping")
             continue
-        for k in sorted(set(m) - keys):
-            err(f"{p}.{k}", "an unknown key", f"one of {', '.join(sorted(keys))}")
+        for k in sorted(set(m) - keys, key=str):
+            errors.append(
+                f"{name}: {p}.{k}: got an unknown key, expected one of {', '.join(sorted(keys))}"
+            )
         fields = m.get("fields")
         if not isinstance(fields, list) or not fields:
             err(f"{p}.fields", fields, "a list of kind.field names")
@@ -123,7 +133,7 @@ def load(path: str | Path) -> Thresholds:
                 err(f"{p}.{k}", v, "a number")
             else:
                 limits[k] = float(v)
-        if len(limits) == 3:
+        if len(limits) == 3 and direction in ("higher_is_worse", "lower_is_worse"):
             ordered = (
                 limits["good"] <= limits["warn"] <= limits["alert"]
                 if direction == "higher_is_worse"

@@ -38,22 +38,23 @@ def require_tool(name: str) -> str:
     return path
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("root") or item.get_closest_marker("netns"):
-            item.add_marker(pytest.mark.usefixtures("_root_required"))
-
-
-@pytest.fixture
-def _root_required() -> None:
-    require_root()
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") or item.get_closest_marker("netns"):
+        require_root()
+        if item.get_closest_marker("netns"):
+            require_tool("ip")
 
 
 def base_config(tmp_path: Path) -> dict[str, Any]:
     """A minimal valid agent config document that probes only loopback."""
     return {
-        "station": {"id": "3171011001001", "name": "TPS 001 Gambir", "lat": -6.1754,
-                    "lon": 106.8272, "tz": "Asia/Jakarta"},
+        "station": {
+            "id": "3171011001001",
+            "name": "TPS 001 Gambir",
+            "lat": -6.1754,
+            "lon": 106.8272,
+            "tz": "Asia/Jakarta",
+        },
         "uplinks": [{"name": "lo", "operator": "test"}],
         "probes": {"icmp": {"interval_s": 60, "targets": [{"host": "127.0.0.1", "name": "lo"}]}},
         "data_dir": str(tmp_path / "data"),

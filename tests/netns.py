@@ -95,6 +95,8 @@ class Link:
 
 @dataclass
 class Lab:
+    """Namespaces and links for one test; everything goes when it closes, in reverse order."""
+
     _stack: ExitStack = field(default_factory=ExitStack)
     _count: int = 0
     _subnets: set[ipaddress.IPv4Network] = field(default_factory=set)
@@ -133,20 +135,8 @@ class Lab:
         near_prefix = near.prefix() if near else []
         with _allocation_lock():
             net = self._free_subnet()
-            sh(
-                *near_prefix,
-                "ip",
-                "link",
-                "add",
-                near_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                far_if,
-                "netns",
-                far.name,
-            )
+            add = f"ip link add {near_if} type veth peer name {far_if} netns {far.name}"
+            sh(*near_prefix, *add.split())
             # Deleting one end deletes both, at once (a namespace is deleted lazily).
             self._stack.callback(_delete_link, near_if, near)
             hosts = list(net.hosts())

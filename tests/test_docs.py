@@ -28,12 +28,43 @@ def test_every_error_code_is_documented() -> None:
 
 
 def test_example_config_documents_every_key() -> None:
-    for key in ("station:", "collector:", "uplinks:", "probes:", "icmp:", "dns:", "http:",
-                "schedule:", "spool:", "data_dir:", "thresholds_file:", "count:", "spacing_s:",
-                "timeout_s:", "payload_bytes:", "resolvers:", "names:", "qtype:", "max_bytes:",
-                "expect_status:", "jitter_fraction:", "max_jitter_s:", "max_mb:", "token_file:",
-                "ca_bundle:", "interface:", "source:", "operator:", "tz:", "lat:", "lon:"):
-        lines = [ln for ln in EXAMPLE.splitlines() if ln.strip().startswith(key)
-                 or ln.strip().startswith(f"# {key}")]
+    for key in (
+        "station:",
+        "collector:",
+        "uplinks:",
+        "probes:",
+        "icmp:",
+        "dns:",
+        "http:",
+        "schedule:",
+        "spool:",
+        "data_dir:",
+        "thresholds_file:",
+        "count:",
+        "spacing_s:",
+        "timeout_s:",
+        "payload_bytes:",
+        "resolvers:",
+        "names:",
+        "qtype:",
+        "max_bytes:",
+        "expect_status:",
+        "jitter_fraction:",
+        "max_jitter_s:",
+        "max_mb:",
+        "token_file:",
+        "ca_bundle:",
+        "interface:",
+        "source:",
+        "operator:",
+        "tz:",
+        "lat:",
+        "lon:",
+    ):
+        lines = [
+            ln
+            for ln in EXAMPLE.splitlines()
+            if ln.strip().startswith(key) or ln.strip().startswith(f"# {key}")
+        ]
         assert lines, f"{key} missing from config/agent.example.yaml"
         assert any("#" in ln for ln in lines), f"{key} has no comment"

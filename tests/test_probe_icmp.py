@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -227,10 +228,22 @@ while time.monotonic() < end:
 """
 
 
+def start_delayed_responder(lab: Lab, ns: Netns, delay_s: float, lifetime_s: float = 20) -> None:
+    """Answer echo requests in `ns` from userspace, `delay_s` late (the kernel stays quiet)."""
+    ns.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+    responder = lab.spawn(
+        ns, sys.executable, "-c", DELAYED_RESPONDER, str(delay_s), str(lifetime_s)
+    )
+    assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+
+
 @pytest.fixture
 def target(netns_lab: Lab) -> Iterator[Link]:
     """A namespace reached over a veth from the root namespace."""
     yield netns_lab.link(netns_lab.namespace())
+
+
+# --- the tests' own helpers ------------------------------------------------------------
 
 
 def test_binomial_interval_helper() -> None:
@@ -370,11 +383,7 @@ def test_rtt_matches_fping_with_added_delay(
 ) -> None:
     require_tool("fping")
     delay_ms, count = 20.0, 20
-    target.far.sysctl("net.ipv4.icmp_echo_ignore_all", "1")  # the responder answers instead
-    responder = netns_lab.spawn(
-        target.far, sys.executable, "-c", DELAYED_RESPONDER, str(delay_ms / 1000), "20"
-    )
-    assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
+    start_delayed_responder(netns_lab, target.far, delay_ms / 1000)
     config = icmp_config(make_config, [target.far_addr], count=count, spacing_s=0.05)
     probe = make_probe(config)
     asyncio.run(probe.round(target.far_addr, None))  # warm the neighbour cache
@@ -385,6 +394,18 @@ def test_rtt_matches_fping_with_added_delay(
     print(f"delayed median RTT: ours {ours:.3f} ms, fping {theirs:.3f} ms, added {delay_ms} ms")
     assert delay_ms <= ours < delay_ms + 5
     assert abs(ours - theirs) < 0.5, (ours, theirs)
+
+
+@pytest.mark.netns
+def test_reply_later_than_timeout_is_lost(
+    make_config: MakeConfig, netns_lab: Lab, target: Link
+) -> None:
+    start_delayed_responder(netns_lab, target.far, 0.3)
+    count = 5
+    config = icmp_config(make_config, [target.far_addr], count=count, spacing_s=0.1, timeout_s=0.25)
+    # The replies to the first requests arrive while the round still runs, 50 ms past Tmax.
+    [record] = asyncio.run(make_probe(config).run())
+    assert_failed_round(record, {"timeout"}, sent=count)
 
 
 # --- unprivileged ICMP -----------------------------------------------------------------
@@ -412,6 +433,32 @@ def test_unprivileged_probe_follows_ping_group_range(
 
 
 # --- failures are records --------------------------------------------------------------
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("privileged", [True, False], ids=["raw", "datagram"])
+def test_unreachable_targets_are_classified_in_both_modes(
+    make_config: MakeConfig, netns_lab: Lab, privileged: bool
+) -> None:
+    # The probe runs in namespace `near`, whose only route is the link to `far`.
+    near, far = netns_lab.namespace(), netns_lab.namespace()
+    link = netns_lab.link(far, near=near)
+    near.sysctl("net.ipv4.ping_group_range", f"{NOBODY} {NOBODY}")
+    # Give up ARP after one 100 ms probe, so a missing neighbour is reported within the round.
+    near.sysctl(f"net.ipv4.neigh.{link.near_if}.mcast_solicit", "1")
+    near.sysctl(f"net.ipv4.neigh.{link.near_if}.retrans_time_ms", "100")
+    unrouted = next(
+        a for a in ("198.19.255.254", "198.18.0.1") if ip_address(a) not in link.network
+    )
+    count = 5
+    hosts = [link.far_addr, link.spare(), unrouted]
+    config = icmp_config(make_config, hosts, count=count, spacing_s=0.1, timeout_s=0.5)
+    up, no_neighbour, no_route = run_in_namespace(
+        near, config, privileged=privileged, uid=None if privileged else NOBODY
+    )
+    assert_good_round(up, count)
+    assert_failed_round(no_neighbour, {"host_unreachable"})
+    assert_failed_round(no_route, {"network_unreachable"}, sent=0)  # sendto refused them all
 
 
 @pytest.mark.netns

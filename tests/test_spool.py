@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,9 @@ T0 = datetime(2026, 11, 22, 4, 13, tzinfo=UTC)
 EVERYTHING = 10**9
 
 
-def icmp(i: int, *, uplink: str = "telkomsel", target: str = "google-dns", at: datetime = T0) -> Record:
+def icmp(
+    i: int, *, uplink: str = "telkomsel", target: str = "google-dns", at: datetime = T0
+) -> Record:
     """A measurement whose JSON length does not depend on i (fixed-width id and time)."""
     return Record(
         "icmp",
@@ -319,33 +321,62 @@ class Writer:
     proc: subprocess.Popen[str]
     lines: list[str]
     reader: threading.Thread
+    stderr: Path
+
+    def promised(self) -> list[str]:
+        """The ids this writer printed: each one a put() that returned."""
+        self.reader.join(timeout=10)
+        assert not self.reader.is_alive()
+        # A killed writer may leave half a line; only a complete line counts.
+        return [ln[:-1] for ln in self.lines if ln.endswith("\n") and len(ln) == 33]
+
+    def wait(self) -> int:
+        rc = self.proc.wait(timeout=30)
+        assert rc in (0, -signal.SIGKILL), f"writer failed ({rc}): {self.stderr.read_text()}"
+        return rc
 
 
-def start_writer(path: Path, *, count: int, seed: int, batch: int, threads: int = 1) -> Writer:
-    proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(path), f"--count={count}", f"--seed={seed}",
-         f"--batch={batch}", f"--threads={threads}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    # Drain stdout as it comes, so a writer never blocks on a full pipe.
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    return Writer(proc, lines, reader)
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Writer]]:
+    """launch(spool_path, count=, seed=, batch=, threads=) starts tests/spool_writer.py."""
+    started: list[Writer] = []
+
+    def start(path: Path, *, count: int, seed: int, batch: int, threads: int = 1) -> Writer:
+        err = tmp_path / f"writer-{len(started)}.err"
+        with err.open("w") as err_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(WRITER),
+                    str(path),
+                    f"--count={count}",
+                    f"--seed={seed}",
+                    f"--batch={batch}",
+                    f"--threads={threads}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err_file,
+                text=True,
+                cwd=ROOT,
+            )
+        lines: list[str] = []
+        stdout = proc.stdout
+        assert stdout is not None
+        # Drain stdout as it comes, so a writer never blocks on a full pipe.
+        reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
+        reader.start()
+        w = Writer(proc, lines, reader, err)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:  # a failed test leaves no writer behind
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
 
 
-def promised_ids(w: Writer) -> list[str]:
-    w.reader.join(timeout=10)
-    assert not w.reader.is_alive()
-    # A killed writer may leave half a line; a complete line is a completed put().
-    return [ln[:-1] for ln in w.lines if ln.endswith("\n") and len(ln) == 33]
-
-
-def test_concurrent_processes_and_threads(tmp_path: Path) -> None:
+def test_concurrent_processes_and_threads(tmp_path: Path, launch: Callable[..., Writer]) -> None:
     path = tmp_path / "spool.sqlite3"
     Spool(path).close()
     in_process: list[str] = []
@@ -378,17 +409,17 @@ def test_concurrent_processes_and_threads(tmp_path: Path) -> None:
 
     local = [threading.Thread(target=local_writer, args=(100 + i,)) for i in range(2)]
     up = threading.Thread(target=uploader)
-    writers = [start_writer(path, count=150, seed=s, batch=4, threads=2) for s in range(1, 4)]
+    writers = [launch(path, count=150, seed=s, batch=4, threads=2) for s in range(1, 4)]
     for t in [*local, up]:
         t.start()
     for w in writers:
-        assert w.proc.wait(timeout=30) == 0
+        assert w.wait() == 0
     for t in local:
         t.join(timeout=30)
     done.set()
     up.join(timeout=30)
 
-    promised = [i for w in writers for i in promised_ids(w)] + in_process
+    promised = [i for w in writers for i in w.promised()] + in_process
     assert len(promised) == 3 * 2 * 150 + 2 * 150
     assert len(set(promised)) == len(promised)
     assert acked, "the uploader acknowledged nothing: the test did not exercise ack()"
@@ -402,34 +433,42 @@ def test_concurrent_processes_and_threads(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_during_writes_loses_no_promised_record(tmp_path: Path) -> None:
+def test_sigkill_during_writes_loses_no_promised_record(
+    tmp_path: Path, launch: Callable[..., Writer]
+) -> None:
     path = tmp_path / "spool.sqlite3"
     rng = random.Random(20261122)
     promised: set[str] = set()
-    kills = 0
+    kills = killed_mid_stream = 0
     rounds = 10
     for rnd in range(rounds):
         writers = [
-            start_writer(path, count=100_000, seed=rnd * 10 + i, batch=5, threads=1 + i % 2)
+            launch(path, count=100_000, seed=rnd * 10 + i, batch=5, threads=1 + i % 2)
             for i in range(3)
         ]
-        # Kill each writer at its own random moment: some while opening the spool, most
-        # in the middle of a stream of commits.
-        deadline = time.monotonic()
+        # Kill each writer at its own random moment: now and then while it starts or opens
+        # the spool, mostly in the middle of a stream of commits.
+        deadline = time.monotonic() + rng.uniform(0.05, 0.3)
         for w in writers:
-            deadline += rng.uniform(0.0, 0.25)
             time.sleep(max(0.0, deadline - time.monotonic()))
             w.proc.send_signal(signal.SIGKILL)
+            deadline += rng.uniform(0.0, 0.15)
         for w in writers:
-            assert w.proc.wait(timeout=10) == -signal.SIGKILL
+            assert w.wait() == -signal.SIGKILL
             kills += 1
-            promised.update(promised_ids(w))
+            ids = w.promised()
+            killed_mid_stream += bool(ids)
+            promised.update(ids)
         records = check_consistent(path)
         missing = promised - {r.id for r in records}
         assert not missing, f"round {rnd}: {len(missing)} promised record(s) lost"
     assert kills == 3 * rounds
+    assert killed_mid_stream >= kills // 2, "most writers died before writing anything"
     assert len(promised) > 1000, "the writers wrote too little before being killed"
-    print(f"{kills} kills, {len(promised)} promised ids verified, {len(records)} stored")
+    print(
+        f"{kills} kills ({killed_mid_stream} mid-stream), {len(promised)} promised ids verified,"
+        f" {len(records)} stored"
+    )
 
 
 # --- full disk -----------------------------------------------------------------------------
@@ -440,7 +479,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
         check=False,
@@ -459,7 +498,8 @@ def test_full_disk_raises_spool_full_and_recovers(tiny_disk: Path) -> None:
     stored: list[str] = []
     filler = tiny_disk / "filler"
     with Spool(path) as s:
-        first = [sample_record(rng, i) for i in range(20)]
+        # A spool already holding thousands of records, as after a long outage.
+        first = [sample_record(rng, i) for i in range(3000)]
         s.put(first)
         stored += [r.id for r in first]
         # Leave ~256 KiB free, then write until the disk refuses.
@@ -472,10 +512,12 @@ def test_full_disk_raises_spool_full_and_recovers(tiny_disk: Path) -> None:
                 stored += [r.id for r in batch]
         assert info.value.errno == 28
         assert isinstance(info.value.__cause__, sqlite3.OperationalError)
-        assert len(stored) > 40
+        assert len(stored) > 3020
         assert s.integrity_ok()
-        with pytest.raises(SpoolFullError):  # still full: fails cleanly again
-            s.put([sample_record(rng, 99_999)])
+        # A put too large for SQLite's page cache fails mid-statement, not at COMMIT, and
+        # SQLite rolls it back by itself: still a SpoolFullError, and nothing half-written.
+        with pytest.raises(SpoolFullError):
+            s.put([sample_record(rng, 100_000 + i) for i in range(3000)])
         assert all_ids(s) == stored
         with Spool(path) as again:  # an agent restarting on the full disk can still read
             assert all_ids(again) == stored

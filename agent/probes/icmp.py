@@ -3,9 +3,16 @@
 A round sends `count` echo requests at a fixed spacing (like ping and fping, not
 stop-and-wait, so a lost reply does not delay the next request), and collects
 replies until `timeout_s` after the last request. A reply later than
-`timeout_s` after its own request counts as lost (Tmax). RTTs are measured on
-the monotonic clock. Targets and uplinks are probed concurrently, each round on
-its own socket.
+`timeout_s` after its own request counts as lost (Tmax). RTTs are the
+difference of two wall-clock (CLOCK_REALTIME) readings, the send time and the
+kernel's receive timestamp (SO_TIMESTAMPNS has no monotonic variant), cross-
+checked against the monotonic clock: the kernel's RTT can only be shorter than
+the monotonic time from send to our reading the reply, so when the wall clock
+stepped between (a Raspberry Pi's first time sync) the monotonic RTT is used
+instead and no reply is lost or mis-timed. The request schedule runs on the
+monotonic clock. Targets and uplinks are probed concurrently, each round on its
+own socket. Unprivileged (datagram) sockets set IP_RECVERR so that host and
+network unreachable reach them as they reach a raw socket.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from agent.record import ErrorCode, FieldValue, Record
 _ECHO_REPLY = {4: 0, 6: 129}
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) on Linux x86, arm and arm64; Python does not export it.
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+# Tolerance between the wall and monotonic clocks' readings (slewing, read order), ms.
+_STEP_SLACK_MS = 1.0
 _NET_UNREACHABLE_CODES = {0, 6, 11}  # ICMPv4 dest-unreachable codes meaning "network"
 # Linux values; Python 3.11 does not export them.
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
@@ -61,8 +70,9 @@ class RoundResult:
         return [self.rtts_by_seq[s] for s in sorted(self.rtts_by_seq)]
 
 
-def summarise(result: RoundResult, timeout_s: float) -> tuple[dict[str, FieldValue | None],
-                                                              ErrorCode | None]:
+def summarise(
+    result: RoundResult, timeout_s: float
+) -> tuple[dict[str, FieldValue | None], ErrorCode | None]:
     """Fields and error code of a round. RTT statistics only when replies came back."""
     rtts = result.rtts
     sent, received = result.sent, len(rtts)
@@ -122,8 +132,9 @@ class IcmpProbe:
         jobs = [self.measure(u, t, i * step) for i, (u, t) in enumerate(pairs)]
         return list(await asyncio.gather(*jobs))
 
-    async def measure(self, uplink: Uplink, target: IcmpTarget,
-                      start_delay_s: float = 0.0) -> Record:
+    async def measure(
+        self, uplink: Uplink, target: IcmpTarget, start_delay_s: float = 0.0
+    ) -> Record:
         stamp = Stamp()
         tags = {"target": target.name}
         try:
@@ -150,8 +161,9 @@ class IcmpProbe:
                 family = 6 if ipaddress.ip_address(source).version == 6 else 4
             return str((await async_resolve(host, family))[0])
 
-    async def round(self, address: str, source: str | None,
-                    start_delay_s: float = 0.0) -> RoundResult:
+    async def round(
+        self, address: str, source: str | None, start_delay_s: float = 0.0
+    ) -> RoundResult:
         """One round of echo requests to `address`; never raises for network outcomes.
 
         Receive times are the kernel's (SO_TIMESTAMPNS), so a busy event loop
@@ -173,6 +185,7 @@ class IcmpProbe:
             await asyncio.sleep(start_delay_s)
         ident = unique_identifier()
         sent_at: dict[int, float] = {}  # sequence -> wall-clock send time (s)
+        sent_mono: dict[int, float] = {}  # sequence -> monotonic send time (s)
         idents: set[int] = set()
         got = asyncio.Event()  # set whenever a reply is accepted
         timeout = cfg.timeout_s
@@ -209,6 +222,7 @@ class IcmpProbe:
                         result.icmp_error = error_code_for(exc) or result.icmp_error
                         return
                     rx = _kernel_time(ancdata)
+                    rx_mono = time.monotonic()
                     reply = icmp_sock._parse_reply(data, peer[0], rx)
                     if reply is None or reply.id not in idents or reply.sequence not in sent_at:
                         continue  # another socket's traffic (raw sockets see all ICMP)
@@ -221,6 +235,9 @@ class IcmpProbe:
                         continue
                     seq = reply.sequence
                     rtt_ms = (rx - sent_at[seq]) * 1000
+                    upper_ms = (rx_mono - sent_mono[seq]) * 1000
+                    if not 0 <= rtt_ms <= upper_ms + _STEP_SLACK_MS:
+                        rtt_ms = upper_ms  # the wall clock stepped during this exchange
                     if seq not in result.rtts_by_seq and 0 <= rtt_ms <= timeout * 1000:
                         result.rtts_by_seq[seq] = rtt_ms
                         got.set()
@@ -234,12 +251,14 @@ class IcmpProbe:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     request = ICMPRequest(address, ident, seq, payload_size=cfg.payload_bytes)
+                    t_mono = time.monotonic()
                     try:
                         icmp_sock.send(request)
                     except ICMPLibError as exc:
                         result.send_error = error_code_for(exc) or ErrorCode.NETWORK_UNREACHABLE
                         continue
                     sent_at[seq] = request.time
+                    sent_mono[seq] = t_mono
                     last_sent = time.monotonic()
                     idents.add(request.id)  # unprivileged sockets: the kernel's id
                     result.sent += 1
@@ -268,8 +287,10 @@ def _drain_error_queue(sock: socket.socket) -> ErrorCode | None:
         except OSError:
             return code  # EAGAIN: the queue is empty
         for level, kind, data in ancdata:
-            if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR),
-                                 (socket.IPPROTO_IPV6, _IPV6_RECVERR)) and len(data) >= 4:
+            if (level, kind) in (
+                (socket.IPPROTO_IP, _IP_RECVERR),
+                (socket.IPPROTO_IPV6, _IPV6_RECVERR),
+            ) and len(data) >= 4:
                 (ee_errno,) = struct.unpack_from("=I", data)
                 code = error_code_for(OSError(ee_errno, os.strerror(ee_errno))) or code
     return code
