@@ -14,7 +14,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -452,26 +452,12 @@ class _Loader:
         payload = r.get(m, "payload_bytes", p, _integer(0, 1472), "bytes, 0..1472", 56)
         targets: list[IcmpTarget] = []
         indices: list[int] = []  # position of each target in the YAML list, for errors
-        raw_targets = m.get("targets")
-        if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
-            r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
-        elif isinstance(raw_targets, list):
-            for i, t in enumerate(raw_targets):
-                tp = f"{p}.targets[{i}]"
-                if isinstance(t, str):
-                    t = {"host": t}
-                tm = r.mapping(t, tp, {"host", "name"}, {"host"})
-                host = r.get(tm, "host", tp, _host, "an IP address or host name")
-                name = r.get(
-                    tm,
-                    "name",
-                    tp,
-                    _string(_NAME_RE),
-                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
-                )
-                if host is not None:
-                    targets.append(IcmpTarget(host, name or host))
-                    indices.append(i)
+        for i, tp, tm in self._entries(m, "targets", p, "targets", "host", {"host", "name"}):
+            host = r.get(tm, "host", tp, _host, "an IP address or host name")
+            name = self._label(tm, tp)
+            if host is not None:
+                targets.append(IcmpTarget(host, name or host))
+                indices.append(i)
         self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
         if count is not None and spacing is not None and interval is not None and timeout:
             round_s = (count - 1) * spacing + count * timeout
@@ -502,28 +488,15 @@ class _Loader:
         qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None, "A or AAAA", "A")
         resolvers: list[Resolver] = []
         indices: list[int] = []
-        raw_res = m.get("resolvers")
-        if "resolvers" in m and (not isinstance(raw_res, list) or not raw_res):
-            r.error(f"{p}.resolvers", _show(raw_res), "a non-empty list of resolvers")
-        elif isinstance(raw_res, list):
-            for i, item in enumerate(raw_res):
-                rp = f"{p}.resolvers[{i}]"
-                if isinstance(item, str):
-                    item = {"address": item}
-                rm = r.mapping(item, rp, {"address", "port", "name"}, {"address"})
-                addr = r.get(rm, "address", rp, _ip, "the IP address of a resolver")
-                port = r.get(rm, "port", rp, _integer(1, 65535), "a port, 1..65535", 53)
-                name = r.get(
-                    rm,
-                    "name",
-                    rp,
-                    _string(_NAME_RE),
-                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
-                )
-                if addr is not None:
-                    default_name = addr if port == 53 else f"{addr}:{port}"
-                    resolvers.append(Resolver(addr, port or 53, name or default_name))
-                    indices.append(i)
+        res_keys = {"address", "port", "name"}
+        for i, rp, rm in self._entries(m, "resolvers", p, "resolvers", "address", res_keys):
+            addr = r.get(rm, "address", rp, _ip, "the IP address of a resolver")
+            port = r.get(rm, "port", rp, _integer(1, 65535), "a port, 1..65535", 53)
+            name = self._label(rm, rp)
+            if addr is not None:
+                default_name = addr if port == 53 else f"{addr}:{port}"
+                resolvers.append(Resolver(addr, port or 53, name or default_name))
+                indices.append(i)
         self._unique([x.name for x in resolvers], indices, f"{p}.resolvers", "resolver name")
         names: list[str] = []
         raw_names = m.get("names")
@@ -550,34 +523,17 @@ class _Loader:
         ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
         targets: list[HttpTarget] = []
         indices: list[int] = []
-        raw_targets = m.get("targets")
-        if "targets" in m and (not isinstance(raw_targets, list) or not raw_targets):
-            r.error(f"{p}.targets", _show(raw_targets), "a non-empty list of targets")
-        elif isinstance(raw_targets, list):
-            for i, t in enumerate(raw_targets):
-                tp = f"{p}.targets[{i}]"
-                if isinstance(t, str):
-                    t = {"url": t}
-                tm = r.mapping(t, tp, {"url", "name", "expect_status"}, {"url"})
-                url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
-                name = r.get(
-                    tm,
-                    "name",
-                    tp,
-                    _string(_NAME_RE),
-                    "a label of 1..64 letters, digits, '.', '_', ':', '-'",
-                )
-                expect = r.get(
-                    tm,
-                    "expect_status",
-                    tp,
-                    _status_list,
-                    "an HTTP status (100..599) or a list of them",
-                )
-                if url is not None:
-                    default = urlsplit(url).hostname or url
-                    targets.append(HttpTarget(url, name or default, expect or (200,)))
-                    indices.append(i)
+        t_keys = {"url", "name", "expect_status"}
+        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", t_keys):
+            url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
+            name = self._label(tm, tp)
+            expect = r.get(
+                tm, "expect_status", tp, _status_list, "an HTTP status (100..599) or a list of them"
+            )
+            if url is not None:
+                default = urlsplit(url).hostname or url
+                targets.append(HttpTarget(url, name or default, expect or (200,)))
+                indices.append(i)
         self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
         return HttpProbeConfig(
             enabled,
@@ -586,6 +542,26 @@ class _Loader:
             2**20 if max_bytes is None else max_bytes,
             ca,
             tuple(targets),
+        )
+
+    def _entries(
+        self, m: dict[str, Any], key: str, p: str, what: str, shorthand: str, keys: set[str]
+    ) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """(index, path, mapping) of each entry of the list m[key]; a bare string is
+        shorthand for {shorthand: string}."""
+        raw = m.get(key)
+        if key in m and (not isinstance(raw, list) or not raw):
+            self.r.error(f"{p}.{key}", _show(raw), f"a non-empty list of {what}")
+            return
+        for i, item in enumerate(raw if isinstance(raw, list) else []):
+            ip = f"{p}.{key}[{i}]"
+            if isinstance(item, str):
+                item = {shorthand: item}
+            yield i, ip, self.r.mapping(item, ip, keys, {shorthand})
+
+    def _label(self, m: dict[str, Any], p: str) -> str | None:
+        return self.r.get(
+            m, "name", p, _string(_NAME_RE), "a label of 1..64 letters, digits, '.', '_', ':', '-'"
         )
 
     def _unique(self, names: list[str], indices: list[int], path: str, what: str) -> None:

@@ -3,8 +3,10 @@ in CI (CI=true) a missing prerequisite is a failure, not a skip."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_root()
         if item.get_closest_marker("netns"):
             require_tool("ip")
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No SINYAL_* variable of the caller leaks into a test; the CLI's logging is undone."""
+    for var in list(os.environ):
+        if var.startswith("SINYAL_"):
+            monkeypatch.delenv(var)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def base_config(tmp_path: Path) -> dict[str, Any]:

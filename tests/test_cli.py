@@ -4,7 +4,6 @@ when ICMP is impossible (an unprivileged user in a fresh network namespace)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,6 @@ from tests.conftest import base_config, require, require_root, require_tool, wri
 
 ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 NOBODY = 65534
-
-
-@pytest.fixture(autouse=True)
-def _isolate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No SINYAL_* variable of the caller leaks in; the CLI's log handler is undone."""
-    for var in list(os.environ):
-        if var.startswith("SINYAL_"):
-            monkeypatch.delenv(var)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def loopback_doc(tmp_path: Path, data_dir: Path | None = None) -> dict[str, Any]:

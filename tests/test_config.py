@@ -3,12 +3,10 @@ shipped configs, defaults, relative paths and environment overrides."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +22,6 @@ from tests.conftest import FIXTURES, ROOT, base_config, write_config
 INVALID = FIXTURES / "config" / "invalid"
 CASES = sorted(INVALID.glob("*.yaml"))
 SUMMARY_HINT = "see docs/configuration.md"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No SINYAL_* variable of the caller leaks into a test; the CLI's logging is undone."""
-    for var in list(os.environ):
-        if var.startswith("SINYAL_"):
-            monkeypatch.delenv(var)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def expected_lines(case: Path) -> list[str]:

@@ -22,6 +22,11 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+# dnspython imports the rdata classes when it parses the first answer; importing them here
+# keeps that out of the first measurement's resolve_ms.
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+
 from agent.config import DnsProbeConfig, Resolver, Uplink
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
