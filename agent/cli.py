@@ -44,15 +44,31 @@ docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    # On subcommands the defaults are suppressed, so `-c FILE` given before the command
+    # is not overwritten by the subcommand's default.
     common = argparse.ArgumentParser(add_help=False)
+    default: object = argparse.SUPPRESS if suppress else None
     common.add_argument(
         "-c",
         "--config",
         metavar="FILE",
+        default=default,
         help="agent config (default: $SINYAL_CONFIG or /etc/sinyal/agent.yaml)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if suppress else False,
+        help="debug logging",
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common(suppress=False)
+    sub_common = _common(suppress=True)
 
     p = argparse.ArgumentParser(
         prog="sinyal-agent",
@@ -69,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
             name,
             help=help_,
             description=desc,
-            parents=[common],
+            parents=[sub_common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -338,6 +354,9 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     with Spool(path, int(cfg.spool.max_mb * 2**20)) as spool:
         st = spool.stats()
         latest = spool.latest()
+        state = spool.state()
+        dead = spool.dead_letters(10)
+        dead_total = spool.dead_letter_count()
     age = oldest_age_s(st)
     if args.json:
         print(
@@ -351,6 +370,11 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
                     "oldest_measured_at": st.oldest_measured_at,
                     "oldest_unsent_s": age,
                     "dropped_total": st.dropped_total,
+                    "last_upload_at": state.get("last_upload_at"),
+                    "last_error": state.get("last_error") or None,
+                    "clock_offset_ms": state.get("clock_offset_ms"),
+                    "dead_letters_total": dead_total,
+                    "dead_letters": dead,
                     "latest": [r.to_dict() for r in latest],
                 },
                 indent=2,
@@ -371,7 +395,16 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         + (f" ({age:.0f} s ago)" if age is not None else "")
     )
     print(f"dropped:        {st.dropped_total} (evicted at the size cap)")
-    print("last upload:    - (no uploader configured in this version)")
+    if cfg.collector is None:
+        print("last upload:    - (no collector configured)")
+    else:
+        print(f"collector:      {cfg.collector.url}")
+        print(f"last upload:    {state.get('last_upload_at', 'never')}")
+        if state.get("last_error"):
+            print(f"last error:     {state['last_error']} (at {state.get('last_attempt_at')})")
+    print(f"dead letters:   {dead_total} (rejected by the collector; never retried)")
+    for d in dead:
+        print(f"  {d['rejected_at']} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
     print("last results:")
     for r in latest:
         print("  " + format_line(r))

@@ -33,7 +33,7 @@ _HOST_RE = re.compile(
     r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$"
 )
 _IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
-_SECRET_KEYS = {"token"}
+_SECRET_KEYS = {"token", "password"}
 
 
 class ConfigError(Exception):
@@ -597,7 +597,9 @@ _TOP_KEYS = {
 }
 
 
-def _apply_env(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+def _apply_env(
+    doc: Any, environ: Mapping[str, str], top_keys: set[str] | None = None
+) -> tuple[Any, dict[str, str]]:
     """Overlay SINYAL_A__B=value onto doc["a"]["b"]; returns the doc and path->var sources."""
     sources: dict[str, str] = {}
     if not isinstance(doc, dict):
@@ -606,7 +608,7 @@ def _apply_env(doc: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str
         if not var.startswith(ENV_PREFIX) or var in ("SINYAL_CONFIG",):
             continue
         parts = [s.lower() for s in var[len(ENV_PREFIX) :].split("__")]
-        if parts[0] not in _TOP_KEYS:
+        if parts[0] not in (_TOP_KEYS if top_keys is None else top_keys):
             continue
         try:
             value = yaml.safe_load(text) if text.strip() else None

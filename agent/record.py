@@ -153,6 +153,7 @@ MEASUREMENTS: dict[str, Measurement] = {
 
 _TAG_VALUE_MAX = 256
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def new_id() -> str:
@@ -278,6 +279,10 @@ def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
         if not isinstance(value, str) or not value or len(value) > _TAG_VALUE_MAX:
             raise ContractError(
                 f"{path}.{key}", f"got {value!r}, expected a string of 1..{_TAG_VALUE_MAX} chars"
+            )
+        if _CONTROL_RE.search(value):
+            raise ContractError(
+                f"{path}.{key}", f"got {value!r}, expected no control characters (newline, tab)"
             )
     for tag in spec.tags:
         if tag not in raw:

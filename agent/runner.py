@@ -70,7 +70,8 @@ async def run_once(env: ProbeEnv, spool: Spool | None) -> list[Record]:
 
 
 class Daemon:
-    """The long-running agent: scheduled probes, every record spooled first, then shown."""
+    """The long-running agent: scheduled probes, every record spooled first, then shown
+    and (with a collector configured) uploaded."""
 
     def __init__(
         self, env: ProbeEnv, spool: Spool, show: Callable[[Sequence[Record]], None]
@@ -78,6 +79,7 @@ class Daemon:
         self.env = env
         self.spool = spool
         self.show = show
+        self.wake = asyncio.Event()  # new records for the uploader
         cfg = env.config
         self.scheduler = Scheduler(
             cfg.station.id,
@@ -90,7 +92,15 @@ class Daemon:
     async def on_records(self, records: list[Record]) -> None:
         # Off the event loop: fsync must not delay the timing of running probes.
         await asyncio.to_thread(store, self.spool, records)
+        self.wake.set()
         self.show(records)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.scheduler.run(stop)
+        collector = self.env.config.collector
+        if collector is None:
+            await self.scheduler.run(stop)
+            return
+        from agent.uploader import Uploader  # httpx is imported by the HTTP probe anyway
+
+        uploader = Uploader(self.spool, collector, self.env.config.station.id)
+        await asyncio.gather(self.scheduler.run(stop), uploader.run(stop, self.wake))

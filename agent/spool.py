@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.record import Record, format_time, parse_time
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped_total', 0), ('bytes', 0);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    measured_at TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    reason      TEXT NOT NULL,      -- the collector's reason code
+    detail      TEXT NOT NULL,
+    rejected_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 # Heartbeats are evicted before measurements.
@@ -225,6 +239,73 @@ class Spool:
                 f"SELECT body FROM records ORDER BY seq {order} LIMIT ?", (limit,)
             ).fetchall()
         return [Record.from_json(body) for (body,) in rows]
+
+    def batch_raw(self, limit: int = 500, newest_first: bool = False) -> list[tuple[str, str]]:
+        """Up to `limit` spooled (id, JSON body) pairs, oldest (or newest) first, undecoded:
+        the uploader sends them as they are, so one record this agent version cannot decode
+        never blocks the others."""
+        order = "DESC" if newest_first else "ASC"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, body FROM records ORDER BY seq {order} LIMIT ?", (limit,)
+            ).fetchall()
+        return [(str(i), str(b)) for i, b in rows]
+
+    def dead_letter(self, rejected: Iterable[tuple[str, str, str]]) -> int:
+        """Move rejected records (id, reason, detail) out of the queue into dead_letters.
+
+        They are never retried and never silently dropped: `status` lists them.
+        """
+        items = list(rejected)
+        if not items:
+            return 0
+        now = format_time(datetime.now(UTC))
+        moved = 0
+        with self._tx() as db:
+            for rid, reason, detail in items:
+                row = db.execute(
+                    "SELECT kind, measured_at, body, size FROM records WHERE id = ?", (rid,)
+                ).fetchone()
+                if row is None:
+                    continue
+                kind, measured_at, body, size = row
+                db.execute(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rid, kind, measured_at, body, reason, detail[:500], now),
+                )
+                db.execute("DELETE FROM records WHERE id = ?", (rid,))
+                db.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (size,))
+                moved += 1
+        return moved
+
+    def dead_letters(self, limit: int = 20) -> list[dict[str, str]]:
+        """The most recently rejected records: id, kind, measured_at, reason, detail."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, kind, measured_at, reason, detail, rejected_at FROM dead_letters"
+                " ORDER BY rejected_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        keys = ("id", "kind", "measured_at", "reason", "detail", "rejected_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def dead_letter_count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        return int(n)
+
+    def set_state(self, **values: str) -> None:
+        """Small facts that must survive a restart (last upload time and outcome)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
+
+    def state(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM state").fetchall())
 
     def ack(self, ids: Iterable[str]) -> int:
         """Delete exactly these ids (acknowledged by the collector); returns how many."""

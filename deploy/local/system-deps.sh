@@ -3,7 +3,7 @@
 # iptables and iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
 # root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
-packages=(fping dnsmasq-base iptables iproute2 iputils-ping procps util-linux)
+packages=(fping dnsmasq-base iptables iproute2 iputils-ping procps util-linux influxdb victoria-metrics)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

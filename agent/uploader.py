@@ -1,0 +1,262 @@
+"""Store and forward: batches from the spool to the collector, deleting only what it acknowledged.
+
+One batch at a time: up to `batch_size` records are read from the spool (undecoded), sent
+gzip-compressed in one envelope, and then exactly the acknowledged ids are deleted and the
+rejected ids moved to the dead-letter table with the collector's reason (never retried,
+never silently dropped; `sinyal-agent status` lists them). Anything else stays in the spool.
+
+Failures back off exponentially with full jitter (a random wait in [0, min(cap, base·2^n)]),
+never shorter than a Retry-After the collector sent. A 413 halves the batch; a batch of one
+that is still refused as too large or malformed is dead-lettered so it cannot block the queue.
+
+Ordering: after start-up and after every failure, the first batch is the NEWEST records, so
+the control room sees the station's current state as soon as the link is back; then the
+backlog is sent oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+
+from agent import __version__
+from agent.clock import boot_id
+from agent.config import Collector
+from agent.record import SCHEMA_VERSION, format_time, parse_time
+from agent.spool import Spool
+
+log = logging.getLogger("sinyal.uploader")
+
+PATH = "/api/v1/measurements"
+
+
+@dataclass
+class Outcome:
+    sent: int
+    accepted: int = 0
+    rejected: int = 0
+    status: int | None = None  # HTTP status, None when no answer
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+
+    def __init__(
+        self, base_s: float = 1.0, cap_s: float = 300.0, rng: random.Random | None = None
+    ) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+        self.rng = rng or random.Random()
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self, retry_after_s: float | None = None) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures, 30))
+        self.failures += 1
+        delay = self.rng.uniform(0, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        return delay
+
+
+def envelope_bytes(station: str, bodies: list[str]) -> bytes:
+    """The upload envelope built around the spooled JSON bodies as they are."""
+    head = json.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "agent": {"station": station, "version": __version__, "boot_id": boot_id()},
+            "sent_at": format_time(datetime.now(UTC)),
+        },
+        separators=(",", ":"),
+    )
+    return (head[:-1] + ',"records":[' + ",".join(bodies) + "]}").encode()
+
+
+class Uploader:
+    def __init__(
+        self,
+        spool: Spool,
+        collector: Collector,
+        station: str,
+        batch_size: int = 500,
+        backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.spool = spool
+        self.collector = collector
+        self.station = station
+        self.max_batch = batch_size
+        self.batch_size = batch_size
+        self.backoff = backoff or Backoff()
+        self.freshest_next = True
+        verify: str | bool = str(collector.ca_bundle) if collector.ca_bundle else True
+        self.client = httpx.AsyncClient(
+            base_url=collector.url.rstrip("/"),
+            timeout=collector.timeout_s,
+            verify=verify,
+            transport=transport,
+            headers={"User-Agent": f"sinyal-agent/{__version__}"},
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def upload_once(self) -> Outcome | None:
+        """Send one batch; None when the spool is empty."""
+        newest_first = self.freshest_next
+        batch = await asyncio.to_thread(self.spool.batch_raw, self.batch_size, newest_first)
+        if not batch:
+            return None
+        ids = [rid for rid, _ in batch]
+        body = gzip.compress(envelope_bytes(self.station, [b for _, b in batch]), 6)
+        try:
+            token = self.collector.read_token()
+        except OSError as exc:
+            return self._failed(Outcome(len(batch), error=f"cannot read token: {exc}"))
+        t_send = time.time()
+        try:
+            response = await self.client.post(
+                PATH,
+                content=body,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Content-Encoding": "gzip",
+                },
+            )
+        except httpx.HTTPError as exc:
+            return self._failed(Outcome(len(batch), error=f"{type(exc).__name__}: {exc}"))
+        t_recv = time.time()
+        status = response.status_code
+        outcome = Outcome(len(batch), status=status)
+        if status == 200:
+            return await self._settle(response, ids, outcome, (t_send + t_recv) / 2)
+        outcome.error = _error_text(response)
+        if status in (413, 422) and len(batch) > 1:
+            # Too large or malformed: find the record at fault by halving the batch.
+            self.batch_size = max(1, len(batch) // 2)
+            return outcome
+        if status in (413, 422):
+            await asyncio.to_thread(
+                self.spool.dead_letter, [(ids[0], f"http_{status}", outcome.error or "")]
+            )
+            outcome.rejected = 1
+            self.batch_size = self.max_batch
+            return outcome
+        retry = response.headers.get("retry-after")
+        if retry is not None and retry.strip().isdigit():
+            outcome.retry_after_s = float(retry)
+        if status in (401, 403):
+            log.error(
+                "collector refused the token (%s): check collector.token_file; "
+                "records stay in the spool",
+                status,
+            )
+        return self._failed(outcome)
+
+    def _failed(self, outcome: Outcome) -> Outcome:
+        self.freshest_next = True
+        self.spool.set_state(
+            last_attempt_at=format_time(datetime.now(UTC)),
+            last_error=outcome.error or f"HTTP {outcome.status}",
+        )
+        return outcome
+
+    async def _settle(
+        self, response: httpx.Response, ids: list[str], outcome: Outcome, local_mid: float
+    ) -> Outcome:
+        try:
+            payload = response.json()
+            accepted = [str(i) for i in payload.get("accepted", [])]
+            rejected: list[tuple[str, str, str]] = []
+            for item in payload.get("rejected", []):
+                rid = item.get("id")
+                index = item.get("index")
+                if rid is None and isinstance(index, int) and 0 <= index < len(ids):
+                    rid = ids[index]
+                if isinstance(rid, str):
+                    rejected.append((rid, str(item.get("reason", "")), str(item.get("detail", ""))))
+        except (ValueError, AttributeError, TypeError) as exc:
+            outcome.status = None
+            outcome.error = f"unreadable answer from the collector: {exc}"
+            return self._failed(outcome)
+        known = set(ids)
+        await asyncio.to_thread(self.spool.ack, [i for i in accepted if i in known])
+        await asyncio.to_thread(self.spool.dead_letter, [r for r in rejected if r[0] in known])
+        outcome.accepted, outcome.rejected = len(accepted), len(rejected)
+        for rid, reason, detail in rejected:
+            log.warning("collector rejected record %s: %s %s", rid, reason, detail)
+        state = {"last_upload_at": format_time(datetime.now(UTC)), "last_error": ""}
+        server_time = payload.get("server_time")
+        if isinstance(server_time, str):
+            try:
+                offset_ms = (parse_time(server_time).timestamp() - local_mid) * 1000
+                state["clock_offset_ms"] = f"{offset_ms:.1f}"
+            except ValueError:
+                pass
+        self.spool.set_state(**state)
+        self.freshest_next = False
+        self.backoff.reset()
+        self.batch_size = self.max_batch
+        return outcome
+
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event, idle_s: float = 30.0) -> None:
+        """Upload until `stop`; `wake` is set when new records were spooled."""
+        try:
+            while not stop.is_set():
+                outcome = await self.upload_once()
+                if outcome is None:
+                    wake.clear()
+                    await _wait_any(stop, wake, idle_s)
+                    continue
+                if outcome.ok or (outcome.rejected and outcome.status in (413, 422)):
+                    continue
+                if outcome.status in (413, 422):
+                    continue  # retry at once with the halved batch
+                delay = self.backoff.next_delay(outcome.retry_after_s)
+                log.warning(
+                    "upload of %d record(s) failed (%s); retrying in %.1f s",
+                    outcome.sent,
+                    outcome.error or outcome.status,
+                    delay,
+                )
+                await _wait_any(stop, None, delay)
+        finally:
+            await self.aclose()
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if other is not None:
+        waiters.append(asyncio.ensure_future(other.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        if isinstance(data, dict) and "error" in data:
+            return f"HTTP {response.status_code}: {data['error']}"
+    except ValueError:
+        pass
+    return f"HTTP {response.status_code}: {response.text[:200]}"

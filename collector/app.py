@@ -1,0 +1,340 @@
+"""The collector's HTTP API (FastAPI on uvicorn). It only routes: auth, validation,
+sinks, status and registry are modules of their own.
+
+POST /api/v1/measurements   an agent's envelope (JSON, optionally gzip); answers per record
+GET  /api/v1/time           the server's clock, for agents' clock correction
+GET  /healthz               the process is alive
+GET  /readyz                the database answers
+GET  /metrics               Prometheus text
+GET  /openapi.json          this API, described
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from agent.record import ContractError, decode_envelope_lenient, format_time
+from agent.thresholds import load as load_thresholds
+from collector import __version__
+from collector.config import CollectorConfig
+from collector.ingest import Prepared, Rejection, prepare
+from collector.lineproto import encode_point
+from collector.registry import Registry
+from collector.sinks import Sink, SinkUnavailable, make_sink
+from collector.status import StationInfo, StatusEngine
+
+log = logging.getLogger("sinyal.collector")
+
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "agent", "sent_at", "records"],
+    "properties": {
+        "schema": {"type": "integer", "enum": [1]},
+        "agent": {
+            "type": "object",
+            "required": ["station", "version"],
+            "properties": {
+                "station": {"type": "string"},
+                "version": {"type": "string"},
+                "boot_id": {"type": ["string", "null"]},
+            },
+        },
+        "sent_at": {"type": "string", "format": "date-time"},
+        "records": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "kind", "measured_at", "tags", "fields"],
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    "kind": {"type": "string"},
+                    "measured_at": {"type": "string", "format": "date-time"},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "fields": {"type": "object"},
+                    "error": {"type": ["string", "null"]},
+                    "clock": {"type": ["object", "null"]},
+                },
+            },
+        },
+    },
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter(
+            "sinyal_records_accepted", "Records written and acknowledged", registry=r
+        )
+        self.rejected = Counter(
+            "sinyal_records_rejected", "Records rejected, by reason", ["reason"], registry=r
+        )
+        self.requests = Counter(
+            "sinyal_requests", "Ingest requests by HTTP status", ["status"], registry=r
+        )
+        self.db_errors = Counter(
+            "sinyal_database_errors", "Writes the database did not confirm", registry=r
+        )
+        self.write_seconds = Histogram(
+            "sinyal_database_write_seconds",
+            "Time for the database to confirm a batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class Collector:
+    """The ingest pipeline with its collaborators; one per process."""
+
+    def __init__(
+        self,
+        cfg: CollectorConfig,
+        registry: Registry | None = None,
+        sink: Sink | None = None,
+        engine: StatusEngine | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry or Registry(cfg.registry_path)
+        self.sink = sink or make_sink(cfg.sink)
+        self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
+        self.metrics = Metrics()
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.cfg.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, f"body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding == "gzip":
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                body = d.decompress(body, limit + 1)
+            except zlib.error as exc:
+                raise HttpError(422, f"gzip body does not decompress: {exc}") from None
+            if len(body) > limit or d.unconsumed_tail:
+                raise HttpError(413, f"decompressed body larger than {limit} bytes")
+        elif encoding != "identity":
+            raise HttpError(415, f"content-encoding {encoding} not supported (gzip or identity)")
+        return body
+
+    async def ingest(self, request: Request) -> dict[str, Any]:
+        token = _bearer(request.headers.get("authorization", ""))
+        scope = self.registry.authenticate(token) if token else None
+        if scope is None:
+            raise HttpError(
+                401, "missing, unknown or revoked token", {"WWW-Authenticate": "Bearer"}
+            )
+        body = await self.read_body(request)
+        try:
+            envelope, bad = decode_envelope_lenient(body)
+        except ContractError as exc:
+            raise HttpError(422, f"malformed envelope: {exc}") from None
+        if len(envelope.records) + len(bad) > self.cfg.limits.max_records:
+            raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
+        if not scope.allows(envelope.station):
+            raise HttpError(403, f"token may not write for station {envelope.station}")
+        now = datetime.now(UTC)
+        prepared = prepare(envelope, bad, scope, self.registry, self.cfg.limits, now)
+        accepted = await self.write(prepared)
+        for rej in prepared.rejected:
+            self.metrics.rejected.labels(rej.reason).inc()
+        self.metrics.accepted.inc(len(accepted))
+        return {
+            "accepted": accepted,
+            "rejected": [r.to_dict() for r in prepared.rejected],
+            "server_time": format_time(datetime.now(UTC)),
+        }
+
+    async def write(self, prepared: Prepared) -> list[str]:
+        """Write; return the ids the database confirmed. Raises HttpError 503 when it is down."""
+        if not prepared.lines:
+            return []
+        t0 = time.perf_counter()
+        try:
+            result = await run_in_threadpool(self.sink.write, prepared.lines)
+        except SinkUnavailable as exc:
+            self.metrics.db_errors.inc()
+            log.warning("database unavailable, nothing acknowledged: %s", exc)
+            retry = str(getattr(exc, "retry_after_s", self.cfg.sink.retry_after_s))
+            raise HttpError(
+                503, "database unavailable; keep the records and retry", {"Retry-After": retry}
+            ) from None
+        finally:
+            self.metrics.write_seconds.observe(time.perf_counter() - t0)
+        accepted: list[str] = []
+        by_station: dict[str, tuple[Any, list[Any]]] = {}
+        for i, record in enumerate(prepared.records):
+            reason = result.rejected.get(i)
+            if reason is not None:
+                prepared.rejected.append(Rejection(record.id, "database", reason))
+                continue
+            accepted.append(record.id)
+            st = prepared.stations[i]
+            by_station.setdefault(st.id, (st, []))[1].append(record)
+        await self.update_status(by_station)
+        return accepted
+
+    async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
+        changed: list[StationInfo] = []
+        for station, records in by_station.values():
+            info = _station_info(station)
+            records.sort(key=lambda r: r.measured_at)
+            if self.engine.observe(info, records):
+                changed.append(info)
+        if changed:
+            await self.write_status(changed)
+
+    async def write_status(self, stations: list[StationInfo]) -> None:
+        """Status points are derived data: a failed write is logged and rewritten later."""
+        points = self.engine.status_points(stations, datetime.now(UTC))
+        lines = [encode_point(m, tags, fields, t) for m, tags, fields, t in points]
+        if not lines:
+            return
+        try:
+            await run_in_threadpool(self.sink.write, lines)
+        except SinkUnavailable as exc:
+            log.warning("station_status not written (%d stations): %s", len(stations), exc)
+
+    async def sweeper(self, stop: asyncio.Event) -> None:
+        """Marks silent stations and refreshes every station's status point periodically."""
+        interval = self.cfg.status.sweep_interval_s
+        refresh_every = max(interval, 300.0)
+        last_refresh = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            try:
+                known = [_station_info(s) for s in self.registry.stations()]
+                changes = self.engine.sweep(known)
+                if time.monotonic() - last_refresh >= refresh_every:
+                    await self.write_status(known)
+                    last_refresh = time.monotonic()
+                elif changes:
+                    ids = {c.station for c in changes}
+                    await self.write_status([k for k in known if k.id in ids])
+            except Exception:
+                log.exception("sweeper pass failed")
+
+
+def _station_info(station: Any) -> StationInfo:
+    return StationInfo(
+        id=station.id,
+        province=station.province,
+        regency=station.regency,
+        lat=station.lat,
+        lon=station.lon,
+        operator=station.expected_operator,
+    )
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    return None
+
+
+def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> FastAPI:
+    c = collector or Collector(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(c.sweeper(stop)) if cfg.status.sweeper else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            c.sink.close()
+
+    app = FastAPI(
+        title="Sinyal collector",
+        version=__version__,
+        lifespan=lifespan,
+        description="Ingest API for Sinyal agents. See docs/collector.md.",
+    )
+    app.state.collector = c
+
+    @app.post(
+        "/api/v1/measurements",
+        summary="Upload a batch of records",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ENVELOPE_SCHEMA}},
+            },
+            "security": [{"bearer": []}],
+        },
+        responses={
+            200: {"description": "Per-record answer: accepted ids, rejected ids with reasons"},
+            401: {"description": "Missing, unknown or revoked token"},
+            403: {"description": "The envelope's station is outside the token's scope"},
+            413: {"description": "Body or batch too large"},
+            415: {"description": "Unsupported content encoding"},
+            422: {"description": "Malformed envelope"},
+            503: {"description": "Database unavailable: nothing acknowledged, retry later"},
+        },
+    )
+    async def measurements(request: Request) -> Response:
+        try:
+            payload = await c.ingest(request)
+        except HttpError as exc:
+            c.metrics.requests.labels(str(exc.status)).inc()
+            return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
+        c.metrics.requests.labels("200").inc()
+        return JSONResponse(payload)
+
+    @app.get("/api/v1/time", summary="The server's clock (UTC)")
+    async def server_time() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {"server_time": format_time(now), "unix_ns": time.time_ns()}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the database answers")
+    async def readyz() -> Response:
+        ok = await run_in_threadpool(c.sink.ping)
+        return JSONResponse({"database": "ok" if ok else "unreachable"}, 200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(
+            generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    return app

@@ -1,0 +1,386 @@
+"""sinyal-collector: the command line of the Sinyal collector.
+
+Exit codes: 0 success; 1 a runtime failure (an unknown token id, a registry that cannot
+be opened); 2 invalid configuration, usage or input (a stations CSV with errors).
+
+A command is a function ``cmd_NAME(args, cfg) -> int`` plus one ``_add(...)`` entry in
+``_parser()`` that names it as the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent import __version__
+from agent import thresholds as agent_thresholds
+from agent.config import ConfigError
+from collector import config as collector_config
+from collector.config import CollectorConfig
+from collector.registry import COLUMNS, Registry, RegistryError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace, CollectorConfig], int]
+
+DESCRIPTION = """\
+Sinyal collector: receives the agents' measurements, checks each agent's token and
+every record, enriches records from the station registry and writes them to InfluxDB.
+Configuration: -c FILE, else $SINYAL_COLLECTOR_CONFIG, else /etc/sinyal/collector.yaml.
+"""
+
+EPILOG = """\
+examples:
+  sinyal-collector check-config -c /etc/sinyal/collector.yaml
+  sinyal-collector stations import stations.csv
+  sinyal-collector agents add --station 3171011001001 --note "Budi's Raspberry Pi"
+  sinyal-collector agents add --region 3171 --note "survey laptop, Jakarta Pusat"
+  sinyal-collector agents list
+  sinyal-collector agents revoke 3f9a1c2e
+
+exit codes: 0 ok, 1 failure, 2 invalid config, usage or input
+docs: docs/collector.md
+"""
+
+log = logging.getLogger("sinyal.collector")
+
+
+def _parser() -> argparse.ArgumentParser:
+    def common(default: Any) -> argparse.ArgumentParser:
+        c = argparse.ArgumentParser(add_help=False)
+        c.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            default=default,
+            help="collector config (default: $SINYAL_COLLECTOR_CONFIG or "
+            "/etc/sinyal/collector.yaml)",
+        )
+        c.add_argument(
+            "-v", "--verbose", action="store_true", default=default, help="debug logging"
+        )
+        return c
+
+    # Subcommands get SUPPRESS defaults, so `-c FILE` before the command is not reset by
+    # the subcommand's own default (argparse copies a subparser's defaults over its parent's).
+    top_common, sub_common = common(None), common(argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        prog="sinyal-collector",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        parents=[top_common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"sinyal-collector {__version__}")
+    p.set_defaults(handler=None, usage_of=p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def _add(
+        group: Any, name: str, handler: Handler | None, help_: str, desc: str
+    ) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = group.add_parser(
+            name,
+            help=help_,
+            description=desc,
+            parents=[sub_common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        q.set_defaults(handler=handler, usage_of=q)
+        return q
+
+    _add(
+        sub,
+        "check-config",
+        cmd_check_config,
+        "validate the configuration (exit 2 when invalid)",
+        "Validate the config and the thresholds file. Every problem is printed at once as\n"
+        "FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid, 2 when not.",
+    )
+
+    _add(
+        sub,
+        "serve",
+        cmd_serve,
+        "run the ingest API and the background jobs (until Ctrl-C or SIGTERM)",
+        "Serve POST /api/v1/measurements, /api/v1/time, /healthz, /readyz, /metrics and\n"
+        "/openapi.json on listen.host:listen.port, writing to the configured sink; run the\n"
+        "silent-station sweeper when status.sweeper is true. See docs/collector.md.",
+    )
+
+    stations = _add(
+        sub,
+        "stations",
+        None,
+        "the station registry: import, list",
+        "The station registry: every station's name, province, regency, position, time\n"
+        "zone and expected operator. The collector adds them to each record it stores.",
+    )
+    st = stations.add_subparsers(dest="stations_command", metavar="COMMAND")
+    imp = _add(
+        st,
+        "import",
+        cmd_stations_import,
+        "add or update stations from a CSV file",
+        "Add or update stations from a CSV file with the header\n"
+        f"  {','.join(COLUMNS)}\n"
+        "id: the 13-digit TPS code (10-digit village code + 3-digit TPS number) or another\n"
+        "id of 1..64 letters, digits, '.', '_', '-'; province and regency: NAMES, such as\n"
+        "'DKI Jakarta' and 'Kota Jakarta Pusat'; lat, lon: degrees; tz: Asia/Jakarta,\n"
+        "Asia/Makassar or Asia/Jayapura; expected_operator: telkomsel, indosat, xlsmart\n"
+        "or empty. Every problem is printed at once as FILE:LINE: column NAME: got VALUE,\n"
+        "expected WHAT, and nothing is imported then (exit 2). Stations already in the\n"
+        "registry are updated; stations not in the file are kept.\n"
+        "Example: config/stations.example.csv",
+    )
+    imp.add_argument("file", metavar="FILE.csv", help="the stations CSV")
+    ls = _add(
+        st,
+        "list",
+        cmd_stations_list,
+        "list the registered stations",
+        "List the registered stations, ordered by id.",
+    )
+    ls.add_argument("--json", action="store_true", help="a JSON array of stations")
+
+    agents = _add(
+        sub,
+        "agents",
+        None,
+        "agent tokens: add, list, revoke",
+        "Agent tokens. An agent sends its token with every upload and may only write for\n"
+        "the station, or the region prefix, that the token is scoped to. Tokens are stored\n"
+        "hashed: a token is shown once, when it is added.",
+    )
+    ag = agents.add_subparsers(dest="agents_command", metavar="COMMAND")
+    add = _add(
+        ag,
+        "add",
+        cmd_agents_add,
+        "issue a token for a station or a region",
+        "Issue a token scoped to one station (--station, it must be in the registry) or to\n"
+        "a region prefix of the TPS code (--region: 2 digits province, 4 regency,\n"
+        "6 district, 10 village), for a technician's survey laptop.\n"
+        "The token alone goes to stdout, so `... > token_file` keeps it; its token id and\n"
+        "a reminder go to stderr. The token is shown only this once: it is stored hashed.\n"
+        "Put it in the agent's config as collector.token or collector.token_file.",
+    )
+    scope = add.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--station", metavar="ID", help="the station id (the 13-digit TPS code)")
+    scope.add_argument("--region", metavar="PREFIX", help="a region prefix: 2, 4, 6 or 10 digits")
+    add.add_argument("--note", default="", metavar="TEXT", help="who holds it, which device")
+    al = _add(
+        ag,
+        "list",
+        cmd_agents_list,
+        "list tokens (never the tokens themselves)",
+        "List every token: its id, scope, note, when it was created, last used (as\n"
+        "recorded by the collector) and revoked. Tokens themselves are never shown.",
+    )
+    al.add_argument("--json", action="store_true", help="a JSON array of tokens")
+    rv = _add(
+        ag,
+        "revoke",
+        cmd_agents_revoke,
+        "revoke a token by its token id",
+        "Revoke a token by its token id (from `agents list`). Running collectors refuse it\n"
+        "within a few seconds (they re-read the registry every 5 s). Exit 1 when no token\n"
+        "has that id.",
+    )
+    rv.add_argument("token_id", metavar="TOKEN_ID", help="the token id, as `agents list` shows")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [h]
+    # The CLI's own output is its result; registry INFO lines would only repeat it.
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _problems(errors: list[str], doc: str, tail: str = "") -> None:
+    for line in errors:
+        print(line, file=sys.stderr)
+    n = len(errors)
+    print(f"{n} problem{'s' if n != 1 else ''}{tail}; see {doc}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = args.handler
+    if handler is None:  # no command, or a group such as `stations` without its command
+        args.usage_of.print_help(sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(bool(args.verbose))
+    try:
+        cfg = collector_config.load(args.config or collector_config.default_config_path())
+    except ConfigError as exc:
+        _problems(exc.errors, "docs/collector.md")
+        return EXIT_CONFIG
+    try:
+        return handler(args, cfg)
+    except RegistryError as exc:
+        _problems(exc.errors, "docs/collector.md", "; nothing was changed")
+        return EXIT_CONFIG
+    except (sqlite3.Error, OSError) as exc:
+        print(f"registry {cfg.registry_path}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _registry(cfg: CollectorConfig) -> Registry:
+    return Registry(cfg.registry_path)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_check_config(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    try:
+        th = agent_thresholds.load(cfg.thresholds_file)
+    except ConfigError as exc:
+        _problems(exc.errors, "docs/collector.md")
+        return EXIT_CONFIG
+    url = urlsplit(cfg.sink.url)
+    host = url.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{url.port}" if url.port else "")
+    where = url._replace(netloc=netloc).geturl()  # without user:password@
+    print(
+        f"{cfg.path}: valid (listen {cfg.listen.host}:{cfg.listen.port}, sink {cfg.sink.kind} "
+        f"{where} database {cfg.sink.database}, registry {cfg.registry_path}, "
+        f"{len(th.metrics)} thresholds from {cfg.thresholds_file})"
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    from collector.server import serve
+
+    logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    serve(cfg)
+    return EXIT_OK
+
+
+def cmd_stations_import(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    with _registry(cfg) as reg:
+        r = reg.import_stations_csv(args.file)
+    plural = "s" if r.total != 1 else ""
+    print(
+        f"imported {r.total} station{plural} ({r.added} added, {r.updated} updated, "
+        f"{r.unchanged} unchanged) into {cfg.registry_path}"
+    )
+    return EXIT_OK
+
+
+def cmd_stations_list(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    with _registry(cfg) as reg:
+        stations = reg.stations()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in stations], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not stations:
+        print(
+            "no stations in the registry; add them with: sinyal-collector stations import FILE.csv",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    _table(
+        ("ID", "NAME", "PROVINCE", "REGENCY", "LAT", "LON", "TZ", "OPERATOR"),
+        [
+            (
+                s.id,
+                s.name,
+                s.province,
+                s.regency,
+                f"{s.lat:.5f}",
+                f"{s.lon:.5f}",
+                s.tz,
+                s.expected_operator or "-",
+            )
+            for s in stations
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_agents_add(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    with _registry(cfg) as reg:
+        info, token = reg.add_token(station=args.station, region=args.region, note=args.note)
+        covered = None
+        if info.scope_kind == "region":
+            covered = sum(1 for s in reg.stations() if info.allows(s.id))
+    print(token)
+    sys.stdout.flush()
+    err = sys.stderr
+    print(f"token id {info.id}, scoped to {info.scope}", file=err)
+    if covered == 0:
+        print(f"note: no station in the registry starts with {info.scope_value} yet", file=err)
+    print(
+        "WARNING: this is the only time the token is shown; it is stored hashed and cannot\n"
+        "be recovered. Put it in the agent's config (collector.token or collector.token_file).\n"
+        f"If it is lost, revoke it (sinyal-collector agents revoke {info.id}) and add a new one.",
+        file=err,
+    )
+    return EXIT_OK
+
+
+def cmd_agents_list(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    with _registry(cfg) as reg:
+        tokens = reg.list_tokens()
+    if args.json:
+        print(json.dumps([t.to_dict() for t in tokens], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not tokens:
+        print(
+            "no tokens; issue one with: sinyal-collector agents add --station ID", file=sys.stderr
+        )
+        return EXIT_OK
+    _table(
+        ("TOKEN ID", "SCOPE", "CREATED", "LAST USED", "REVOKED", "NOTE"),
+        [
+            (
+                t.id,
+                t.scope,
+                t.created_at,
+                t.last_used_at or "-",
+                t.revoked_at or "-",
+                t.note,
+            )
+            for t in tokens
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_agents_revoke(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    with _registry(cfg) as reg:
+        before = reg.get_token(args.token_id)
+        if before is None or not reg.revoke(args.token_id):
+            print(
+                f"no token with id {args.token_id!r}; see: sinyal-collector agents list",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
+    if before.revoked_at is not None:
+        print(f"token {before.id} ({before.scope}) was already revoked at {before.revoked_at}")
+    else:
+        print(f"revoked token {before.id} ({before.scope})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Collector configuration: YAML loaded into typed, validated objects.
+
+Errors are reported all at once as ``FILE: dotted.path: got VALUE, expected WHAT``,
+with the same reader as the agent's config (agent.config). Environment variables
+override scalar keys: ``SINYAL_`` + dotted path upper-cased with ``__`` between levels
+(``SINYAL_SINK__URL``, ``SINYAL_SINK__TOKEN``, ``SINYAL_LISTEN__PORT``).
+See docs/collector.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.config import (
+    ConfigError,
+    _apply_env,
+    _boolean,
+    _http_url,
+    _integer,
+    _Reader,
+    _show,
+    _string,
+)
+from agent.config import _number as number
+
+DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
+SINK_KINDS = ("v1", "v2")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Where points go. v1: POST line protocol to /write (every InfluxDB 1.x).
+    v2: influxdb-client's write API on /api/v2/write (InfluxDB 2.x/3.x/1.8+, VictoriaMetrics)."""
+
+    kind: str
+    url: str
+    database: str = "sinyal"  # v1 database; for v2 the bucket defaults to it
+    retention_policy: str | None = None
+    bucket: str | None = None
+    org: str = "sinyal"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = 10.0
+    retry_after_s: int = 10  # what the API tells agents when the database is unavailable
+
+    @property
+    def v2_bucket(self) -> str:
+        if self.bucket:
+            return self.bucket
+        return (
+            f"{self.database}/{self.retention_policy}" if self.retention_policy else self.database
+        )
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """Debounced station status: degraded/critical after `breach_m` of the last `window_n`
+    rounds breach; back to ok after `window_n` good rounds; silent after `silent_after_s`."""
+
+    breach_m: int = 3
+    window_n: int = 5
+    silent_after_s: float = 300.0
+    sweeper: bool = True  # run the silent-station sweeper on this replica
+    sweep_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 5 * 2**20  # after decompression
+    max_records: int = 5000  # per request
+    past_s: float = 35 * 86400  # oldest accepted measured_at
+    future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    path: Path
+    listen: Listen
+    sink: SinkConfig
+    data_dir: Path
+    thresholds_file: Path
+    status: StatusConfig
+    limits: Limits
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite3"
+
+
+_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
+    p = Path(path)
+    name = str(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found (give one with -c FILE)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    if doc is None:
+        doc = {}
+    doc, sources = _apply_env(doc, os.environ if environ is None else environ, _TOP)
+    r = _Reader(name, sources)
+    if not isinstance(doc, dict):
+        raise ConfigError([f"{name}: (top level): got {_show(doc)}, expected a mapping"])
+    top = r.mapping(doc, "", _TOP, {"sink"})
+    base = p.resolve().parent
+
+    def path_of(v: Any) -> Path | None:
+        if not isinstance(v, str) or not v:
+            return None
+        q = Path(v).expanduser()
+        return q if q.is_absolute() else base / q
+
+    def existing(v: Any) -> Path | None:
+        q = path_of(v)
+        return q if q is not None and q.is_file() else None
+
+    lm = r.mapping(top.get("listen"), "listen", {"host", "port"}, set())
+    host = r.get(lm, "host", "listen", _string(), "an address to listen on", "127.0.0.1")
+    port = r.get(lm, "port", "listen", _integer(1, 65535), "a port, 1..65535", 8080)
+
+    sink: SinkConfig | None = None
+    sk = {
+        "kind",
+        "url",
+        "database",
+        "retention_policy",
+        "bucket",
+        "org",
+        "username",
+        "password",
+        "token",
+        "timeout_s",
+        "retry_after_s",
+    }
+    sm = r.mapping(top.get("sink"), "sink", sk, {"kind", "url"})
+    kind = r.get(sm, "kind", "sink", lambda v: v if v in SINK_KINDS else None, "v1 or v2")
+    url = r.get(sm, "url", "sink", _http_url, "the database's http(s) base URL")
+    database = r.get(sm, "database", "sink", _string(), "a database name", "sinyal")
+    rp = r.get(sm, "retention_policy", "sink", _string(), "a retention policy name")
+    bucket = r.get(sm, "bucket", "sink", _string(), "a bucket name")
+    org = r.get(sm, "org", "sink", _string(), "an organisation name", "sinyal")
+    user = r.get(sm, "username", "sink", _string(), "a user name")
+    password = r.get(sm, "password", "sink", _string(), "a password")
+    token = r.get(sm, "token", "sink", _string(), "an API token")
+    if token is not None and (user is not None or password is not None):
+        r.error("sink.token", "'***'", "either token or username/password, not both")
+    if (user is None) != (password is None):
+        r.error(
+            "sink.password" if user else "sink.username",
+            "nothing",
+            "username and password together",
+        )
+    timeout = r.get(sm, "timeout_s", "sink", number(0, 600, lo_open=True), "seconds, 0..600", 10.0)
+    retry = r.get(sm, "retry_after_s", "sink", _integer(1, 3600), "seconds, 1..3600", 10)
+    if kind is not None and url is not None:
+        sink = SinkConfig(
+            kind,
+            url,
+            database or "sinyal",
+            rp,
+            bucket,
+            org or "sinyal",
+            user,
+            password,
+            token,
+            timeout or 10.0,
+            retry or 10,
+        )
+
+    data_dir = r.get(top, "data_dir", "", path_of, "a directory path", Path("/var/lib/sinyal"))
+    thresholds = r.get(
+        top,
+        "thresholds_file",
+        "",
+        existing,
+        "a readable thresholds YAML file",
+        path_of("thresholds.yaml"),
+    )
+    if "thresholds_file" not in top and thresholds is not None and not thresholds.is_file():
+        r.error("thresholds_file", "nothing", f"a thresholds file (none at {thresholds})")
+
+    st = r.mapping(
+        top.get("status"),
+        "status",
+        {"breach_m", "window_n", "silent_after_s", "sweeper", "sweep_interval_s"},
+        set(),
+    )
+    m = r.get(st, "breach_m", "status", _integer(1, 100), "rounds, 1..100", 3)
+    n = r.get(st, "window_n", "status", _integer(1, 100), "rounds, 1..100", 5)
+    if m is not None and n is not None and m > n:
+        r.error("status.breach_m", _show(m), f"at most window_n ({n})")
+    silent = r.get(st, "silent_after_s", "status", number(10, 86400), "seconds, 10..86400", 300.0)
+    sweeper = r.get(st, "sweeper", "status", _boolean, "true or false", True)
+    sweep_iv = r.get(st, "sweep_interval_s", "status", number(1, 3600), "seconds, 1..3600", 30.0)
+
+    li = r.mapping(
+        top.get("limits"), "limits", {"max_body_bytes", "max_records", "past_s", "future_s"}, set()
+    )
+    max_body = r.get(
+        li, "max_body_bytes", "limits", _integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
+    )
+    max_rec = r.get(li, "max_records", "limits", _integer(1, 100_000), "1..100000", 5000)
+    past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
+    future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
+
+    if r.errors or sink is None:
+        raise ConfigError(r.errors or [f"{name}: sink: invalid"])
+    assert data_dir is not None and thresholds is not None
+    return CollectorConfig(
+        path=p,
+        listen=Listen(host or "127.0.0.1", port or 8080),
+        sink=sink,
+        data_dir=data_dir,
+        thresholds_file=thresholds,
+        status=StatusConfig(m or 3, n or 5, silent or 300.0, bool(sweeper), sweep_iv or 30.0),
+        limits=Limits(
+            max_body or 5 * 2**20,
+            max_rec or 5000,
+            past or 35 * 86400.0,
+            300.0 if future is None else future,
+        ),
+    )
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("SINYAL_COLLECTOR_CONFIG", DEFAULT_CONFIG)

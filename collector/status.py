@@ -1,0 +1,596 @@
+"""Station status: ok, degraded, critical or silent, debounced so the control room sees no flapping.
+
+Pure Python, no I/O: the API handler feeds records in (`observe`), a background job calls
+`sweep`, and `status_points` gives the `station_status` points someone else encodes and writes.
+
+Statuses (the `status` field of `station_status`)::
+
+    0 ok        1 degraded        2 critical        3 silent
+
+Rounds and series
+    Every record is one round of its series. A series is one probe aimed at one thing over one
+    uplink: the record's kind plus all its tags except `station` and `operator` (icmp: uplink and
+    target; dns: uplink, resolver, qname, qtype; http: uplink and target). Each numeric field
+    the record carries is graded with `Thresholds` (config/thresholds.yaml); fields without a
+    threshold are ignored. A round is
+
+    - critical-level when any field grades `alert`, or the record failed (`error` set, or
+      `ok` = 0): the target could not be reached or did not answer properly;
+    - degraded-level when any field grades `warn` (and none `alert`);
+    - good otherwise (`good` and `fair` do not breach).
+
+Debouncing (per series; the station takes the worst series)
+    Each series keeps its last `window_n` rounds (M = `breach_m`, N = `window_n`) and moves
+    between ok, degraded and critical by these rules, checked in order after every round:
+
+    1. critical when at least M of the last N rounds are critical-level;
+    2. a critical series stays critical until N consecutive rounds are not critical-level;
+       it then drops to ok if those N rounds were all good, else to degraded;
+    3. degraded when at least M of the last N rounds are degraded- or critical-level;
+    4. a degraded series stays degraded until N consecutive rounds are good, then ok;
+    5. otherwise ok.
+
+    The window slides: a good round between breaches does not reset the count, and a breach
+    older than N rounds no longer counts. Leaving a level needs N clean rounds in a row, so
+    with M >= 2 a single bad round never raises a status and a single good round never clears
+    one. (M = 1 is allowed by the configuration and means "no debounce on the way up".)
+
+    Debouncing per series, not over the station's pooled rounds, keeps a target that fails
+    every round from being diluted by the healthy targets probed in between, and keeps one
+    target's occasional blip from adding up with another's. The station's status is the worst
+    of its series; a series whose probe stopped (target removed from the agent's config) is
+    forgotten once the station's newest round is more than max(3 x the series' last interval
+    between rounds, 2 x silent_after_s) newer than the series' own newest round (an interval of
+    one hour is assumed for a series with a single round), so a dead target that was removed
+    does not hold the station down.
+
+    A record whose measured_at is not newer than its series' newest round is not counted
+    again: that is a resend after a lost acknowledgement (the same record) or out-of-order
+    delivery. An agent clock stepped backwards therefore pauses that series' rounds until
+    the clock passes the newest earlier round.
+
+    One `observe` call (one upload) yields at most one StatusChange: the status before the
+    call and after it. A backlog replayed after an outage is debounced round by round, and
+    the resulting status reflects its newest rounds.
+
+Reasons
+    `reasons` explains the status, one string per series at the station's (worst) level,
+    ordered by series, at most three plus "+K more", each at most 100 characters::
+
+        icmp[kpu@modem0] error=timeout, loss_pct=100>=2, mos=1<3.1
+        http[kpu-web@tps-wifi] ttfb_ms=1250>1000
+
+    i.e. `kind[series@uplink]` followed by the breaching fields of the series' latest round at
+    that level: `field=value` then the threshold it crossed (`>`/`>=`, or `<`/`<=` for
+    lower-is-worse metrics; `>=` where the metric is `inclusive`). Failed rounds show
+    `error=<code>` (agent.record.ErrorCode) or `ok=0`. `causes` is the compact code list for
+    tables and alert titles: threshold metric names and error codes, sorted, comma-separated,
+    e.g. `loss,mos,timeout`; a silent station has the cause `silent`. The point's `reasons`
+    field joins the strings with "; ".
+
+Silence
+    Silence is judged by receive time at the collector (this engine's clock when `observe` is
+    called), not by measured_at: arrival is what tells the control room the link is up now,
+    and an agent replaying a backlog is up even though its records are old. `sweep()` marks
+    silent every station from which nothing arrived for at least `silent_after_s` and returns
+    those StatusChanges. Stations passed to `sweep(known)` (the registry) that never reported
+    become silent (old status ok, reason "never reported") once the engine has run for
+    `silent_after_s`. Any upload ends silence, even one whose records were all resends. The
+    series' history is kept across silence, so the first upload after it brings the station
+    back to its debounced status (a station that was failing before it went dark comes back
+    critical and needs N good rounds to clear; the backlog it uploads is debounced too).
+
+Points
+    `status_points(stations, now)` returns, for each given station this engine has state for
+    (reported, or swept silent), `("station_status", tags, fields, time_ns)` at `now`. The
+    caller writes them when `observe`/`sweep` report a change and periodically for all
+    stations, so Grafana's map always has a recent point. A station this engine has no state
+    for gets no point rather than an invented "ok" (after a restart the map keeps showing the
+    previous point until the station reports or is swept silent). Tags: station, province,
+    regency, operator (empty values omitted; province and regency fall back to the 2- and
+    4-digit prefix of a numeric TPS code). Fields, with stable types so InfluxDB never sees a
+    type conflict; absent means not known, never NaN or 0:
+
+    ================  =====  ==========================================================
+    status            int    0 ok, 1 degraded, 2 critical, 3 silent
+    status_name       str    ok / degraded / critical / silent
+    reasons           str    see above; "" when ok
+    causes            str    see above; "" when ok
+    status_age_s      float  seconds since the status last changed
+    series            int    series tracked for the station
+    series_breaching  int    series not ok
+    lat, lon          float  from the registry (absent when unknown)
+    last_seen_s       float  seconds since the last upload arrived (absent: never)
+    rtt_p50_ms        float  latest icmp round of the worst (then most recent) icmp series
+    loss_pct          float  same round
+    jitter_ms         float  same round
+    mos               float  same round
+    icmp_target       str    that series' target
+    icmp_uplink       str    that series' uplink
+    ================  =====  ==========================================================
+
+Replicas
+    This engine is per-process memory; nothing is shared between collector replicas. Debounce
+    state lives where a station's records land, and the sweeper only knows the stations its
+    own process has seen. Run status evaluation where every record of a station arrives: one
+    collector replica, or replicas behind a load balancer with sticky routing by token (one
+    station, one replica). Enable the sweeper (status.sweeper) on exactly one replica, and with
+    several replicas pass it only the stations routed to it, otherwise it marks silent the
+    stations that report to the others. A restarted replica starts with no history: statuses
+    rebuild from the next N rounds, and registry stations that do not report are flagged
+    silent `silent_after_s` after start.
+
+Thread safety: every public method takes one lock, so the API may call from a threadpool.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from typing import Protocol
+
+from agent.record import MEASUREMENTS, FieldValue, Record, utcnow
+from agent.thresholds import Grade, Threshold, Thresholds
+from collector.config import StatusConfig
+
+MEASUREMENT = "station_status"
+MAX_REASONS = 3
+MAX_REASON_LEN = 100
+UNKNOWN_GAP_S = 3600.0  # assumed interval of a series seen once (covers hourly probes)
+_SERIES_EXCLUDED_TAGS = ("station", "operator")
+_MAP_FIELDS = ("rtt_p50_ms", "loss_pct", "jitter_ms", "mos")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Round levels
+_GOOD, _DEGRADED, _CRITICAL = 0, 1, 2
+
+
+class Status(IntEnum):
+    OK = 0
+    DEGRADED = 1
+    CRITICAL = 2
+    SILENT = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class StationLike(Protocol):
+    """What status points need from a registry row. `operator` (or `expected_operator`) is
+    read with getattr, so registry objects that name it either way are accepted."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def province(self) -> str | None: ...
+    @property
+    def regency(self) -> str | None: ...
+    @property
+    def lat(self) -> float | None: ...
+    @property
+    def lon(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    id: str
+    province: str | None = None
+    regency: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    operator: str | None = None  # the registry's expected operator
+
+    @classmethod
+    def of(cls, row: object) -> StationInfo:
+        """From any object with id, province, regency, lat, lon and operator or
+        expected_operator attributes (missing ones become None)."""
+        op = getattr(row, "operator", None) or getattr(row, "expected_operator", None)
+        return cls(
+            id=str(getattr(row, "id")),  # noqa: B009 - a row without an id is a bug
+            province=getattr(row, "province", None),
+            regency=getattr(row, "regency", None),
+            lat=getattr(row, "lat", None),
+            lon=getattr(row, "lon", None),
+            operator=op,
+        )
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    station: str
+    old: Status
+    new: Status
+    reasons: tuple[str, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class StationSnapshot:
+    station: str
+    status: Status
+    reasons: tuple[str, ...]
+    causes: tuple[str, ...]
+    since: datetime  # when the status last changed (or the station became known)
+    last_seen: datetime | None  # receive time of the last upload; None: never reported
+    last_seen_s: float | None  # seconds from last_seen to the snapshot's time
+    measured_at: datetime | None  # newest measured_at of any series
+    series: int
+    series_breaching: int
+    rtt_p50_ms: float | None = None
+    loss_pct: float | None = None
+    jitter_ms: float | None = None
+    mos: float | None = None
+    icmp_target: str | None = None
+    icmp_uplink: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Round:
+    level: int
+    items: tuple[str, ...]  # "loss_pct=5>=2", "error=timeout"
+    causes: tuple[str, ...]  # "loss", "timeout"
+
+
+_SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(slots=True)
+class _Series:
+    kind: str
+    label: str  # "icmp[kpu@modem0]"
+    target: str
+    uplink: str
+    window: deque[_Round]
+    status: Status = Status.OK
+    clean_run: int = 0  # consecutive good rounds, newest last
+    noncrit_run: int = 0  # consecutive rounds below critical level
+    last_at: datetime | None = None
+    gap_s: float | None = None
+    last_fields: Mapping[str, FieldValue] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Station:
+    status: Status
+    since: datetime
+    last_rx: datetime | None = None
+    reasons: tuple[str, ...] = ()
+    causes: tuple[str, ...] = ()
+    series: dict[_SeriesKey, _Series] = field(default_factory=dict)
+
+
+class StatusEngine:
+    """Debounced station status; see the module docstring for the exact semantics."""
+
+    def __init__(
+        self,
+        thresholds: Thresholds,
+        cfg: StatusConfig,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if not 1 <= cfg.breach_m <= cfg.window_n:
+            raise ValueError(f"breach_m {cfg.breach_m} must be in 1..window_n ({cfg.window_n})")
+        self._thresholds = thresholds
+        self._m = cfg.breach_m
+        self._n = cfg.window_n
+        self._silent_s = float(cfg.silent_after_s)
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._stations: dict[str, _Station] = {}
+        self._by_field: dict[tuple[str, str], Threshold | None] = {}
+
+    # -- public API --------------------------------------------------------------------------
+
+    def observe(self, station: StationLike | str, records: Sequence[Record]) -> list[StatusChange]:
+        """One upload's accepted records of one station, in measured_at order.
+
+        Returns the station's StatusChange when this upload changed its status, else []."""
+        sid = station if isinstance(station, str) else station.id
+        with self._lock:
+            now = self._clock()
+            st = self._stations.get(sid)
+            if st is None:
+                st = self._stations[sid] = _Station(Status.OK, now)
+            old = st.status
+            st.last_rx = now
+            for record in records:
+                self._round(st, record)
+            self._prune(st)
+            self._settle(st)
+            if st.status == old:
+                return []
+            st.since = now
+            return [StatusChange(sid, old, st.status, st.reasons, now)]
+
+    def sweep(self, known: Iterable[StationLike] = ()) -> list[StatusChange]:
+        """Mark silent the stations nothing arrived from for silent_after_s; return the
+        changes. `known` (the registry's stations) adds those that never reported, once the
+        engine has run for silent_after_s."""
+        with self._lock:
+            now = self._clock()
+            limit = timedelta(seconds=self._silent_s)
+            reason = (f"no data for >={self._silent_s:g}s",)
+            changes: list[StatusChange] = []
+            for sid, st in self._stations.items():
+                if st.status is Status.SILENT or st.last_rx is None:
+                    continue
+                if now - st.last_rx >= limit:
+                    changes.append(StatusChange(sid, st.status, Status.SILENT, reason, now))
+                    st.status, st.since, st.reasons, st.causes = (
+                        Status.SILENT,
+                        now,
+                        reason,
+                        ("silent",),
+                    )
+            if now - self._started >= limit:
+                never = ("never reported",)
+                for info in known:
+                    if info.id in self._stations:
+                        continue
+                    self._stations[info.id] = _Station(Status.SILENT, now, None, never, ("silent",))
+                    changes.append(StatusChange(info.id, Status.OK, Status.SILENT, never, now))
+            return changes
+
+    def snapshot(self, station_id: str) -> StationSnapshot | None:
+        """The station's current status and the latest values the map shows, or None when
+        this engine has no state for it."""
+        with self._lock:
+            st = self._stations.get(station_id)
+            return None if st is None else self._snapshot(station_id, st, self._clock())
+
+    def status_points(
+        self, stations: Iterable[StationLike], now: datetime
+    ) -> list[tuple[str, dict[str, str], dict[str, int | float | str], int]]:
+        """`station_status` points at `now` for the given stations that have state here."""
+        t_ns = _time_ns(now)
+        out: list[tuple[str, dict[str, str], dict[str, int | float | str], int]] = []
+        with self._lock:
+            for info in stations:
+                st = self._stations.get(info.id)
+                if st is None:
+                    continue
+                snap = self._snapshot(info.id, st, now)
+                out.append((MEASUREMENT, _tags(info), _fields(snap, info, now), t_ns))
+        return out
+
+    # -- rounds and debouncing ---------------------------------------------------------------
+
+    def _threshold(self, kind: str, name: str) -> Threshold | None:
+        key = (kind, name)
+        if key not in self._by_field:
+            self._by_field[key] = self._thresholds.for_field(kind, name)
+        return self._by_field[key]
+
+    def _grade(self, record: Record) -> _Round:
+        level = _GOOD
+        alerts: list[str] = []
+        warns: list[str] = []
+        causes: set[str] = set()
+        failed = record.error is not None or record.fields.get("ok") == 0
+        if failed:
+            level = _CRITICAL
+            alerts.append(f"error={record.error}" if record.error else "ok=0")
+            causes.add(record.error or "failed")
+        for name, value in record.fields.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            v = float(value)
+            t = self._threshold(record.kind, name) if math.isfinite(v) else None
+            if t is None:
+                continue
+            g = t.grade(v)
+            if g is Grade.ALERT:
+                level = _CRITICAL
+                alerts.append(_item(name, v, t, t.alert))
+                causes.add(t.name)
+            elif g is Grade.WARN:
+                level = max(level, _DEGRADED)
+                warns.append(_item(name, v, t, t.warn))
+                causes.add(t.name)
+        return _Round(level, (*alerts, *warns), tuple(sorted(causes)))
+
+    def _round(self, st: _Station, record: Record) -> None:
+        at = record.measured_at
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        key, target, uplink = _series_key(record)
+        s = st.series.get(key)
+        if s is None:
+            s = st.series[key] = _Series(
+                record.kind,
+                _label(record.kind, target, uplink),
+                target,
+                uplink,
+                deque(maxlen=self._n),
+            )
+        elif s.last_at is not None:
+            if at <= s.last_at:
+                return  # a resend, or out of order: counted once
+            s.gap_s = (at - s.last_at).total_seconds()
+        s.last_at = at
+        s.last_fields = record.fields
+        rnd = self._grade(record)
+        s.window.append(rnd)
+        s.clean_run = s.clean_run + 1 if rnd.level == _GOOD else 0
+        s.noncrit_run = s.noncrit_run + 1 if rnd.level < _CRITICAL else 0
+        s.status = self._next(s)
+
+    def _next(self, s: _Series) -> Status:
+        critical = sum(1 for r in s.window if r.level == _CRITICAL)
+        breaching = sum(1 for r in s.window if r.level != _GOOD)
+        if critical >= self._m:
+            return Status.CRITICAL
+        if s.status is Status.CRITICAL:
+            if s.noncrit_run < self._n:
+                return Status.CRITICAL
+            return Status.OK if s.clean_run >= self._n else Status.DEGRADED
+        if breaching >= self._m:
+            return Status.DEGRADED
+        if s.status is Status.DEGRADED and s.clean_run < self._n:
+            return Status.DEGRADED
+        return Status.OK
+
+    def _prune(self, st: _Station) -> None:
+        stamps = [s.last_at for s in st.series.values() if s.last_at is not None]
+        if not stamps:
+            return
+        newest = max(stamps)
+        floor = 2 * self._silent_s
+        stale = [
+            k
+            for k, s in st.series.items()
+            if s.last_at is not None
+            and (newest - s.last_at).total_seconds()
+            > max(floor, 3 * (UNKNOWN_GAP_S if s.gap_s is None else s.gap_s))
+        ]
+        for k in stale:
+            del st.series[k]
+
+    def _settle(self, st: _Station) -> None:
+        """Station status, reasons and causes from its series (worst of)."""
+        worst = max((s.status for s in st.series.values()), default=Status.OK)
+        st.status = worst
+        if worst is Status.OK:
+            st.reasons, st.causes = (), ()
+            return
+        hit = sorted((s for s in st.series.values() if s.status == worst), key=lambda s: s.label)
+        reasons: list[str] = []
+        causes: set[str] = set()
+        for s in hit:
+            rnd = _explaining_round(s)
+            if rnd is None:
+                continue
+            causes.update(rnd.causes)
+            if len(reasons) < MAX_REASONS:
+                reasons.append(_clip(f"{s.label} {', '.join(rnd.items)}"))
+        if len(hit) > MAX_REASONS:
+            reasons.append(f"+{len(hit) - MAX_REASONS} more")
+        st.reasons, st.causes = tuple(reasons), tuple(sorted(causes))
+
+    def _snapshot(self, sid: str, st: _Station, now: datetime) -> StationSnapshot:
+        series = list(st.series.values())
+        stamps = [s.last_at for s in series if s.last_at is not None]
+        icmp = [s for s in series if s.kind == "icmp" and s.last_at is not None]
+        shown = max(icmp, key=lambda s: (s.status, s.last_at), default=None)
+        values: dict[str, float] = {}
+        if shown is not None:
+            for name in _MAP_FIELDS:
+                v = shown.last_fields.get(name)
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    values[name] = float(v)
+        return StationSnapshot(
+            station=sid,
+            status=st.status,
+            reasons=st.reasons,
+            causes=st.causes,
+            since=st.since,
+            last_seen=st.last_rx,
+            last_seen_s=None if st.last_rx is None else (now - st.last_rx).total_seconds(),
+            measured_at=max(stamps, default=None),
+            series=len(series),
+            series_breaching=sum(1 for s in series if s.status is not Status.OK),
+            rtt_p50_ms=values.get("rtt_p50_ms"),
+            loss_pct=values.get("loss_pct"),
+            jitter_ms=values.get("jitter_ms"),
+            mos=values.get("mos"),
+            icmp_target=None if shown is None else shown.target,
+            icmp_uplink=None if shown is None else shown.uplink,
+        )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _series_key(record: Record) -> tuple[_SeriesKey, str, str]:
+    """The series key, its target description and uplink."""
+    spec = MEASUREMENTS.get(record.kind)
+    order = spec.tags if spec is not None else tuple(sorted(record.tags))
+    pairs = tuple(
+        (k, record.tags[k]) for k in order if k in record.tags and k not in _SERIES_EXCLUDED_TAGS
+    )
+    target = " ".join(v for k, v in pairs if k != "uplink")
+    return (record.kind, pairs), target, record.tags.get("uplink", "")
+
+
+def _label(kind: str, target: str, uplink: str) -> str:
+    return f"{kind}[{target}@{uplink}]" if uplink else f"{kind}[{target}]"
+
+
+def _num(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _item(name: str, value: float, t: Threshold, limit: float) -> str:
+    op = (">" if t.higher_is_worse else "<") + ("=" if t.inclusive else "")
+    return f"{name}={_num(value)}{op}{_num(limit)}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON_LEN else text[: MAX_REASON_LEN - 3] + "..."
+
+
+def _explaining_round(s: _Series) -> _Round | None:
+    """The newest round in the window at the series' level (else the newest breaching one)."""
+    want = _CRITICAL if s.status is Status.CRITICAL else _DEGRADED
+    fallback: _Round | None = None
+    for r in reversed(s.window):
+        if r.level >= want:
+            return r
+        if fallback is None and r.level != _GOOD:
+            fallback = r
+    return fallback
+
+
+def _time_ns(t: datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _tags(info: StationLike) -> dict[str, str]:
+    sid = info.id
+    province, regency = info.province, info.regency
+    if sid.isdigit() and len(sid) >= 4:
+        province = province or sid[:2]
+        regency = regency or sid[:4]
+    op = getattr(info, "operator", None) or getattr(info, "expected_operator", None)
+    tags = {"station": sid, "province": province, "regency": regency, "operator": op}
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def _fields(
+    snap: StationSnapshot, info: StationLike, now: datetime
+) -> dict[str, int | float | str]:
+    f: dict[str, int | float | str] = {
+        "status": int(snap.status),
+        "status_name": snap.status.label,
+        "reasons": "; ".join(snap.reasons),
+        "causes": ",".join(snap.causes),
+        "status_age_s": max(0.0, (now - snap.since).total_seconds()),
+        "series": snap.series,
+        "series_breaching": snap.series_breaching,
+    }
+    optional: dict[str, float | None] = {
+        "lat": info.lat,
+        "lon": info.lon,
+        "last_seen_s": None if snap.last_seen_s is None else max(0.0, snap.last_seen_s),
+        "rtt_p50_ms": snap.rtt_p50_ms,
+        "loss_pct": snap.loss_pct,
+        "jitter_ms": snap.jitter_ms,
+        "mos": snap.mos,
+    }
+    for k, v in optional.items():
+        if v is not None and math.isfinite(float(v)):
+            f[k] = float(v)
+    if snap.icmp_target:
+        f["icmp_target"] = snap.icmp_target
+    if snap.icmp_uplink:
+        f["icmp_uplink"] = snap.icmp_uplink
+    return f

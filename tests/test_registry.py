@@ -1,0 +1,436 @@
+"""collector.registry: the stations CSV (every error at once, all or nothing, upsert) and
+agent tokens (stored hashed, scoped, revocable, shared by several processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.registry import (
+    COLUMNS,
+    ImportResult,
+    Registry,
+    RegistryError,
+    Station,
+    TokenInfo,
+)
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "config" / "stations.example.csv"
+HEADER = ",".join(COLUMNS)
+GAMBIR = (
+    "3171011001001,TPS 001 Gambir,DKI Jakarta,Kota Jakarta Pusat,-6.1754,106.8272,"
+    "Asia/Jakarta,telkomsel"
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "data" / "registry.sqlite3")
+    r.import_stations_csv(EXAMPLE)
+    return r
+
+
+def write_csv(tmp_path: Path, *lines: str, name: str = "stations.csv") -> Path:
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+# --- stations -------------------------------------------------------------------------------
+
+
+def test_example_file_imports(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "registry.sqlite3")
+    result = r.import_stations_csv(EXAMPLE)
+    assert result == ImportResult(added=13, updated=0, unchanged=0)
+    assert r.get_station("3171011001001") == Station(
+        "3171011001001",
+        "TPS 001 Gambir",
+        "DKI Jakarta",
+        "Kota Jakarta Pusat",
+        -6.1754,
+        106.8272,
+        "Asia/Jakarta",
+        "telkomsel",
+    )
+    # a quoted name with a comma; a non-TPS id with no expected operator
+    assert r.get_station("3171011002004").name == "TPS 004 Cideng, Gambir"  # type: ignore[union-attr]
+    assert r.get_station("lab-jakarta-01").expected_operator is None  # type: ignore[union-attr]
+    assert r.get_station("3171011001999") is None
+    ids = [s.id for s in r.stations()]
+    assert ids == sorted(ids) and len(ids) == 13
+    assert {s.tz for s in r.stations()} == {"Asia/Jakarta", "Asia/Makassar", "Asia/Jayapura"}
+    assert {s.expected_operator for s in r.stations()} == {
+        "telkomsel",
+        "indosat",
+        "xlsmart",
+        None,
+    }
+
+
+def test_every_error_is_reported_at_once_and_nothing_is_imported(tmp_path: Path) -> None:
+    p = write_csv(
+        tmp_path,
+        HEADER,
+        GAMBIR,
+        '3.17101E+12,TPS 2,DKI Jakarta,Kota Jakarta Pusat,"-6,17",106.8,Asia/Jakarta,indosat',
+        "",
+        "3171011001003,,DKI Jakarta,Kota Jakarta Pusat,-91,181,Asia/Tokyoo,Tel kom",
+        '3171011001004,"TPS 004',
+        'two lines",DKI Jakarta,Kota Jakarta Pusat,-6.1,106.8,Asia/Jakarta,',
+        "3171011001005,TPS 5,DKI Jakarta,Kota Jakarta Pusat,-6.1,106.8,Asia/Jakarta",
+        "3171011001006,TPS 6,,Kota Jakarta Pusat,abc,,Asia,xlsmart",
+        "3171011001007,TPS 7,DKI Jakarta,Kota Jakarta Pusat,-6.1,106.8,Asia/Jakarta,XLSmart",
+    )
+    r = Registry(tmp_path / "registry.sqlite3")
+    with pytest.raises(RegistryError) as info:
+        r.import_stations_csv(p)
+    f = str(p)
+    tz = "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura"
+    assert info.value.errors == [
+        f"{f}:3: column id: got '3.17101E+12', expected a station id: the 13-digit TPS code"
+        " or 1..64 letters, digits, '.', '_', '-' (a spreadsheet turned the code into a"
+        " number: format it as text)",
+        f"{f}:3: column lat: got '-6,17', expected a latitude in degrees, -90..90"
+        " (with a '.' decimal point)",
+        f"{f}:5: column name: got nothing, expected a station name, 1..200 printable characters",
+        f"{f}:5: column lat: got '-91', expected a latitude in degrees, -90..90",
+        f"{f}:5: column lon: got '181', expected a longitude in degrees, -180..180",
+        f"{f}:5: column tz: got 'Asia/Tokyoo', expected {tz}",
+        f"{f}:5: column expected_operator: got 'Tel kom', expected an operator label such as"
+        " telkomsel, indosat, xlsmart, or empty",
+        f"{f}:6: column name: got 'TPS 004\\ntwo lines', expected a station name, 1..200"
+        " printable characters",
+        f"{f}:8: row: got 7 fields, expected 8, one per header column (quote values that hold"
+        " a comma)",
+        f"{f}:9: column province: got nothing, expected a province name such as DKI Jakarta",
+        f"{f}:9: column lat: got 'abc', expected a latitude in degrees, -90..90",
+        f"{f}:9: column lon: got nothing, expected a longitude in degrees, -180..180",
+        f"{f}:9: column tz: got 'Asia', expected {tz}",
+    ]
+    assert r.stations() == []  # line 2 and line 10 were fine, but nothing is imported
+
+
+def test_a_bad_file_leaves_the_registry_as_it_was(reg: Registry, tmp_path: Path) -> None:
+    before = reg.stations()
+    changed = GAMBIR.replace("TPS 001 Gambir", "renamed")
+    p = write_csv(tmp_path, HEADER, changed, "3171011001009,x,y,z,100,0,Asia/Jakarta,")
+    with pytest.raises(RegistryError):
+        reg.import_stations_csv(p)
+    assert reg.stations() == before
+
+
+def test_duplicate_ids_name_the_first_line(tmp_path: Path) -> None:
+    other = GAMBIR.replace("TPS 001 Gambir", "TPS 001 again")
+    p = write_csv(tmp_path, HEADER, GAMBIR, GAMBIR.replace("001001", "001002"), other, GAMBIR)
+    with pytest.raises(RegistryError) as info:
+        Registry(tmp_path / "r.sqlite3").import_stations_csv(p)
+    assert info.value.errors == [
+        f"{p}:4: column id: got '3171011001001', expected an id not already used on line 2",
+        f"{p}:5: column id: got '3171011001001', expected an id not already used on line 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "errors"),
+    [
+        (
+            "id,name,province,regency,lat,lon,tz",
+            ["1: column expected_operator: got nothing, expected a header column named"
+             " expected_operator"],
+        ),
+        (
+            "id,name,province,regency,lat,lon,tz,operator",
+            ["1: column operator: got an unknown column, expected one of " + ", ".join(COLUMNS),
+             "1: column expected_operator: got nothing, expected a header column named"
+             " expected_operator"],
+        ),
+        (
+            "id,id,name,province,regency,lat,lon,tz,expected_operator",
+            ["1: column id: got a second column of that name, expected each once"],
+        ),
+    ],
+    ids=["missing", "unknown", "twice"],
+)  # fmt: skip
+def test_header_errors(tmp_path: Path, header: str, errors: list[str]) -> None:
+    p = write_csv(tmp_path, header, GAMBIR)
+    with pytest.raises(RegistryError) as info:
+        Registry(tmp_path / "r.sqlite3").import_stations_csv(p)
+    assert info.value.errors == [f"{p}:{e}" for e in errors]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", "1: header: got nothing, expected the header line " + HEADER),
+        ("\n\n", "1: header: got nothing, expected the header line " + HEADER),
+        (HEADER + "\n", "2: row: got nothing, expected at least one station after the header"),
+    ],
+    ids=["empty", "blank", "header-only"],
+)
+def test_empty_files(tmp_path: Path, text: str, error: str) -> None:
+    p = tmp_path / "s.csv"
+    p.write_text(text)
+    with pytest.raises(RegistryError) as info:
+        Registry(tmp_path / "r.sqlite3").import_stations_csv(p)
+    assert info.value.errors == [f"{p}:{error}"]
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "r.sqlite3")
+    with pytest.raises(RegistryError) as info:
+        r.import_stations_csv(tmp_path / "missing.csv")
+    assert info.value.errors == [f"{tmp_path / 'missing.csv'}: file not found"]
+    p = tmp_path / "latin1.csv"
+    p.write_bytes(HEADER.encode() + b"\n" + GAMBIR.replace("Gambir", "G\xe2mbir").encode("latin-1"))
+    with pytest.raises(RegistryError) as info:
+        r.import_stations_csv(p)
+    assert info.value.errors[0].startswith(f"{p}: not UTF-8 text")
+
+
+def test_spreadsheet_exports_are_read(tmp_path: Path) -> None:
+    """A byte-order mark, CRLF line ends, a capitalised header, spaces around values, and
+    semicolons as saved by spreadsheets in Indonesian locales."""
+    p = tmp_path / "excel.csv"
+    rows = [HEADER.upper().replace(",", ";"), " " + GAMBIR.replace(",", " ; ")]
+    p.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    r = Registry(tmp_path / "r.sqlite3")
+    assert r.import_stations_csv(p) == ImportResult(1, 0, 0)
+    s = r.get_station("3171011001001")
+    assert s is not None and s.name == "TPS 001 Gambir" and s.lat == -6.1754
+
+
+def test_reimport_updates_changed_rows_and_keeps_others(reg: Registry, tmp_path: Path) -> None:
+    lines = EXAMPLE.read_text().splitlines()
+    assert lines[1].startswith("3171011001001,")
+    lines[1] = lines[1].replace("telkomsel", "indosat").replace("TPS 001 Gambir", "TPS 001 Baru")
+    del lines[2]  # stations missing from the file are kept
+    lines.append("3171011001002,TPS 002 Gambir,DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,"
+                 "Asia/Jakarta,xlsmart")  # fmt: skip
+    result = reg.import_stations_csv(write_csv(tmp_path, *lines))
+    assert result == ImportResult(added=1, updated=1, unchanged=11)
+    assert result.total == 13
+    s = reg.get_station("3171011001001")
+    assert s is not None and (s.name, s.expected_operator) == ("TPS 001 Baru", "indosat")
+    assert reg.get_station("3171011002004") is not None
+    assert len(reg.stations()) == 14
+    assert reg.import_stations_csv(EXAMPLE) == ImportResult(0, 1, 12)
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def test_add_authenticate_revoke(reg: Registry) -> None:
+    info, token = reg.add_token(station="3171011001001", note="Pi at TPS 001")
+    assert token.startswith("sny_") and len(token) >= 40
+    assert (info.scope_kind, info.scope_value, info.note) == (
+        "station",
+        "3171011001001",
+        "Pi at TPS 001",
+    )
+    assert len(info.id) == 8 and info.revoked_at is None
+    assert reg.authenticate(token) == info
+    assert reg.authenticate(token + "x") is None
+    assert reg.authenticate("sny_" + "A" * 43) is None
+    assert reg.authenticate(token[4:]) is None  # without the prefix
+    assert reg.authenticate("sny_" + "x" * 10_000) is None
+    assert reg.authenticate("") is None
+
+    other, other_token = reg.add_token(region="31")
+    assert reg.revoke(info.id) is True
+    assert reg.authenticate(token) is None
+    assert reg.authenticate(other_token) == other  # only the revoked one stops working
+    assert reg.revoke(info.id) is True  # already revoked: still known
+    assert reg.revoke("00000000") is False
+    listed = {t.id: t for t in reg.list_tokens()}
+    assert listed[info.id].revoked_at is not None and listed[other.id].revoked_at is None
+    assert reg.get_token(info.id) == listed[info.id]
+    assert reg.get_token("nope") is None
+
+
+def test_tokens_are_stored_hashed(tmp_path: Path, reg: Registry) -> None:
+    tokens = [reg.add_token(station="3171011001001")[1] for _ in range(3)]
+    reg.close()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir())
+    for token in tokens:
+        assert token.encode() not in raw
+        assert token[4:].encode() not in raw
+        assert hashlib.sha256(token.encode()).digest() in raw
+    again = Registry(tmp_path / "data" / "registry.sqlite3")
+    assert all(again.authenticate(t) is not None for t in tokens)
+
+
+def test_authenticate_compares_in_constant_time(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return bool(real(a, b))
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    _, token = reg.add_token(station="3171011001001")
+    assert reg.authenticate(token) is not None
+    assert calls == [(hashlib.sha256(token.encode()).digest(),) * 2]
+
+
+def test_region_scope_allows_by_prefix(reg: Registry) -> None:
+    for prefix in ("31", "3171", "317101", "3171011001"):
+        info, token = reg.add_token(region=prefix)
+        assert reg.authenticate(token) == info
+        assert info.allows("3171011001001")
+        assert info.allows("3171011002004") == (prefix != "3171011001")
+        assert not info.allows("3271011001001")
+        assert not info.allows("lab-jakarta-01")
+    assert reg.add_token(region="91")[0].allows("9171011001006")
+
+
+def test_station_scope_allows_only_that_station(reg: Registry) -> None:
+    info, _ = reg.add_token(station="3171011001001")
+    assert info.allows("3171011001001")
+    assert not info.allows("3171011001002")
+    assert not info.allows("31710110010011")
+    assert not info.allows("317101100100")
+    lab, _ = reg.add_token(station="lab-jakarta-01")
+    assert lab.allows("lab-jakarta-01") and not lab.allows("lab-jakarta-011")
+
+
+def test_a_revoked_token_info_allows_nothing() -> None:
+    info = TokenInfo("abcd1234", "region", "31", "", "2024-02-14T00:00:00Z", "2024-02-15T00:00:00Z")
+    assert not info.allows("3171011001001")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        (
+            {"station": "3171011001999"},
+            "station: got '3171011001999', expected a station in the registry (import it"
+            " first: sinyal-collector stations import FILE.csv)",
+        ),
+        (
+            {"station": "31 71"},
+            "station: got '31 71', expected a station id: the 13-digit TPS code or 1..64"
+            " letters, digits, '.', '_', '-'",
+        ),
+        *(
+            (
+                {"region": bad},
+                f"region: got {bad!r}, expected a region code prefix of 2 (province), 4"
+                " (regency), 6 (district) or 10 (village) digits",
+            )
+            for bad in ("3", "317", "31710", "3171011001001", "31ab", "٣١")
+        ),
+        ({}, "scope: expected exactly one of a station id or a region prefix"),
+        (
+            {"station": "3171011001001", "region": "31"},
+            "scope: expected exactly one of a station id or a region prefix",
+        ),
+        (
+            {"region": "31", "note": "two\nlines"},
+            "note: got 'two\\nlines', expected one line of at most 200 characters",
+        ),
+    ],
+)
+def test_add_token_rejects_bad_scopes(reg: Registry, kwargs: dict[str, str], error: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        reg.add_token(**kwargs)
+    assert info.value.errors == [error]
+    assert reg.list_tokens() == []
+
+
+def test_tokens_never_reach_reprs_or_logs(reg: Registry, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    info, token = reg.add_token(region="3171", note="survey")
+    assert reg.authenticate(token) == info
+    reg.revoke(info.id)
+    reg.flush_usage()
+    for text in (repr(info), str(info), repr(reg.list_tokens()), caplog.text, repr(reg)):
+        assert token not in text and token[4:20] not in text
+    assert info.id in caplog.text  # the public id is what logs name
+
+
+def test_last_used_is_flushed(reg: Registry) -> None:
+    info, token = reg.add_token(station="3171011001001")
+    assert reg.flush_usage() == 0
+    reg.authenticate(token)
+    assert reg.get_token(info.id).last_used_at is None  # type: ignore[union-attr]
+    assert reg.flush_usage() == 1
+    used = reg.get_token(info.id).last_used_at  # type: ignore[union-attr]
+    assert used is not None and used.endswith("Z")
+
+
+# --- several processes on one file ----------------------------------------------------------
+
+
+def test_a_second_instance_sees_changes_within_the_refresh_bound(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    cli = Registry(path)
+    clock = FakeClock()
+    server = Registry(path, refresh_s=5.0, clock=clock)
+    cli.import_stations_csv(EXAMPLE)
+    info, token = cli.add_token(station="3171011001001")
+
+    # Within the bound the server may still answer from its cache ...
+    assert server.authenticate(token) is None
+    assert server.get_station("3171011001001") is None
+    clock.t += 5.0  # ... and after it, it has re-read the registry.
+    assert server.authenticate(token) == info
+    assert server.get_station("3171011001001") is not None
+
+    assert cli.revoke(info.id)
+    clock.t += 4.9
+    assert server.authenticate(token) == info  # cached: the documented staleness
+    clock.t += 0.1
+    assert server.authenticate(token) is None
+
+
+def test_refresh_zero_checks_on_every_call(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    a, b = Registry(path), Registry(path, refresh_s=0)
+    a.import_stations_csv(EXAMPLE)
+    info, token = a.add_token(region="31")
+    assert b.authenticate(token) == info
+    a.revoke(info.id)
+    assert b.authenticate(token) is None
+
+
+def test_tokens_added_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    server = Registry(path, refresh_s=0)
+    server.import_stations_csv(EXAMPLE)
+    code = (
+        "import sys; from collector.registry import Registry\n"
+        "r = Registry(sys.argv[1]); info, token = r.add_token(station='3171011001001')\n"
+        "print(info.id, token)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=30,
+    ).stdout.split()
+    token_id, token = out
+    info = server.authenticate(token)
+    assert info is not None and info.id == token_id
+    assert server.revoke(token_id)
+    assert Registry(path).authenticate(token) is None
