@@ -1,5 +1,5 @@
 # Sinyal: two commands for a newcomer.
-#   make run    set up .venv, start loopback demo targets, run the agent with its live view
+#   make run    set up .venv; start InfluxDB, the collector and an agent on loopback (live view)
 #   make test   set up .venv (and, as root, the system tools the tests use), lint, type-check, test
 PYTHON ?= python3
 VENV   := .venv
@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 LINTED := agent collector tests deploy benchmarks
 
-.PHONY: run test lint typecheck venv system-deps clean help
+.PHONY: run status test lint typecheck venv system-deps clean help
 
 help:
-	@echo "make run   - set up and run the agent on loopback (config/agent.local.yaml)"
+	@echo "make run   - set up and run the local stack: InfluxDB, collector, agent (live view)"
+	@echo "make status - the control-room view of that stack (in another terminal)"
 	@echo "make test  - set up and run lint, type checks and the whole test suite"
 
 $(STAMP): pyproject.toml
@@ -23,6 +24,9 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	deploy/local/run.sh
+
+status: $(STAMP)
+	$(BIN)/sinyal-collector status --watch -c var/local/collector.yaml
 
 system-deps:
 	deploy/local/system-deps.sh

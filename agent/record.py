@@ -16,7 +16,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -153,6 +153,7 @@ MEASUREMENTS: dict[str, Measurement] = {
 
 _TAG_VALUE_MAX = 256
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|z|[+-]\d\d:\d\d)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -174,9 +175,12 @@ def format_time(t: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse an RFC 3339 time with an explicit offset; returns an aware UTC datetime."""
-    if not isinstance(text, str) or not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text):
+    if not isinstance(text, str) or not _TIME_RE.match(text):
         raise ValueError(f"got {text!r}, expected an RFC 3339 time such as 2026-11-22T04:13:00Z")
-    t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    try:
+        t = datetime.fromisoformat(text)  # Python >= 3.11 reads Z and offsets
+    except ValueError:
+        raise ValueError(f"got {text!r}, expected an RFC 3339 time") from None
     if t.tzinfo is None:
         raise ValueError(f"got {text!r}, expected a time with Z or an explicit offset")
     return t.astimezone(UTC)
@@ -383,6 +387,7 @@ def decode_envelope(data: bytes | str) -> Envelope:
 
 def decode_envelope_lenient(
     data: bytes | str,
+    loads: Callable[[bytes | str], Any] = json.loads,
 ) -> tuple[Envelope, list[tuple[str | None, ContractError]]]:
     """Decode an envelope, keeping the valid records and listing the invalid ones.
 
@@ -390,7 +395,7 @@ def decode_envelope_lenient(
     error) for each record that failed. The envelope header itself must be valid.
     """
     try:
-        d = json.loads(data)
+        d = loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ContractError("", f"not JSON: {exc}") from None
     if not isinstance(d, dict):

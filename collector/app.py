@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -156,7 +157,7 @@ class Collector:
             )
         body = await self.read_body(request)
         try:
-            envelope, bad = decode_envelope_lenient(body)
+            envelope, bad = decode_envelope_lenient(body, orjson.loads)
         except ContractError as exc:
             raise HttpError(422, f"malformed envelope: {exc}") from None
         if len(envelope.records) + len(bad) > self.cfg.limits.max_records:
@@ -209,7 +210,8 @@ class Collector:
         for station, records in by_station.values():
             info = _station_info(station)
             records.sort(key=lambda r: r.measured_at)
-            if self.engine.observe(info, records):
+            first = self.engine.snapshot(info.id) is None  # the map learns of it at once
+            if self.engine.observe(info, records) or first:
                 changed.append(info)
         if changed:
             await self.write_status(changed)
@@ -229,7 +231,7 @@ class Collector:
         """Marks silent stations and refreshes every station's status point periodically."""
         interval = self.cfg.status.sweep_interval_s
         refresh_every = max(interval, 300.0)
-        last_refresh = time.monotonic()
+        last_refresh = float("-inf")  # the first pass writes every station's point
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)

@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,6 +113,32 @@ def _parser() -> argparse.ArgumentParser:
         "/openapi.json on listen.host:listen.port, writing to the configured sink; run the\n"
         "silent-station sweeper when status.sweeper is true. See docs/collector.md.",
     )
+
+    status = _add(
+        sub,
+        "status",
+        cmd_status,
+        "control-room view: stations per status and province, worst and silent stations",
+        "Read the latest station_status point of every station from InfluxDB (InfluxQL) and\n"
+        "show counts per status per province, the worst stations first and the silent ones.\n"
+        "Needs an InfluxQL endpoint (InfluxDB 1.x, or 2.x/3.x's v1 API).",
+    )
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="refresh interval with --watch (default 10)",
+    )
+    status.add_argument(
+        "--window",
+        default="1d",
+        metavar="DURATION",
+        help="how far back to look for status points, InfluxQL duration (default 1d)",
+    )
+    status.add_argument("--top", type=int, default=15, help="rows per station table (default 15)")
+    status.add_argument("--json", action="store_true", help="one JSON object per station")
 
     stations = _add(
         sub,
@@ -265,6 +292,51 @@ def cmd_check_config(args: argparse.Namespace, cfg: CollectorConfig) -> int:
         f"{len(th.metrics)} thresholds from {cfg.thresholds_file})"
     )
     return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    import dataclasses
+    import json
+    import re
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from collector import view
+    from collector.sinks import QueryError, SinkUnavailable
+
+    if not re.fullmatch(r"\d+[smhdw]", args.window):
+        print(
+            f"--window: got {args.window!r}, expected an InfluxQL duration such as 6h or 1d",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if cfg.sink.kind != "v1":
+        print(
+            "status needs an InfluxQL endpoint: a v1 sink (InfluxDB 1.x, or 2.x/3.x's v1 API)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+
+    def rows() -> list[view.StationRow]:
+        return view.fetch(cfg.sink, args.window)
+
+    try:
+        if args.json:
+            for r in view.worst_first(rows()):
+                print(json.dumps(dataclasses.asdict(r)))
+            return EXIT_OK
+        console = Console()
+        if not args.watch:
+            console.print(view.render(rows(), args.top))
+            return EXIT_OK
+        with Live(view.render(rows(), args.top), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(view.render(rows(), args.top), refresh=True)
+    except (SinkUnavailable, QueryError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:

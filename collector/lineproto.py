@@ -13,8 +13,8 @@ What is refused, and why (the API validates its inputs too, but the encoder is s
 - In measurement names, tag keys, tag values and field keys (the "identifiers"): a backslash
   at the end or before ``\\``, ``,``, ``=``, space or ``"``. Line protocol has no escape for
   a backslash there: 1.x reads ``a\\`` followed by a space as an escaped space, keeps ``\\\\``
-  as two characters and turns ``\\=`` into ``=`` (checked on 1.6.7), while newer parsers
-  collapse ``\\\\``. Any other backslash (``C:\\temp``) is stored as it is everywhere.
+  as two characters and turns ``\\=`` into ``=`` (checked on 1.6.7), and no portable way
+  to write these is documented. Any other backslash (``C:\\temp``) is stored as it is.
 - Empty identifiers, a measurement starting with ``#`` (the whole line would be a comment,
   silently dropped), and strings with lone surrogates (not encodable as UTF-8).
 - Non-finite floats, integers outside int64, booleans (send 0/1 ints: that is the contract),

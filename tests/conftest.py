@@ -15,6 +15,8 @@ import yaml
 
 from agent import config as agent_config
 
+pytest_plugins = ["tests.dbs"]  # real InfluxDB and VictoriaMetrics fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

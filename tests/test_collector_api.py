@@ -26,13 +26,13 @@ from tests.collector_stack import (
     running_collector,
 )
 from tests.conftest import require_tool
-from tests.dbs import InfluxServer, influx_database, influxd, influxdb  # noqa: F401 - fixtures
+from tests.dbs import InfluxServer, influxd
 
 GOLDEN = ["icmp-ok", "icmp-total-loss", "dns-ok", "dns-nxdomain", "http-ok", "http-refused"]
 
 
 @pytest.fixture
-def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Iterator[Stack]:  # noqa: F811
+def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Iterator[Stack]:
     cfg = collector_config_file(tmp_path, influxdb.url, influx_database,
                                 limits={"max_body_bytes": 256 * 1024})  # fmt: skip
     with running_collector(cfg) as s:
@@ -59,7 +59,7 @@ def stored(influx: InfluxServer, db: str, kind: str, rid: str) -> list[dict[str,
 
 def test_golden_records_are_stored_with_their_values(
     stack: Stack,
-    influxdb: InfluxServer,  # noqa: F811
+    influxdb: InfluxServer,
 ) -> None:
     records = [golden(n) for n in GOLDEN]
     r = post(stack, envelope(records), gz=True)
@@ -84,7 +84,7 @@ def test_golden_records_are_stored_with_their_values(
         assert row["time"] == int(t.timestamp()) * 10**9 + t.microsecond * 1000
 
 
-def test_resend_does_not_duplicate(stack: Stack, influxdb: InfluxServer) -> None:  # noqa: F811
+def test_resend_does_not_duplicate(stack: Stack, influxdb: InfluxServer) -> None:
     rec = golden("icmp-ok")
     for _ in range(3):
         assert post(stack, envelope([rec])).json()["accepted"] == [rec["id"]]
@@ -185,7 +185,7 @@ INJECTIONS = [
 ]
 
 
-def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxServer) -> None:  # noqa: F811
+def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxServer) -> None:
     records = []
     for text in INJECTIONS:
         rec = golden("http-ok")
@@ -207,7 +207,7 @@ def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxSe
     assert influxdb.query('SELECT count("id") FROM "http"', db)[0]["count"] == len(INJECTIONS)
 
 
-def test_newline_in_a_tag_is_rejected_not_interpreted(stack: Stack, influxdb: InfluxServer) -> None:  # noqa: F811
+def test_newline_in_a_tag_is_rejected_not_interpreted(stack: Stack, influxdb: InfluxServer) -> None:
     rec = golden("http-ok")
     rec["tags"]["target"] = "x\nhttp,station=1 ok=1i 1"
     r = post(stack, envelope([rec]))
@@ -218,7 +218,7 @@ def test_newline_in_a_tag_is_rejected_not_interpreted(stack: Stack, influxdb: In
 
 def test_database_down_answers_503_and_acknowledges_nothing(
     tmp_path: Path,
-    influx_database: str,  # noqa: F811
+    influx_database: str,
 ) -> None:
     """A dedicated influxd is stopped (SIGSTOP: it hangs, the worst case) and refused
     (closed port); the API answers 503 with Retry-After and acknowledges nothing; once it
@@ -265,7 +265,7 @@ def test_health_time_metrics_and_openapi(stack: Stack) -> None:
     assert format_time(datetime.now(UTC))  # the helper used by agents parses the same format
 
 
-def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer) -> None:  # noqa: F811
+def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer) -> None:
     # Five rounds of total loss from one station: critical after breach_m (3) of 5.
     recs = [golden("icmp-total-loss", age_s=300 - 60 * i) for i in range(5)]
     r = post(stack, envelope(recs))

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.collector_stack import Stack, collector_config_file, envelope, golden, running_collector
-from tests.dbs import InfluxServer, influx_database, influxdb  # noqa: F401 - fixtures
+from tests.dbs import InfluxServer
 
 EXAMPLES = 500
 
@@ -69,7 +69,7 @@ bodies = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, influxdb: InfluxServer) -> Iterator[Stack]:  # noqa: F811
+def stack(tmp_path_factory: pytest.TempPathFactory, influxdb: InfluxServer) -> Iterator[Stack]:
     name = f"fuzz_{uuid.uuid4().hex[:8]}"
     influxdb.create_database(name)
     tmp: Path = tmp_path_factory.mktemp("fuzz")

@@ -52,8 +52,6 @@ from tests.dbs import (
 )
 from tests.servers import LOOPBACK, closed_port
 
-pytest_plugins = ["tests.dbs"]
-
 GOLDEN_FILES = sorted(p for p in (FIXTURES / "records").glob("*.json") if p.name != "envelope.json")
 EXTRA = {"province": "31", "regency": "3171"}
 
