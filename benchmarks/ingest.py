@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, proc_sample  # noqa: E402
+from common import BIN, RESULTS, machine, proc_sample
 
-from agent.record import Record, format_time  # noqa: E402
-from collector.lineproto import record_to_point  # noqa: E402
-from collector.registry import Registry  # noqa: E402
-from tests.dbs import free_port, influxd  # noqa: E402
+from agent.record import Record, format_time
+from collector.lineproto import record_to_point
+from collector.registry import Registry
+from tests.dbs import free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json").read_text())
@@ -117,6 +116,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--stations", type=int, default=2000)
+    ap.add_argument("--profile", metavar="FILE", help="py-spy the collector (raw output)")
     args = ap.parse_args()
     max_batches = int(60_000 * args.seconds / args.batch)  # more than can be sent
     with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
@@ -158,16 +158,27 @@ def main() -> None:
                 except httpx.HTTPError:
                     time.sleep(0.1)
             cpu0, _ = proc_sample(proc.pid)
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-o",
+                                        args.profile, "-f", "raw", "--gil", "-d", str(int(args.seconds))])
             headers = {"Authorization": f"Bearer {token}", "Content-Encoding": "gzip",
                        "Content-Type": "application/json"}  # fmt: skip
             via = asyncio.run(drive(f"http://127.0.0.1:{port}/api/v1/measurements",
                                     env_bodies, headers, args.seconds, args.concurrency,
                                     args.batch))  # fmt: skip
             cpu1, rss = proc_sample(proc.pid)
+            if spy is not None:
+                spy.wait(30)
         finally:
             proc.terminate()
             proc.wait(10)
         stored = db.query('SELECT count("id") FROM "icmp"', "viacollector")[0]["count"]
+
+    def row(name: str, rate: float, lat: list[float]) -> str:
+        p50, p99 = pct(lat, 50), pct(lat, 99)
+        return f"| {name} | {rate:,.0f} | {len(lat)} | {p50:.1f} ms | {p99:.1f} ms |"
+
     d_rate = direct[0] / direct[1]
     v_rate = via[0] / via[1]
     report = f"""# Ingest throughput
@@ -181,8 +192,8 @@ to /write with the same concurrency, in the same run.
 
 | path | points/s | batches | p50 ack | p99 ack |
 |---|---|---|---|---|
-| direct /write | {d_rate:,.0f} | {len(direct[2])} | {pct(direct[2], 50):.1f} ms | {pct(direct[2], 99):.1f} ms |
-| agents -> collector -> InfluxDB | {v_rate:,.0f} | {len(via[2])} | {pct(via[2], 50):.1f} ms | {pct(via[2], 99):.1f} ms |
+{row("direct /write", d_rate, direct[2])}
+{row("agents -> collector -> InfluxDB", v_rate, via[2])}
 
 - ratio collector / direct: **{v_rate / d_rate:.2f}** (target >= 0.6)
 - collector throughput: **{v_rate:,.0f} points/s** (target >= 25,000)

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from agent.record import ContractError, decode_envelope_lenient, format_time
 from agent.thresholds import load as load_thresholds
 from collector import __version__
+from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.ingest import Prepared, Rejection, prepare
 from collector.lineproto import encode_point
@@ -121,6 +122,7 @@ class Collector:
         self.sink = sink or make_sink(cfg.sink)
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
         self.metrics = Metrics()
+        self.batcher = Batcher(self.sink)
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
@@ -182,7 +184,7 @@ class Collector:
             return []
         t0 = time.perf_counter()
         try:
-            result = await run_in_threadpool(self.sink.write, prepared.lines)
+            result = await self.batcher.write(prepared.lines)
         except SinkUnavailable as exc:
             self.metrics.db_errors.inc()
             log.warning("database unavailable, nothing acknowledged: %s", exc)
@@ -210,7 +212,7 @@ class Collector:
         for station, records in by_station.values():
             info = _station_info(station)
             records.sort(key=lambda r: r.measured_at)
-            first = self.engine.snapshot(info.id) is None  # the map learns of it at once
+            first = not self.engine.knows(info.id)  # the map learns of a new station at once
             if self.engine.observe(info, records) or first:
                 changed.append(info)
         if changed:
@@ -223,7 +225,7 @@ class Collector:
         if not lines:
             return
         try:
-            await run_in_threadpool(self.sink.write, lines)
+            await self.batcher.write(lines)
         except SinkUnavailable as exc:
             log.warning("station_status not written (%d stations): %s", len(stations), exc)
 

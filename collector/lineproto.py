@@ -26,6 +26,7 @@ quote in a string field round-trips.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -87,6 +88,7 @@ def escape_measurement(name: str) -> str:
     return name.translate(_MEASUREMENT_ESCAPES)
 
 
+@functools.lru_cache(maxsize=65536)  # station ids, target names and keys repeat
 def escape_tag(s: str) -> str:
     """Escape a tag key or tag value (comma, equals, space)."""
     if type(s) is str and _plain(s):
@@ -95,6 +97,7 @@ def escape_tag(s: str) -> str:
     return s.translate(_KEY_ESCAPES)
 
 
+@functools.lru_cache(maxsize=1024)
 def escape_field_key(key: str) -> str:
     """Escape a field key (comma, equals, space)."""
     if type(key) is str and _plain(key):

@@ -338,6 +338,10 @@ class StatusEngine:
                     changes.append(StatusChange(info.id, Status.OK, Status.SILENT, never, now))
             return changes
 
+    def knows(self, station_id: str) -> bool:
+        """Whether the engine has state for this station (cheap; for the ingest path)."""
+        return station_id in self._stations
+
     def snapshot(self, station_id: str) -> StationSnapshot | None:
         """The station's current status and the latest values the map shows, or None when
         this engine has no state for it."""

@@ -201,7 +201,7 @@ def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxSe
         assert row["target"] == text and row["uplink"] == text
     # Nothing else appeared: no extra measurement, tag key or point.
     measurements = {row["name"] for row in influxdb.query("SHOW MEASUREMENTS", db)}
-    assert measurements == {"http"}
+    assert measurements == {"http", "station_status"}  # the station's first status point
     keys = {row["tagKey"] for row in influxdb.query('SHOW TAG KEYS FROM "http"', db)}
     assert keys == {"station", "uplink", "operator", "target", "province", "regency"}
     assert influxdb.query('SELECT count("id") FROM "http"', db)[0]["count"] == len(INJECTIONS)
