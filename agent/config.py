@@ -628,25 +628,27 @@ def _apply_env(
     return doc, sources
 
 
+def read_yaml(path: Path, missing_hint: str = "") -> Any:
+    """Parse a YAML file; every failure is a one-line ConfigError naming the file."""
+    name = str(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found{missing_hint}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+
+
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Load and validate an agent config; raises ConfigError listing every problem."""
     p = Path(path)
     name = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            [f"{name}: file not found (give one with -c FILE or SINYAL_CONFIG)"]
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    doc = read_yaml(p, " (give one with -c FILE or SINYAL_CONFIG)")
     doc, sources = _apply_env(doc, os.environ if environ is None else environ)
     r = _Reader(name, sources)
     top = r.mapping(doc, "", _TOP_KEYS, {"station"})

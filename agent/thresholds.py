@@ -19,9 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agent.config import ConfigError
+from agent.config import ConfigError, read_yaml
 from agent.record import MEASUREMENTS
 
 
@@ -79,18 +77,7 @@ _FUTURE_KINDS = {"throughput", "upload", "signal", "agent", "station_status"}
 
 def load(path: str | Path) -> Thresholds:
     name = str(path)
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{name}: file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        # One line per error: str(exc) spans several lines.
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
-        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    doc = read_yaml(Path(path))
     errors: list[str] = []
 
     def err(p: str, got: Any, expected: str) -> None:

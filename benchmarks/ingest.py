@@ -46,8 +46,10 @@ TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json")
 def stations_csv(path: Path, n: int) -> list[str]:
     ids = [f"3171{i // 1000:06d}{i % 1000:03d}" for i in range(n)]
     lines = ["id,name,province,regency,lat,lon,tz,expected_operator"]
-    lines += [f"{s},TPS {s},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,telkomsel"
-              for s in ids]  # fmt: skip
+    lines += [
+        f"{s},TPS {s},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,telkomsel"
+        for s in ids
+    ]
     path.write_text("\n".join(lines) + "\n")
     return ids
 
@@ -71,13 +73,23 @@ def build_batches(ids: list[str], count: int, size: int) -> list[list[dict[str, 
 
 
 def envelope_body(batch: list[dict[str, Any]]) -> bytes:
-    env = {"schema": 1, "agent": {"station": batch[0]["tags"]["station"], "version": "bench"},
-           "sent_at": format_time(datetime.now(UTC)), "records": batch}  # fmt: skip
+    env = {
+        "schema": 1,
+        "agent": {"station": batch[0]["tags"]["station"], "version": "bench"},
+        "sent_at": format_time(datetime.now(UTC)),
+        "records": batch,
+    }
     return gzip.compress(json.dumps(env).encode(), 1)
 
 
-async def drive(url: str, bodies: list[bytes], headers: dict[str, str], seconds: float,
-                concurrency: int, expect: int) -> tuple[int, float, list[float]]:  # fmt: skip
+async def drive(
+    url: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    expect: int,
+) -> tuple[int, float, list[float]]:
     """Post bodies round-robin for `seconds`; returns (points confirmed, elapsed, latencies)."""
     latencies: list[float] = []
     done = 0
@@ -125,11 +137,13 @@ def main() -> None:
         db.create_database("viacollector")
         ids = stations_csv(tmp / "stations.csv", args.stations)
         port = free_port()
-        cfg = {"listen": {"host": "127.0.0.1", "port": port},
-               "sink": {"kind": "v1", "url": db.url, "database": "viacollector"},
-               "data_dir": str(tmp / "collector"),
-               "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
-               "status": {"sweeper": False}}  # fmt: skip
+        cfg = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "sink": {"kind": "v1", "url": db.url, "database": "viacollector"},
+            "data_dir": str(tmp / "collector"),
+            "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+            "status": {"sweeper": False},
+        }
         (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
         (tmp / "collector").mkdir()
         reg = Registry(tmp / "collector" / "registry.sqlite3")
@@ -140,16 +154,23 @@ def main() -> None:
         batches = build_batches(ids, max_batches, args.batch)
         env_bodies = [envelope_body(b) for b in batches]
         line_bodies = [
-            "\n".join(record_to_point(Record.from_dict(r), {"province": "DKI Jakarta",
-                      "regency": "Kota Jakarta Pusat"}) for r in b).encode()
+            "\n".join(
+                record_to_point(
+                    Record.from_dict(r),
+                    {"province": "DKI Jakarta", "regency": "Kota Jakarta Pusat"},
+                )
+                for r in b
+            ).encode()
             for b in batches
-        ]  # fmt: skip
+        ]
 
         direct_url = f"{db.url}/write?db=direct&precision=ns"
-        direct = asyncio.run(drive(direct_url, line_bodies, {}, args.seconds, args.concurrency,
-                                   args.batch))  # fmt: skip
-        proc = subprocess.Popen([str(BIN / "sinyal-collector"), "serve", "-c",
-                                 str(tmp / "collector.yaml")])  # fmt: skip
+        direct = asyncio.run(
+            drive(direct_url, line_bodies, {}, args.seconds, args.concurrency, args.batch)
+        )
+        proc = subprocess.Popen(
+            [str(BIN / "sinyal-collector"), "serve", "-c", str(tmp / "collector.yaml")]
+        )
         try:
             for _ in range(100):
                 try:
@@ -160,13 +181,36 @@ def main() -> None:
             cpu0, _ = proc_sample(proc.pid)
             spy = None
             if args.profile:
-                spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-o",
-                                        args.profile, "-f", "raw", "--gil", "-d", str(int(args.seconds))])
-            headers = {"Authorization": f"Bearer {token}", "Content-Encoding": "gzip",
-                       "Content-Type": "application/json"}  # fmt: skip
-            via = asyncio.run(drive(f"http://127.0.0.1:{port}/api/v1/measurements",
-                                    env_bodies, headers, args.seconds, args.concurrency,
-                                    args.batch))  # fmt: skip
+                spy = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "-p",
+                        str(proc.pid),
+                        "-o",
+                        args.profile,
+                        "-f",
+                        "raw",
+                        "--gil",
+                        "-d",
+                        str(int(args.seconds)),
+                    ]
+                )
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/json",
+            }
+            via = asyncio.run(
+                drive(
+                    f"http://127.0.0.1:{port}/api/v1/measurements",
+                    env_bodies,
+                    headers,
+                    args.seconds,
+                    args.concurrency,
+                    args.batch,
+                )
+            )
             cpu1, rss = proc_sample(proc.pid)
             if spy is not None:
                 spy.wait(30)

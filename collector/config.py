@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.config import (
     ConfigError,
     _apply_env,
@@ -26,6 +24,7 @@ from agent.config import (
     _Reader,
     _show,
     _string,
+    read_yaml,
 )
 from agent.config import _number as number
 
@@ -106,17 +105,7 @@ _TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
     p = Path(path)
     name = str(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{name}: file not found (give one with -c FILE)"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    doc = read_yaml(p, " (give one with -c FILE)")
     if doc is None:
         doc = {}
     doc, sources = _apply_env(doc, os.environ if environ is None else environ, _TOP)

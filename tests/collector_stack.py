@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import socket
 import threading
 import time
 import uuid
@@ -24,15 +23,10 @@ from collector.app import create_app
 from collector.config import CollectorConfig
 from collector.registry import Registry
 from tests.conftest import FIXTURES, ROOT
+from tests.servers import free_port
 
 STATIONS_CSV = ROOT / "config" / "stations.example.csv"
 STATION = "3171011001001"  # in config/stations.example.csv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def collector_config_file(
