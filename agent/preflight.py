@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,20 +144,90 @@ def uplink_checks(config: AgentConfig) -> list[Check]:
     return out
 
 
-def collector_check(config: AgentConfig) -> Check:
-    if config.collector is None:
-        return Check(
-            "collector",
-            WARN,
-            "no collector configured: results stay in the spool",
-            "add a collector: section (url and token_file)",
+def collector_checks(config: AgentConfig) -> list[Check]:
+    """Reachability, token validity (an empty upload: nothing is written) and clock offset."""
+    c = config.collector
+    if c is None:
+        return [
+            Check(
+                "collector",
+                WARN,
+                "no collector configured: results stay in the spool",
+                "add a collector: section (url and token_file)",
+            )
+        ]
+    import httpx
+
+    from agent.record import parse_time
+    from agent.uploader import PATH, envelope_bytes
+
+    verify: str | bool = str(c.ca_bundle) if c.ca_bundle else True
+    out: list[Check] = []
+    try:
+        with httpx.Client(base_url=c.url.rstrip("/"), timeout=c.timeout_s, verify=verify) as h:
+            t0 = time.time()
+            r = h.get("/api/v1/time")
+            t1 = time.time()
+            r.raise_for_status()
+            offset_ms = (parse_time(r.json()["server_time"]).timestamp() - (t0 + t1) / 2) * 1000
+            out.append(Check("collector", OK, f"{c.url} answers in {(t1 - t0) * 1000:.0f} ms"))
+            if abs(offset_ms) > 2000:
+                out.append(
+                    Check(
+                        "clock offset",
+                        WARN,
+                        f"this clock is {-offset_ms / 1000:+.1f} s off the collector's",
+                        "enable time sync (timedatectl set-ntp true, or chrony)",
+                    )
+                )
+            else:
+                out.append(Check("clock offset", OK, f"{offset_ms:+.0f} ms from the collector"))
+            try:
+                token = c.read_token()
+            except OSError as exc:
+                out.append(
+                    Check(
+                        "token",
+                        FAIL,
+                        f"cannot read {c.token_file}: {exc.strerror}",
+                        "check collector.token_file and its permissions",
+                    )
+                )
+                return out
+            r = h.post(
+                PATH,
+                content=envelope_bytes(config.station.id, []),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            station = config.station.id
+            answers = {
+                200: (OK, f"accepted for station {station}", ""),
+                401: (
+                    FAIL,
+                    "the collector does not know this token (wrong, or revoked)",
+                    "ask the control room for a new token (sinyal-collector agents add)",
+                ),
+                403: (
+                    FAIL,
+                    f"the token may not write for station {station}",
+                    "check station.id, or ask for a token scoped to this station",
+                ),
+            }
+            status, detail, fix = answers.get(
+                r.status_code, (WARN, f"could not check: HTTP {r.status_code}", "")
+            )
+            out.append(Check("token", status, detail, fix))
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        out.append(
+            Check(
+                "collector",
+                FAIL,
+                f"{c.url} not reachable: {type(exc).__name__}: {exc}",
+                "check the uplink and collector.url; results stay in the spool "
+                "until it is reachable",
+            )
         )
-    return Check(
-        "collector",
-        OK,
-        f"configured: {config.collector.url} (reachability and token "
-        "are checked once the uploader exists)",
-    )
+    return out
 
 
 def run_checks(config: AgentConfig) -> list[Check]:
@@ -165,7 +236,7 @@ def run_checks(config: AgentConfig) -> list[Check]:
         checks.append(icmp_mode()[1])
     checks += [clock_check(), data_dir_check(config.data_dir), disk_check(config.data_dir)]
     checks += uplink_checks(config)
-    checks.append(collector_check(config))
+    checks += collector_checks(config)
     return checks
 
 

@@ -149,6 +149,37 @@ MEASUREMENTS: dict[str, Measurement] = {
             "ok": _OK,
         },
     ),
+    "agent": Measurement(
+        "agent",
+        "The agent's heartbeat: its own health, the spool and the clock, every minute.",
+        ("station", "version"),
+        {
+            "uptime_s": FieldSpec(float, "s", "seconds since the agent process started", 0, 1e10),
+            "spool_records": FieldSpec(int, "records", "records waiting in the spool", 0, 2**53),
+            "oldest_unsent_s": FieldSpec(
+                float, "s", "age of the oldest record waiting in the spool", 0, 1e10
+            ),
+            "dropped_total": FieldSpec(
+                int, "records", "records evicted at the spool's size cap, ever", 0, 2**53
+            ),
+            "dead_letters": FieldSpec(
+                int, "records", "records the collector rejected, kept apart", 0, 2**53
+            ),
+            "clock_offset_ms": FieldSpec(
+                float, "ms", "collector clock minus agent clock, from the last upload", -1e13, 1e13
+            ),
+            "clock_synced": FieldSpec(
+                int, "0/1", "1 when the kernel says the clock is synced", 0, 1
+            ),
+            "cpu_pct": FieldSpec(
+                float, "%", "agent CPU since the last heartbeat, % of one core", 0, 10_000
+            ),
+            "rss_mb": FieldSpec(float, "MB", "agent resident memory", 0, 1e6),
+            "temp_c": FieldSpec(
+                float, "°C", "board temperature (Raspberry Pi), when readable", -100, 200
+            ),
+        },
+    ),
 }
 
 _TAG_VALUE_MAX = 256

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from agent.config import AgentConfig
+from agent.heartbeat import Heartbeat
 from agent.preflight import Check, icmp_mode
 from agent.probes import ProbeEnv, build_probes
 from agent.record import Record
@@ -83,7 +84,7 @@ class Daemon:
         cfg = env.config
         self.scheduler = Scheduler(
             cfg.station.id,
-            build_probes(env),
+            [*build_probes(env), Heartbeat(cfg.station.id, spool)],
             self.on_records,
             cfg.schedule.jitter_fraction,
             cfg.schedule.max_jitter_s,

@@ -33,6 +33,13 @@ SUMMARY: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("mos", "mos", ""),
     ),
     "dns": (("resolve_ms", "resolve", "ms"), ("rcode", "rcode", "")),
+    "agent": (
+        ("spool_records", "spool", ""),
+        ("oldest_unsent_s", "oldest", "s"),
+        ("dead_letters", "dead", ""),
+        ("cpu_pct", "cpu", "%"),
+        ("rss_mb", "rss", "MB"),
+    ),
     "http": (
         ("status", "status", ""),
         ("ttfb_ms", "ttfb", "ms"),
@@ -41,10 +48,17 @@ SUMMARY: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
 }
 # The field whose history the sparkline draws.
-SPARK_FIELD = {"icmp": "rtt_p50_ms", "dns": "resolve_ms", "http": "total_ms"}
+SPARK_FIELD = {
+    "icmp": "rtt_p50_ms",
+    "dns": "resolve_ms",
+    "http": "total_ms",
+    "agent": "spool_records",
+}
 
 
 def series_key(r: Record) -> tuple[str, str, str]:
+    if r.kind == "agent":
+        return (r.kind, "-", "self")
     target = r.tags.get("target") or f"{r.tags.get('qname', '')}@{r.tags.get('resolver', '')}"
     return (r.kind, r.tags.get("uplink", ""), target)
 

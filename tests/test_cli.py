@@ -261,7 +261,14 @@ def test_run_plain(tmp_path: Path) -> None:
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    all_lines = proc.stdout.splitlines()
+    # The heartbeat within a few seconds of start-up, one line.
+    beats = [ln for ln in all_lines if " agent " in ln]
+    assert len(beats) == 1, proc.stdout
+    assert re.fullmatch(
+        rf"{ISO_TIME} agent uplink=- target=self ok spool=\d+ .*rss=\S+MB", beats[0]
+    )
+    lines = [ln for ln in all_lines if ln not in beats]
     # One round of both targets within a second of start-up; a second round only if the
     # station's slot falls inside the 4 s.
     assert len(lines) in (2, 4), proc.stdout
@@ -271,10 +278,10 @@ def test_run_plain(tmp_path: Path) -> None:
     # Single-line logs only (no tracebacks), from start-up to a clean stop.
     for line in log:
         assert re.fullmatch(r"\S+ (DEBUG|INFO|WARNING|ERROR) sinyal\.\S+: \S.*", line), line
-    assert "started: station 3171011001001, 1 probe(s)" in log[0]
+    assert "started: station 3171011001001, 2 probe(s)" in log[0]  # icmp and the heartbeat
     assert log[-1].endswith("INFO sinyal.agent: sinyal-agent stopped")
     with Spool.in_dir(tmp_path / "data") as spool:
-        assert spool.stats().records == len(lines)
+        assert spool.stats().records == len(all_lines)
 
 
 # --- ICMP impossible: exit 3 with the fix -------------------------------------------------
