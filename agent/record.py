@@ -329,36 +329,49 @@ def _decode_fields(raw: Any, spec: Measurement, path: str) -> dict[str, FieldVal
     if not isinstance(raw, dict):
         raise ContractError(path, f"got {type(raw).__name__}, expected an object")
     out: dict[str, FieldValue] = {}
+    specs = spec.fields
     for key, value in raw.items():
-        fs = spec.fields.get(key)
+        fs = specs.get(key)
         if fs is None:
             raise ContractError(f"{path}.{key}", f"unknown field of {spec.name}")
         if value is None:
             continue  # "not measured": absent, never 0
-        if fs.type is str:
-            if not isinstance(value, str):
-                raise ContractError(f"{path}.{key}", f"got {value!r}, expected a string")
-            out[key] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ContractError(f"{path}.{key}", f"got {value!r}, expected a number in {fs.unit}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ContractError(f"{path}.{key}", f"got {value!r}, expected a finite number")
-        if fs.type is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ContractError(f"{path}.{key}", f"got {value!r}, expected an integer")
-            value = int(value)
+        vt = type(value)
+        # The common cases first: a float for a float field, an int for a number field.
+        if vt is float and fs.type is float:
+            if not math.isfinite(value):
+                raise ContractError(f"{path}.{key}", f"got {value!r}, expected a finite number")
+        elif vt is int and fs.type is not str:
+            value = float(value) if fs.type is float else value
         else:
-            value = float(value)
-        if (fs.minimum is not None and value < fs.minimum) or (
-            fs.maximum is not None and value > fs.maximum
-        ):
+            value = _convert_field(value, fs, f"{path}.{key}")
+            if fs.type is str:
+                out[key] = value
+                continue
+        lo, hi = fs.minimum, fs.maximum
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ContractError(
-                f"{path}.{key}",
-                f"got {value!r}, expected {fs.minimum:g}..{fs.maximum:g} {fs.unit}",
+                f"{path}.{key}", f"got {value!r}, expected {lo:g}..{hi:g} {fs.unit}"
             )
         out[key] = value
     return out
+
+
+def _convert_field(value: Any, fs: FieldSpec, path: str) -> FieldValue:
+    """The uncommon cases of _decode_fields: strings, floats for int fields, bad types."""
+    if fs.type is str:
+        if not isinstance(value, str):
+            raise ContractError(path, f"got {value!r}, expected a string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ContractError(path, f"got {value!r}, expected a number in {fs.unit}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ContractError(path, f"got {value!r}, expected a finite number")
+    if fs.type is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ContractError(path, f"got {value!r}, expected an integer")
+        return int(value)
+    return float(value)
 
 
 def _decode_clock(raw: Any, path: str) -> ClockInfo | None:

@@ -44,8 +44,10 @@ class Threshold:
 
     def grade(self, value: float) -> Grade:
         # Mirror lower-is-worse metrics so one set of comparisons serves both directions.
-        sign = 1.0 if self.higher_is_worse else -1.0
-        v, good, warn, alert = (sign * x for x in (value, self.good, self.warn, self.alert))
+        if self.higher_is_worse:
+            v, good, warn, alert = value, self.good, self.warn, self.alert
+        else:
+            v, good, warn, alert = -value, -self.good, -self.warn, -self.alert
         if v > alert or (self.inclusive and v == alert):
             return Grade.ALERT
         if v > warn or (self.inclusive and v == warn):

@@ -319,7 +319,7 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
             c.metrics.requests.labels(str(exc.status)).inc()
             return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
         c.metrics.requests.labels("200").inc()
-        return JSONResponse(payload)
+        return Response(orjson.dumps(payload), media_type="application/json")
 
     @app.get("/api/v1/time", summary="The server's clock (UTC)")
     async def server_time() -> dict[str, Any]:

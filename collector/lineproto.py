@@ -108,8 +108,10 @@ def escape_field_key(key: str) -> str:
 
 def format_field_value(value: FieldValue) -> str:
     """int -> ``123i``; float -> shortest repr that round-trips; str -> quoted and escaped."""
-    if type(value) is float and math.isfinite(value):  # the common case first
+    if isinstance(value, float) and math.isfinite(value):  # the common cases first
         return repr(value)  # shortest text that parses back to the same double
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return f"{value}i"
     if isinstance(value, bool):
         raise TypeError(f"field value: got {value!r}, booleans are sent as 0/1 integers")
     if isinstance(value, int):

@@ -285,6 +285,7 @@ class StatusEngine:
         self._lock = threading.Lock()
         self._stations: dict[str, _Station] = {}
         self._by_field: dict[tuple[str, str], Threshold | None] = {}
+        self._graded_by_kind: dict[str, list[tuple[str, Threshold]]] = {}
 
     # -- public API --------------------------------------------------------------------------
 
@@ -372,6 +373,16 @@ class StatusEngine:
             self._by_field[key] = self._thresholds.for_field(kind, name)
         return self._by_field[key]
 
+    def _graded(self, kind: str) -> list[tuple[str, Threshold]]:
+        """The fields of a kind that have a threshold (computed once per kind)."""
+        graded = self._graded_by_kind.get(kind)
+        if graded is None:
+            spec = MEASUREMENTS.get(kind)
+            names = list(spec.fields) if spec is not None else []
+            graded = [(n, t) for n in names if (t := self._threshold(kind, n)) is not None]
+            self._graded_by_kind[kind] = graded
+        return graded
+
     def _grade(self, record: Record) -> _Round:
         level = _GOOD
         alerts: list[str] = []
@@ -382,12 +393,13 @@ class StatusEngine:
             level = _CRITICAL
             alerts.append(f"error={record.error}" if record.error else "ok=0")
             causes.add(record.error or "failed")
-        for name, value in record.fields.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
+        fields = record.fields
+        for name, t in self._graded(record.kind):
+            value = fields.get(name)
+            if value is None or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             v = float(value)
-            t = self._threshold(record.kind, name) if math.isfinite(v) else None
-            if t is None:
+            if not math.isfinite(v):
                 continue
             g = t.grade(v)
             if g is Grade.ALERT:
