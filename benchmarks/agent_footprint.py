@@ -26,12 +26,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=600)
     ap.add_argument("--warmup", type=float, default=60)
+    ap.add_argument(
+        "--bin",
+        type=Path,
+        default=BIN,
+        help="bin directory of the venv to measure; use an agent-only install, as on a Pi: "
+        "python3 -m venv /tmp/agent-venv && /tmp/agent-venv/bin/pip install '.[agent]' "
+        "(a dev venv also holds click, which makes httpx import its CLI and rich: ~5 MB more)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, demo_targets():
         cfg = loopback_config(Path(tmp))
         proc = subprocess.Popen(
             [
-                str(BIN / "sinyal-agent"),
+                str(args.bin / "sinyal-agent"),
                 "run",
                 "--plain",
                 "-c",
@@ -54,6 +62,7 @@ def main() -> None:
             time.sleep(5)
         out, _ = proc.communicate()
     lines = [ln for ln in out.splitlines() if ln.strip()]
+    install = "agent-only: pip install '.[agent]'" if args.bin != BIN else "the dev venv"
     steady = [s for s in samples if s[0] >= args.warmup]
     if len(steady) < 2:
         raise SystemExit("run too short for steady-state figures")
@@ -66,6 +75,7 @@ Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.
 `sinyal-agent run --plain` for {args.duration:.0f} s: 10 loopback ICMP targets every 60 s
 (10 echo requests each), DNS and HTTP every 300 s against deploy/local/targets.py.
 Steady state = samples after the first {args.warmup:.0f} s ({len(steady)} samples, every 5 s).
+Agent installed from `{args.bin.parent}` ({install}).
 
 | metric | value | target |
 |---|---|---|

@@ -165,9 +165,11 @@ def main() -> None:
         ]
 
         direct_url = f"{db.url}/write?db=direct&precision=ns"
+        db_cpu0, own0 = proc_sample(db.process.pid)[0], time.process_time()
         direct = asyncio.run(
             drive(direct_url, line_bodies, {}, args.seconds, args.concurrency, args.batch)
         )
+        db_cpu1, own1 = proc_sample(db.process.pid)[0], time.process_time()
         proc = subprocess.Popen(
             [str(BIN / "sinyal-collector"), "serve", "-c", str(tmp / "collector.yaml")]
         )
@@ -179,6 +181,7 @@ def main() -> None:
                 except httpx.HTTPError:
                     time.sleep(0.1)
             cpu0, _ = proc_sample(proc.pid)
+            db_cpu2, own2 = proc_sample(db.process.pid)[0], time.process_time()
             spy = None
             if args.profile:
                 spy = subprocess.Popen(
@@ -212,6 +215,7 @@ def main() -> None:
                 )
             )
             cpu1, rss = proc_sample(proc.pid)
+            db_cpu3, own3 = proc_sample(db.process.pid)[0], time.process_time()
             if spy is not None:
                 spy.wait(30)
         finally:
@@ -242,6 +246,9 @@ to /write with the same concurrency, in the same run.
 - ratio collector / direct: **{v_rate / d_rate:.2f}** (target >= 0.6)
 - collector throughput: **{v_rate:,.0f} points/s** (target >= 25,000)
 - collector CPU during its phase: {100 * (cpu1 - cpu0) / via[1]:.0f} % of one core; RSS {rss:.0f} MB
+- InfluxDB CPU: {100 * (db_cpu1 - db_cpu0) / direct[1]:.0f} % (direct phase),
+  {100 * (db_cpu3 - db_cpu2) / via[1]:.0f} % (collector phase); load generator CPU:
+  {100 * (own1 - own0) / direct[1]:.0f} % and {100 * (own3 - own2) / via[1]:.0f} %
 - points the collector acknowledged: {via[0]:,}; points stored in InfluxDB: {stored:,}
   (every acknowledged point is in the database)
 
