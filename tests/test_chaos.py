@@ -13,11 +13,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.record import Record
 from agent.spool import Spool
-from tests.collector_stack import Stack, collector_config_file, golden, running_collector
+from collector.registry import Registry
+from tests.collector_stack import (
+    STATION,
+    STATIONS_CSV,
+    Stack,
+    collector_config_file,
+    golden,
+    running_collector,
+)
 from tests.conftest import base_config, write_config
 from tests.dbs import InfluxServer
 
@@ -103,3 +112,83 @@ def test_sigkill_during_uploads_ten_times_loses_and_duplicates_nothing(
     row = influxdb.query(f'SELECT * FROM "icmp" WHERE "id" = \'{backlog[123]["id"]}\'', db)[0]
     for k, v in backlog[123]["fields"].items():
         assert row[k] == v
+
+
+def start_collector(cfg_path: Path, url: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "serve", "-c", str(cfg_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("collector did not start")
+
+
+@pytest.mark.root
+def test_collector_killed_and_restarted_under_load_loses_nothing(
+    tmp_path: Path, influxdb: InfluxServer, influx_database: str
+) -> None:
+    """The collector (a real `sinyal-collector serve`) is SIGKILLed three times while the agent
+    uploads a backlog and measures; the agent backs off, retries, and every record arrives
+    exactly once."""
+    cfg = collector_config_file(tmp_path / "c", influxdb.url, influx_database)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(cfg.registry_path)
+    registry.import_stations_csv(STATIONS_CSV)
+    _, token = registry.add_token(station=STATION)
+    registry.close()
+    url = f"http://{cfg.listen.host}:{cfg.listen.port}"
+    data = tmp_path / "agent"
+    backlog = [golden("dns-ok", age_s=3000 - i * 0.1) for i in range(20_000)]
+    with Spool.in_dir(data) as s:
+        s.put([Record.from_dict(r) for r in backlog])
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    doc = base_config(tmp_path)
+    doc["data_dir"] = str(data)
+    doc["collector"] = {"url": url, "token_file": str(token_file), "timeout_s": 5}
+    doc["probes"]["icmp"]["interval_s"] = 30
+    agent_cfg = write_config(tmp_path, doc)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(agent_cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    collector = start_collector(cfg.path, url)
+    try:
+        for _ in range(3):
+            with Spool.in_dir(data) as watch:  # wait until uploads are flowing, then kill
+                start = watch.stats().records
+                deadline = time.monotonic() + 20
+                while watch.stats().records >= start and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            collector.send_signal(signal.SIGKILL)
+            collector.wait(10)
+            time.sleep(1.0)  # the agent meets a dead collector and backs off
+            collector = start_collector(cfg.path, url)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with Spool.in_dir(data) as watch:
+                if watch.stats().records == 0:
+                    break
+            time.sleep(0.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(20) == 0
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(20)
+    with Spool.in_dir(data) as s:
+        assert s.stats().records == 0, "the agent delivered its backlog after the restarts"
+        assert s.dead_letter_count() == 0
+    stored = ids_in_db(influxdb, influx_database, "dns")
+    assert len(stored) == len(set(stored)), "a record was stored twice"
+    assert {r["id"] for r in backlog} <= set(stored)
