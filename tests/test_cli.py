@@ -262,12 +262,12 @@ def test_run_plain(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     all_lines = proc.stdout.splitlines()
-    # The heartbeat within a few seconds of start-up, one line.
+    # The heartbeat within a few seconds of start-up; a second one only if the station's
+    # slot for it falls inside the 4 s, as for the ICMP rounds below.
     beats = [ln for ln in all_lines if " agent " in ln]
-    assert len(beats) == 1, proc.stdout
-    assert re.fullmatch(
-        rf"{ISO_TIME} agent uplink=- target=self ok spool=\d+ .*rss=\S+MB", beats[0]
-    )
+    assert len(beats) in (1, 2), proc.stdout
+    for beat in beats:
+        assert re.fullmatch(rf"{ISO_TIME} agent uplink=- target=self ok spool=\d+ .*", beat)
     lines = [ln for ln in all_lines if ln not in beats]
     # One round of both targets within a second of start-up; a second round only if the
     # station's slot falls inside the 4 s.
