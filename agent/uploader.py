@@ -5,8 +5,9 @@ gzip-compressed in one envelope, and then exactly the acknowledged ids are delet
 rejected ids moved to the dead-letter table with the collector's reason (never retried,
 never silently dropped; `sinyal-agent status` lists them). Anything else stays in the spool.
 
-Failures back off exponentially with full jitter (a random wait in [0, min(cap, base·2^n)]),
-never shorter than a Retry-After the collector sent. A 413 halves the batch; a batch of one
+Failures back off exponentially with full jitter (a random wait in [0, min(cap, base·2^n)]);
+when the collector answered with a Retry-After (its database is down), the wait is between
+Retry-After and twice that. A 413 halves the batch; a batch of one
 that is still refused as too large or malformed is dead-lettered so it cannot block the queue.
 
 Ordering: after start-up and after every failure, the first batch is the NEWEST records, so
@@ -67,12 +68,18 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self, retry_after_s: float | None = None) -> float:
+        """The wait before the next attempt.
+
+        Without an answer from the collector: full jitter over an exponentially growing
+        ceiling. With a Retry-After (the collector is up, its database is not): between
+        Retry-After and twice that, so a fleet spreads out but comes back soon after the
+        database does instead of sleeping for an exponential ceiling grown during the outage.
+        """
         ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures, 30))
         self.failures += 1
-        delay = self.rng.uniform(0, ceiling)
         if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
-        return delay
+            return min(self.cap_s, self.rng.uniform(retry_after_s, 2 * retry_after_s))
+        return self.rng.uniform(0, ceiling)
 
 
 def envelope_bytes(station: str, bodies: list[str]) -> bytes:

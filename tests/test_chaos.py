@@ -27,8 +27,8 @@ from tests.collector_stack import (
     golden,
     running_collector,
 )
-from tests.conftest import base_config, write_config
-from tests.dbs import InfluxServer
+from tests.conftest import base_config, require_tool, write_config
+from tests.dbs import InfluxServer, influxd
 
 BATCH = 3000  # records added to the spool before each start: uploads are in flight at the kill
 
@@ -192,3 +192,72 @@ def test_collector_killed_and_restarted_under_load_loses_nothing(
     stored = ids_in_db(influxdb, influx_database, "dns")
     assert len(stored) == len(set(stored)), "a record was stored twice"
     assert {r["id"] for r in backlog} <= set(stored)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_influxdb_stopped_for_two_minutes(tmp_path: Path) -> None:
+    """InfluxDB is stopped (SIGSTOP) for two minutes while the agent measures and uploads: the
+    collector answers 503 with Retry-After and acknowledges nothing, the agent keeps every
+    record, and once the database runs again everything is delivered exactly once."""
+    with influxd(require_tool("influxd")) as db:
+        db.create_database("chaos")
+        cfg = collector_config_file(
+            tmp_path / "c", db.url, "chaos", sink={"timeout_s": 2, "retry_after_s": 5}
+        )
+        with running_collector(cfg) as stack:
+            data = tmp_path / "agent"
+            token_file = tmp_path / "token"
+            token_file.write_text(stack.token)
+            doc = base_config(tmp_path)
+            doc["data_dir"] = str(data)
+            doc["collector"] = {"url": stack.url, "token_file": str(token_file), "timeout_s": 5}
+            doc["probes"]["icmp"] = {
+                "interval_s": 10,
+                "count": 3,
+                "timeout_s": 1,
+                "targets": [{"host": "127.0.0.1", "name": "lo"}],
+            }
+            doc["schedule"] = {"jitter_fraction": 0}
+            agent_cfg = write_config(tmp_path, doc)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(agent_cfg)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                time.sleep(5)  # the first round is delivered
+                os.kill(db.process.pid, signal.SIGSTOP)
+                t_stop = time.monotonic()
+                refused = checks = 0
+                while time.monotonic() - t_stop < 120:
+                    r = httpx.get(f"{stack.url}/readyz", timeout=10)
+                    checks += 1
+                    refused += r.status_code == 503
+                    time.sleep(5)
+                with Spool.in_dir(data) as s:
+                    held = s.stats().records
+                os.kill(db.process.pid, signal.SIGCONT)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    with Spool.in_dir(data) as s:
+                        if s.stats().records == 0:
+                            break
+                    time.sleep(1)
+                with Spool.in_dir(data) as s:
+                    left, dead = s.stats().records, s.dead_letter_count()
+                    last_error = s.state().get("last_error", "")
+            finally:
+                os.kill(db.process.pid, signal.SIGCONT)
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(20)
+        print(f"held during the outage: {held} records; readyz 503 {refused}/{checks} times")
+        assert checks >= 10 and refused == checks  # the collector said so, all along
+        assert held >= 12, "the agent kept measuring and kept its records"
+        assert left == 0 and dead == 0, (left, dead, last_error)
+        icmp = [r["id"] for r in db.query('SELECT "id" FROM "icmp"', "chaos")]
+        beats = [r["id"] for r in db.query('SELECT "id" FROM "agent"', "chaos")]
+        assert len(icmp) == len(set(icmp)) and len(beats) == len(set(beats))
+        assert len(icmp) >= 14  # rounds before, during and after the outage

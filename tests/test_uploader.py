@@ -133,6 +133,7 @@ def test_backoff_is_full_jitter_and_honours_retry_after() -> None:
     delays = [b.next_delay() for _ in range(10)]
     for n, d in enumerate(delays):
         assert 0 <= d <= min(60, 2**n)
-    assert b.next_delay(retry_after_s=30) >= 30
+    for _ in range(20):  # after many failures, Retry-After still bounds the wait
+        assert 30 <= b.next_delay(retry_after_s=30) <= 60
     b.reset()
     assert b.next_delay() <= 1
