@@ -252,6 +252,20 @@ def _measurement_of(line: str) -> str:
     return line[:i]
 
 
+def _log_refused(result: WriteResult, total: int, where: str, key: str) -> None:
+    """One throttled warning per kind of sink when the database refused lines."""
+    if result.rejected and _log_throttle(key):
+        first = min(result.rejected)
+        log.warning(
+            "sink: %s refused %d of %d lines, e.g. line %d: %s",
+            where,
+            len(result.rejected),
+            total,
+            first,
+            _one_line(result.rejected[first]),
+        )
+
+
 def _write_resolving(
     lines: Sequence[str], post: Callable[[list[str]], _Refused | None]
 ) -> WriteResult:
@@ -384,16 +398,7 @@ class V1Sink:
             )
 
         result = _write_resolving(lines, post)
-        if result.rejected and _log_throttle("rejected v1"):
-            first = min(result.rejected)
-            log.warning(
-                "sink: %s refused %d of %d lines, e.g. line %d: %s",
-                self._where,
-                len(result.rejected),
-                len(lines),
-                first,
-                _one_line(result.rejected[first]),
-            )
+        _log_refused(result, len(lines), self._where, "rejected v1")
         return result
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -485,16 +490,7 @@ class V2Sink:
 
     def write(self, lines: Sequence[str]) -> WriteResult:
         result = _write_resolving(lines, self._post)
-        if result.rejected and _log_throttle("rejected v2"):
-            first = min(result.rejected)
-            log.warning(
-                "sink: %s refused %d of %d lines, e.g. line %d: %s",
-                self._where,
-                len(result.rejected),
-                len(lines),
-                first,
-                _one_line(result.rejected[first]),
-            )
+        _log_refused(result, len(lines), self._where, "rejected v2")
         return result
 
     def _post(self, batch: list[str]) -> _Refused | None:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,27 +45,57 @@ def ids_in_db(influx: InfluxServer, db: str, kind: str) -> list[str]:
     return [row["id"] for row in influx.query(f'SELECT "id" FROM "{kind}"', db)]
 
 
+def agent_config(
+    tmp_path: Path, url: str, token: str, icmp: dict[str, Any] | None = None, **sections: Any
+) -> Path:
+    """A loopback agent config that uploads to `url`, spooling in tmp_path/agent."""
+    secret = tmp_path / "token"
+    secret.write_text(token)
+    doc = base_config(tmp_path)
+    doc["data_dir"] = str(tmp_path / "agent")
+    doc["collector"] = {"url": url, "token_file": str(secret), "timeout_s": 5}
+    doc["probes"]["icmp"] = icmp or {**doc["probes"]["icmp"], "interval_s": 30}
+    doc.update(sections)
+    return write_config(tmp_path, doc)
+
+
+def start_agent(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(cfg), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def spooled(data: Path) -> int:
+    with Spool.in_dir(data) as s:
+        return s.stats().records
+
+
+def wait_for_an_ack(data: Path, timeout_s: float) -> None:
+    """Until the spool shrinks: a batch was acknowledged, uploads are flowing."""
+    with Spool.in_dir(data) as watch:
+        start = watch.stats().records
+        deadline = time.monotonic() + timeout_s
+        while watch.stats().records >= start and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
 @pytest.mark.root
 def test_sigkill_during_uploads_ten_times_loses_and_duplicates_nothing(
     tmp_path: Path, stack: Stack, influxdb: InfluxServer
 ) -> None:
     data = tmp_path / "agent"
     backlog: list[dict[str, object]] = []
-    token_file = tmp_path / "token"
-    token_file.write_text(stack.token)
-    doc = base_config(tmp_path)
-    doc["data_dir"] = str(data)
-    doc["collector"] = {"url": stack.url, "token_file": str(token_file), "timeout_s": 5}
-    doc["probes"]["icmp"]["interval_s"] = 30
-    cfg = write_config(tmp_path, doc)
+    cfg = agent_config(tmp_path, stack.url, stack.token)
     check = subprocess.run(
         [sys.executable, "-m", "agent.cli", "check-config", "-c", str(cfg)],
         capture_output=True,
         text=True,
     )
     assert check.returncode == 0, check.stderr
-    argv = [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(cfg)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
     rng = random.Random(20261122)
     kills = 0
     left_at_kill: list[int] = []
@@ -73,24 +104,15 @@ def test_sigkill_during_uploads_ten_times_loses_and_duplicates_nothing(
         backlog += added
         with Spool.in_dir(data) as s:
             s.put([Record.from_dict(r) for r in added])
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Kill once the first batch was acknowledged, at a random moment of the next ones.
-        with Spool.in_dir(data) as watch:
-            start = watch.stats().records
-            deadline = time.monotonic() + 10
-            while watch.stats().records >= start and time.monotonic() < deadline:
-                time.sleep(0.005)
+        proc = start_agent(cfg)
+        wait_for_an_ack(data, 10)  # then kill at a random moment of the next batches
         time.sleep(rng.uniform(0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
-        with Spool.in_dir(data) as s:
-            left_at_kill.append(s.stats().records)
+        left_at_kill.append(spooled(data))
     # A last, clean run drains what is left.
-    proc = subprocess.Popen(
-        [*argv, "--duration", "8"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    assert proc.wait(30) == 0
+    assert start_agent(cfg, "--duration", "8").wait(30) == 0
     with Spool.in_dir(data) as s:
         left = s.stats().records
         dead = s.dead_letter_count()
@@ -149,37 +171,17 @@ def test_collector_killed_and_restarted_under_load_loses_nothing(
     backlog = [golden("dns-ok", age_s=3000 - i * 0.1) for i in range(20_000)]
     with Spool.in_dir(data) as s:
         s.put([Record.from_dict(r) for r in backlog])
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    doc = base_config(tmp_path)
-    doc["data_dir"] = str(data)
-    doc["collector"] = {"url": url, "token_file": str(token_file), "timeout_s": 5}
-    doc["probes"]["icmp"]["interval_s"] = 30
-    agent_cfg = write_config(tmp_path, doc)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(agent_cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    agent = start_agent(agent_config(tmp_path, url, token))
     collector = start_collector(cfg.path, url)
     try:
         for _ in range(3):
-            with Spool.in_dir(data) as watch:  # wait until uploads are flowing, then kill
-                start = watch.stats().records
-                deadline = time.monotonic() + 20
-                while watch.stats().records >= start and time.monotonic() < deadline:
-                    time.sleep(0.01)
+            wait_for_an_ack(data, 20)  # uploads are flowing: kill
             collector.send_signal(signal.SIGKILL)
             collector.wait(10)
             time.sleep(1.0)  # the agent meets a dead collector and backs off
             collector = start_collector(cfg.path, url)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with Spool.in_dir(data) as watch:
-                if watch.stats().records == 0:
-                    break
+        while time.monotonic() < deadline and spooled(data) > 0:
             time.sleep(0.5)
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -207,26 +209,16 @@ def test_influxdb_stopped_for_two_minutes(tmp_path: Path) -> None:
         )
         with running_collector(cfg) as stack:
             data = tmp_path / "agent"
-            token_file = tmp_path / "token"
-            token_file.write_text(stack.token)
-            doc = base_config(tmp_path)
-            doc["data_dir"] = str(data)
-            doc["collector"] = {"url": stack.url, "token_file": str(token_file), "timeout_s": 5}
-            doc["probes"]["icmp"] = {
+            icmp = {
                 "interval_s": 10,
                 "count": 3,
                 "timeout_s": 1,
                 "targets": [{"host": "127.0.0.1", "name": "lo"}],
             }
-            doc["schedule"] = {"jitter_fraction": 0}
-            agent_cfg = write_config(tmp_path, doc)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--plain", "-c", str(agent_cfg)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            cfg_path = agent_config(
+                tmp_path, stack.url, stack.token, icmp, schedule={"jitter_fraction": 0}
             )
+            agent = start_agent(cfg_path)
             try:
                 time.sleep(5)  # the first round is delivered
                 os.kill(db.process.pid, signal.SIGSTOP)
@@ -237,14 +229,10 @@ def test_influxdb_stopped_for_two_minutes(tmp_path: Path) -> None:
                     checks += 1
                     refused += r.status_code == 503
                     time.sleep(5)
-                with Spool.in_dir(data) as s:
-                    held = s.stats().records
+                held = spooled(data)
                 os.kill(db.process.pid, signal.SIGCONT)
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    with Spool.in_dir(data) as s:
-                        if s.stats().records == 0:
-                            break
+                while time.monotonic() < deadline and spooled(data) > 0:
                     time.sleep(1)
                 with Spool.in_dir(data) as s:
                     left, dead = s.stats().records, s.dead_letter_count()
