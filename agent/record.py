@@ -429,19 +429,20 @@ def decode_envelope(data: bytes | str) -> Envelope:
     return env
 
 
-def decode_envelope_lenient(
-    data: bytes | str,
-    loads: Callable[[bytes | str], Any] = json.loads,
-) -> tuple[Envelope, list[tuple[str | None, ContractError]]]:
-    """Decode an envelope, keeping the valid records and listing the invalid ones.
+@dataclass(frozen=True, slots=True)
+class EnvelopeHeader:
+    """An envelope whose header is valid and whose records are not decoded yet."""
 
-    Returns the envelope (with valid records only) and (record id or None,
-    error) for each record that failed. The envelope header itself must be valid.
-    """
-    try:
-        d = loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ContractError("", f"not JSON: {exc}") from None
+    station: str
+    agent_version: str
+    sent_at: datetime
+    raw_records: list[Any]
+    schema: int = SCHEMA_VERSION
+    boot_id: str | None = None
+
+
+def decode_envelope_header(d: Any) -> EnvelopeHeader:
+    """Check an envelope's header (already parsed from JSON); raises ContractError."""
     if not isinstance(d, dict):
         raise ContractError("", "expected a JSON object")
     schema = d.get("schema")
@@ -463,20 +464,42 @@ def decode_envelope_lenient(
     raw_records = d.get("records")
     if not isinstance(raw_records, list):
         raise ContractError("records", "expected a list")
-    good: list[Record] = []
-    bad: list[tuple[str | None, ContractError]] = []
-    for i, raw in enumerate(raw_records):
-        try:
-            good.append(Record.from_dict(raw, f"records[{i}]"))
-        except ContractError as exc:
-            rid = raw.get("id") if isinstance(raw, dict) else None
-            bad.append((rid if isinstance(rid, str) else None, exc))
-    env = Envelope(
+    return EnvelopeHeader(
         station,
         version,
         sent_at,
-        tuple(good),
+        raw_records,
         schema,
         boot_id if isinstance(boot_id, str) else None,
     )
+
+
+def decode_envelope_lenient(
+    data: bytes | str,
+    loads: Callable[[bytes | str], Any] = json.loads,
+) -> tuple[Envelope, list[tuple[str | None, ContractError]]]:
+    """Decode an envelope, keeping the valid records and listing the invalid ones.
+
+    Returns the envelope (with valid records only) and (record id or None,
+    error) for each record that failed. The envelope header itself must be valid.
+    """
+    try:
+        d = loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError("", f"not JSON: {exc}") from None
+    h = decode_envelope_header(d)
+    good: list[Record] = []
+    bad: list[tuple[str | None, ContractError]] = []
+    for i, raw in enumerate(h.raw_records):
+        try:
+            good.append(Record.from_dict(raw, f"records[{i}]"))
+        except ContractError as exc:
+            bad.append((record_id_of(raw), exc))
+    env = Envelope(h.station, h.agent_version, h.sent_at, tuple(good), h.schema, h.boot_id)
     return env, bad
+
+
+def record_id_of(raw: Any) -> str | None:
+    """The id of a raw record that may be invalid, when it has a string one."""
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) else None

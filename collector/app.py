@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from agent.record import ContractError, decode_envelope_lenient, format_time
+from agent.record import ContractError, decode_envelope_header, format_time
 from agent.thresholds import load as load_thresholds
 from collector import __version__
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
-from collector.ingest import Prepared, Rejection, prepare
+from collector.ingest import FastPath, Prepared, Rejection, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
 from collector.sinks import Sink, SinkUnavailable, make_sink
@@ -123,6 +123,7 @@ class Collector:
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
         self.metrics = Metrics()
         self.batcher = Batcher(self.sink)
+        self.fast = FastPath()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
@@ -159,15 +160,21 @@ class Collector:
             )
         body = await self.read_body(request)
         try:
-            envelope, bad = decode_envelope_lenient(body, orjson.loads)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise ContractError("", f"not JSON: {exc}") from None
+            header = decode_envelope_header(doc)
         except ContractError as exc:
             raise HttpError(422, f"malformed envelope: {exc}") from None
-        if len(envelope.records) + len(bad) > self.cfg.limits.max_records:
+        if len(header.raw_records) > self.cfg.limits.max_records:
             raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
-        if not scope.allows(envelope.station):
-            raise HttpError(403, f"token may not write for station {envelope.station}")
+        if not scope.allows(header.station):
+            raise HttpError(403, f"token may not write for station {header.station}")
         now = datetime.now(UTC)
-        prepared = prepare(envelope, bad, scope, self.registry, self.cfg.limits, now)
+        prepared = prepare_raw(
+            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast
+        )
         accepted = await self.write(prepared)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()

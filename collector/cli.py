@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -195,11 +197,20 @@ def _parser() -> argparse.ArgumentParser:
         "6 district, 10 village), for a technician's survey laptop.\n"
         "The token alone goes to stdout, so `... > token_file` keeps it; its token id and\n"
         "a reminder go to stderr. The token is shown only this once: it is stored hashed.\n"
-        "Put it in the agent's config as collector.token or collector.token_file.",
+        "Put it in the agent's config as collector.token or collector.token_file.\n"
+        "Bulk provisioning: --all-stations --out FILE issues a token for every registered\n"
+        "station that has no active station token yet, in one transaction, and writes\n"
+        "`station,token_id,token` lines to FILE (created mode 0600; never overwritten).",
     )
     scope = add.add_mutually_exclusive_group(required=True)
     scope.add_argument("--station", metavar="ID", help="the station id (the 13-digit TPS code)")
     scope.add_argument("--region", metavar="PREFIX", help="a region prefix: 2, 4, 6 or 10 digits")
+    scope.add_argument(
+        "--all-stations",
+        action="store_true",
+        help="a token for every station without one (needs --out)",
+    )
+    add.add_argument("--out", metavar="FILE", help="with --all-stations: where the tokens go")
     add.add_argument("--note", default="", metavar="TEXT", help="who holds it, which device")
     al = _add(
         ag,
@@ -390,6 +401,11 @@ def cmd_stations_list(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
 
 def cmd_agents_add(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    if args.all_stations:
+        return _agents_add_all(args, cfg)
+    if args.out is not None:
+        print("error: --out goes with --all-stations", file=sys.stderr)
+        return EXIT_CONFIG
     with _registry(cfg) as reg:
         info, token = reg.add_token(station=args.station, region=args.region, note=args.note)
         covered = None
@@ -406,6 +422,38 @@ def cmd_agents_add(args: argparse.Namespace, cfg: CollectorConfig) -> int:
         "be recovered. Put it in the agent's config (collector.token or collector.token_file).\n"
         f"If it is lost, revoke it (sinyal-collector agents revoke {info.id}) and add a new one.",
         file=err,
+    )
+    return EXIT_OK
+
+
+def _agents_add_all(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    if not args.out:
+        print("error: --all-stations needs --out FILE for the tokens", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(f"error: {out}: cannot create ({exc.strerror}); it must not exist", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f, _registry(cfg) as reg:
+            have = {
+                t.scope_value for t in reg.list_tokens() if t.active and t.scope_kind == "station"
+            }
+            todo = [s.id for s in reg.stations() if s.id not in have]
+            issued = reg.add_tokens([(sid, None) for sid in todo], note=args.note)
+            f.write("station,token_id,token\n")
+            f.writelines(f"{info.scope_value},{info.id},{token}\n" for info, token in issued)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        out.unlink(missing_ok=True)  # no half-written token file
+        raise
+    print(
+        f"{len(issued)} tokens issued ({len(have)} stations already had one); tokens in {out}."
+        " Keep that file secret and delete it once the agents have their tokens.",
+        file=sys.stderr,
     )
     return EXIT_OK
 

@@ -15,14 +15,27 @@ stable reason code, never silently dropped:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
-from agent.record import ContractError, Envelope, Record
+from agent.record import (
+    _TAG_VALUE_MAX,
+    MEASUREMENTS,
+    ClockInfo,
+    ContractError,
+    Envelope,
+    ErrorCode,
+    Measurement,
+    Record,
+    record_id_of,
+)
 from collector.config import Limits
-from collector.lineproto import record_to_point
+from collector.lineproto import escape_field_key, escape_tag, record_to_point, series_key
 
 RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_ms")
 
@@ -92,6 +105,62 @@ def plausibility(record: Record) -> str | None:
     return None
 
 
+class _Checks:
+    """What a decoded record must pass besides the contract, with the rejection it gets."""
+
+    def __init__(self, scope: ScopeLike, registry: RegistryLike, limits: Limits, now: datetime):
+        self.scope = scope
+        self.registry = registry
+        self.oldest = now - timedelta(seconds=limits.past_s)
+        self.newest = now + timedelta(seconds=limits.future_s)
+        self.station: StationLike | None = None  # of the previous record: uploads are per station
+
+    def admit(self, record: Record, rejected: list[Rejection]) -> StationLike | None:
+        """The record's registry station, or None after appending why it is rejected."""
+        station_id = record.tags["station"]
+        station = self.station
+        if station is None or station.id != station_id:
+            if not self.scope.allows(station_id):
+                rejected.append(
+                    Rejection(
+                        record.id, "out_of_scope", f"station {station_id} is outside the token"
+                    )
+                )
+                return None
+            station = self.station = self.registry.get_station(station_id)
+            if station is None:
+                rejected.append(
+                    Rejection(record.id, "unknown_station", f"station {station_id} not registered")
+                )
+                return None
+        if not self.oldest <= record.measured_at <= self.newest:
+            rejected.append(
+                Rejection(
+                    record.id,
+                    "time_out_of_range",
+                    f"measured_at {record.measured_at.isoformat()} outside "
+                    f"[{self.oldest.isoformat()}, {self.newest.isoformat()}]",
+                )
+            )
+            return None
+        why = plausibility(record)
+        if why is not None:
+            rejected.append(Rejection(record.id, "implausible", why))
+            return None
+        return station
+
+    @staticmethod
+    def reference_line(
+        record: Record, station: StationLike, rejected: list[Rejection]
+    ) -> str | None:
+        extra = {"province": station.province, "regency": station.regency}
+        try:
+            return record_to_point(record, extra)
+        except ValueError as exc:  # a value line protocol cannot carry verbatim
+            rejected.append(Rejection(record.id, "invalid", str(exc)))
+            return None
+
+
 def prepare(
     envelope: Envelope,
     contract_errors: Sequence[tuple[str | None, ContractError]],
@@ -104,40 +173,13 @@ def prepare(
     for rid, err in contract_errors:
         index = _index_of(err.path)
         out.rejected.append(Rejection(rid, "invalid", str(err), index))
-    oldest = now - timedelta(seconds=limits.past_s)
-    newest = now + timedelta(seconds=limits.future_s)
+    checks = _Checks(scope, registry, limits, now)
     for record in envelope.records:
-        station_id = record.tags["station"]
-        if not scope.allows(station_id):
-            out.rejected.append(
-                Rejection(record.id, "out_of_scope", f"station {station_id} is outside the token")
-            )
-            continue
-        station = registry.get_station(station_id)
+        station = checks.admit(record, out.rejected)
         if station is None:
-            out.rejected.append(
-                Rejection(record.id, "unknown_station", f"station {station_id} not registered")
-            )
             continue
-        if not oldest <= record.measured_at <= newest:
-            out.rejected.append(
-                Rejection(
-                    record.id,
-                    "time_out_of_range",
-                    f"measured_at {record.measured_at.isoformat()} outside "
-                    f"[{oldest.isoformat()}, {newest.isoformat()}]",
-                )
-            )
-            continue
-        why = plausibility(record)
-        if why is not None:
-            out.rejected.append(Rejection(record.id, "implausible", why))
-            continue
-        extra = {"province": station.province, "regency": station.regency}
-        try:
-            line = record_to_point(record, extra)
-        except ValueError as exc:  # a value line protocol cannot carry verbatim
-            out.rejected.append(Rejection(record.id, "invalid", str(exc)))
+        line = checks.reference_line(record, station, out.rejected)
+        if line is None:
             continue
         out.records.append(record)
         out.stations.append(station)
@@ -152,3 +194,230 @@ def _index_of(path: str) -> int | None:
         except ValueError:
             return None
     return None
+
+
+# --- the fast path ----------------------------------------------------------------------------
+#
+# prepare() above is the reference: Record.from_dict validates, record_to_point encodes. The
+# ingest API runs prepare_raw() instead, which gives the same answer for every input, about
+# three times faster: for the records agents actually send (canonical times, plain tags,
+# numbers in range) it checks and encodes the raw JSON dict in one pass, with per-kind
+# tables built once and each series' escaped tag set cached; anything else takes the
+# reference path for that record, so every error message and every unusual value is handled
+# by exactly the code prepare() uses. tests/test_ingest_fastpath.py compares the two on
+# generated inputs.
+
+_REQUIRED_KEYS = frozenset({"id", "kind", "measured_at", "tags", "fields"})
+_RECORD_KEYS = _REQUIRED_KEYS | {"error", "clock"}
+_CLOCK_KEYS = frozenset({"boot_id", "monotonic_ns", "synced"})
+_ERROR_CODES = frozenset(e.value for e in ErrorCode)
+_hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
+# What agents send: format_time()'s output. Other RFC 3339 forms take the reference path.
+_canonical_time = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+).fullmatch
+_no_control = re.compile(r"[^\x00-\x1f\x7f]+").fullmatch
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FLOAT, _INT = 0, 1
+_MAX_CACHED_SERIES = 500_000
+
+
+@dataclass(frozen=True)
+class _KindTable:
+    name: str
+    tag_keys: frozenset[str]
+    tag_values: Callable[[dict[str, Any]], tuple[str, ...]]
+    fields: dict[str, tuple[int, float, float, str]]  # name -> (type, lo, hi, "name=")
+
+
+def _kind_table(spec: Measurement) -> _KindTable | None:
+    if len(spec.tags) < 2 or set(spec.tags) & (set(spec.fields) | {"province", "regency"}):
+        return None  # not worth a special case: the reference path handles it
+    fields: dict[str, tuple[int, float, float, str]] = {}
+    for name, fs in spec.fields.items():
+        if fs.type is str or name in ("id", "error"):
+            return None
+        lo = -math.inf if fs.minimum is None else fs.minimum
+        hi = math.inf if fs.maximum is None else fs.maximum
+        if fs.type is int:  # line protocol integers are int64
+            lo, hi = max(lo, -(2**63)), min(hi, 2**63 - 1)
+        fields[name] = (_FLOAT if fs.type is float else _INT, lo, hi, escape_field_key(name) + "=")
+    return _KindTable(spec.name, frozenset(spec.tags), operator.itemgetter(*spec.tags), fields)
+
+
+_TABLES = {k: t for k, spec in MEASUREMENTS.items() if (t := _kind_table(spec)) is not None}
+
+
+class FastPath:
+    """Per-process caches of the fast path (series already checked and their line prefix)."""
+
+    def __init__(self) -> None:
+        self._plain_tags: set[tuple[str, tuple[str, ...]]] = set()
+        self._prefixes: dict[tuple[str, tuple[str, ...], str, str], str] = {}
+        self._forms: dict[
+            tuple[str, tuple[str, ...]],
+            tuple[tuple[type, ...], tuple[float, ...], tuple[float, ...], str],
+        ] = {}
+
+    def decode(self, d: Any) -> tuple[Record, tuple[str, ...], str] | None:
+        """(record, its tag values, its encoded fields) when the record is valid and usual,
+        None when the reference path must decide (it may still be valid)."""
+        if type(d) is not dict or not (_REQUIRED_KEYS <= d.keys() <= _RECORD_KEYS):
+            return None
+        rid, kind, at, tags, raw_fields = (
+            d["id"], d["kind"], d["measured_at"], d["tags"], d["fields"]
+        )  # fmt: skip
+        table = _TABLES.get(kind) if type(kind) is str else None
+        if (
+            table is None
+            or type(rid) is not str
+            or not _hex32(rid)
+            or type(at) is not str
+            or not _canonical_time(at)
+            or type(tags) is not dict
+            or tags.keys() != table.tag_keys
+            or type(raw_fields) is not dict
+        ):
+            return None
+        values = table.tag_values(tags)
+        try:
+            known = (kind, values) in self._plain_tags
+        except TypeError:  # a list or an object as a tag value
+            return None
+        if not known and not self._check_tags(kind, values):
+            return None
+        try:
+            measured_at = datetime.fromisoformat(at)
+        except ValueError:
+            return None
+        keys = tuple(raw_fields)
+        form = self._forms.get((kind, keys))
+        if form is None:
+            form = self._form(table, keys)
+            if form is None:
+                return None
+        types, los, his, template = form
+        values_f = tuple(raw_fields.values())
+        # One type per key (a float field holding an int, or a None, takes the reference
+        # path); comparisons are False for NaN and beyond the limits for the infinities.
+        if (
+            tuple(map(type, values_f)) != types
+            or not all(map(operator.le, los, values_f))
+            or not all(map(operator.le, values_f, his))
+        ):
+            return None
+        parts = [template % values_f, f'id="{rid}"'] if values_f else [f'id="{rid}"']
+        error = d.get("error")
+        if error is not None:
+            if type(error) is not str or error not in _ERROR_CODES:
+                return None
+            parts.append(f'error="{error}"')
+        clock = d.get("clock")
+        info = None
+        if clock is not None:
+            if type(clock) is not dict or not clock.keys() <= _CLOCK_KEYS:
+                return None
+            boot, mono, synced = (
+                clock.get("boot_id"),
+                clock.get("monotonic_ns"),
+                clock.get("synced"),
+            )
+            if (
+                (boot is not None and (type(boot) is not str or len(boot) > 64))
+                or (mono is not None and (type(mono) is not int or mono < 0))
+                or (synced is not None and (type(synced) is not int or synced not in (0, 1)))
+            ):
+                return None
+            info = ClockInfo(boot, mono, synced)
+        record = Record(kind, measured_at, tags, raw_fields, error, rid, info)
+        return record, values, ",".join(parts)
+
+    def _form(
+        self, table: _KindTable, keys: tuple[str, ...]
+    ) -> tuple[tuple[type, ...], tuple[float, ...], tuple[float, ...], str] | None:
+        """How to check and encode fields that come with these keys in this order."""
+        specs = [table.fields.get(k) for k in keys]
+        if any(spec is None for spec in specs):
+            return None
+        types: list[type] = []
+        los: list[float] = []
+        his: list[float] = []
+        parts: list[str] = []
+        for spec in specs:
+            assert spec is not None
+            kind_of, lo, hi, prefix = spec
+            types.append(float if kind_of == _FLOAT else int)
+            los.append(lo)
+            his.append(hi)
+            # %r of a float is repr(): the shortest text that parses back to the same double
+            parts.append(prefix.replace("%", "%%") + ("%r" if kind_of == _FLOAT else "%di"))
+        if len(self._forms) >= 10_000:
+            self._forms.clear()
+        form = (tuple(types), tuple(los), tuple(his), ",".join(parts))
+        self._forms[(table.name, keys)] = form
+        return form
+
+    def _check_tags(self, kind: str, values: tuple[str, ...]) -> bool:
+        for v in values:
+            if type(v) is not str or not 0 < len(v) <= _TAG_VALUE_MAX or not _no_control(v):
+                return False
+            try:
+                escape_tag(v)
+            except (ValueError, TypeError):
+                return False
+        if len(self._plain_tags) >= _MAX_CACHED_SERIES:
+            self._plain_tags.clear()
+        self._plain_tags.add((kind, values))
+        return True
+
+    def prefix(self, record: Record, values: tuple[str, ...], province: str, regency: str) -> str:
+        key = (record.kind, values, province, regency)
+        p = self._prefixes.get(key)
+        if p is None:
+            if len(self._prefixes) >= _MAX_CACHED_SERIES:
+                self._prefixes.clear()
+            p = self._prefixes[key] = series_key(
+                record.kind, {**record.tags, "province": province, "regency": regency}
+            )
+        return p
+
+
+def prepare_raw(
+    raw_records: Sequence[Any],
+    scope: ScopeLike,
+    registry: RegistryLike,
+    limits: Limits,
+    now: datetime,
+    fast: FastPath,
+) -> Prepared:
+    """prepare() for an envelope's raw (JSON-decoded) records: the same result, faster."""
+    out = Prepared()
+    invalid: list[Rejection] = []
+    checks = _Checks(scope, registry, limits, now)
+    for i, raw in enumerate(raw_records):
+        hit = fast.decode(raw)
+        if hit is None:
+            try:
+                record = Record.from_dict(raw, f"records[{i}]")
+            except ContractError as exc:
+                invalid.append(Rejection(record_id_of(raw), "invalid", str(exc), i))
+                continue
+        else:
+            record = hit[0]
+        station = checks.admit(record, out.rejected)
+        if station is None:
+            continue
+        if hit is None:
+            line = checks.reference_line(record, station, out.rejected)
+            if line is None:
+                continue
+        else:
+            d = record.measured_at - _EPOCH
+            t_ns = ((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds) * 1_000
+            prefix = fast.prefix(record, hit[1], station.province, station.regency)
+            line = f"{prefix} {hit[2]} {t_ns}"
+        out.records.append(record)
+        out.stations.append(station)
+        out.lines.append(line)
+    out.rejected[:0] = invalid
+    return out

@@ -144,20 +144,26 @@ def encode_point(
         raise TypeError(f"time_ns: got {type(time_ns).__name__}, expected int")
     if not _INT64_MIN < time_ns < _INT64_MAX:
         raise ValueError(f"time_ns: got {time_ns}, outside the int64 range")
-    parts = [escape_measurement(measurement)]
-    for key in sorted(tags):
-        value = tags[key]
-        if value == "":
-            continue
-        if key in fields:
+    for key in tags:
+        if key in fields and tags[key] != "":
             raise ValueError(f"{key!r} is both a tag and a field")
-        parts.append(f"{escape_tag(key)}={escape_tag(value)}")
     field_set = [
         f"{escape_field_key(k)}={format_field_value(v)}" for k, v in fields.items() if v is not None
     ]
     if not field_set:
         raise ValueError(f"{measurement}: a point needs at least one field")
-    return f"{','.join(parts)} {','.join(field_set)} {time_ns}"
+    return f"{series_key(measurement, tags)} {','.join(field_set)} {time_ns}"
+
+
+def series_key(measurement: str, tags: Mapping[str, str]) -> str:
+    """The part of a line before the fields: the measurement and its tags, sorted by key
+    (InfluxDB's recommendation), escaped; tags with an empty value are dropped."""
+    parts = [escape_measurement(measurement)]
+    for key in sorted(tags):
+        value = tags[key]
+        if value != "":
+            parts.append(f"{escape_tag(key)}={escape_tag(value)}")
+    return ",".join(parts)
 
 
 def time_ns(t: datetime) -> int:

@@ -63,7 +63,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -541,57 +541,77 @@ class Registry:
     ) -> tuple[TokenInfo, str]:
         """Issue a token scoped to one station or a region prefix. Returns its info and the
         plaintext token, which is not stored and cannot be shown again."""
+        return self.add_tokens([(station, region)], note)[0]
+
+    def add_tokens(
+        self, scopes: Sequence[tuple[str | None, str | None]], note: str = ""
+    ) -> list[tuple[TokenInfo, str]]:
+        """Issue one token per (station, region) scope (exactly one of the two set), all in
+        one transaction: either every token is added or none (RegistryError lists every bad
+        scope). Bulk provisioning of a fleet uses this; it is as fast per token as it gets."""
         errors: list[str] = []
+        if note and (len(note) > _MAX_TEXT or not note.isprintable()):
+            errors.append(f"note: got {_show(note)}, expected one line of at most 200 characters")
+        many = len(scopes) > 1
+        for n, (station, region) in enumerate(scopes, 1):
+            where = f"scope {n}: " if many else ""
+            why = self._scope_error(station, region)
+            if why is not None:
+                errors.append(where + why)
+        if errors:
+            raise RegistryError(errors)
+        created = _utc_now()
+        issued: list[tuple[TokenInfo, str]] = []
+        with self._write() as db:
+            used = {row[0] for row in db.execute("SELECT id FROM tokens")}
+            rows = []
+            for station, region in scopes:
+                kind, value = (STATION, station) if station is not None else (REGION, region)
+                assert value is not None
+                token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+                # A short public id is easy to read out and type; it may collide when
+                # hundreds of thousands exist, so draw again until it is unused.
+                token_id = secrets.token_hex(4)
+                while token_id in used:
+                    token_id = secrets.token_hex(4)
+                used.add(token_id)
+                rows.append((token_id, _hash(token), kind, value, note, created))
+                issued.append((TokenInfo(token_id, kind, value, note, created), token))
+            db.executemany(
+                "INSERT INTO tokens (id, hash, scope_kind, scope_value, note, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_gen'")
+        self._reload()
+        if len(issued) == 1:
+            log.info("registry: added token %s for %s", issued[0][0].id, issued[0][0].scope)
+        else:
+            log.info("registry: added %d tokens", len(issued))
+        return issued
+
+    def _scope_error(self, station: str | None, region: str | None) -> str | None:
         if (station is None) == (region is None):
-            errors.append("scope: expected exactly one of a station id or a region prefix")
-        elif station is not None:
+            return "scope: expected exactly one of a station id or a region prefix"
+        if station is not None:
             if not _STATION_ID_RE.fullmatch(station):
-                errors.append(
+                return (
                     f"station: got {_got(station)}, expected a station id: the 13-digit TPS"
                     " code or 1..64 letters, digits, '.', '_', '-'"
                 )
-            elif station not in self._stations:
+            if station not in self._stations:
                 self._reload()  # it may have been imported by another process just now
                 if station not in self._stations:
-                    errors.append(
+                    return (
                         f"station: got {_got(station)}, expected a station in the registry"
                         " (import it first: sinyal-collector stations import FILE.csv)"
                     )
         elif region is not None and not _REGION_RE.fullmatch(region):
-            errors.append(
+            return (
                 f"region: got {_got(region)}, expected a region code prefix of 2 (province),"
                 " 4 (regency), 6 (district) or 10 (village) digits"
             )
-        if note and (len(note) > _MAX_TEXT or not note.isprintable()):
-            errors.append(f"note: got {_show(note)}, expected one line of at most 200 characters")
-        if errors:
-            raise RegistryError(errors)
-
-        kind, value = (STATION, station) if station is not None else (REGION, region)
-        assert value is not None
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        created = _utc_now()
-        with self._write() as db:
-            for _ in range(100):
-                # A short public id is easy to read out and type; it may collide when
-                # hundreds of thousands exist, so draw again until it is unused.
-                token_id = secrets.token_hex(4)
-                try:
-                    db.execute(
-                        "INSERT INTO tokens (id, hash, scope_kind, scope_value, note,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (token_id, _hash(token), kind, value, note, created),
-                    )
-                    break
-                except sqlite3.IntegrityError:
-                    continue
-            else:
-                raise RuntimeError("no unused token id after 100 draws")
-            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_gen'")
-        self._reload()
-        info = TokenInfo(token_id, kind, value, note, created)
-        log.info("registry: added token %s for %s", token_id, info.scope)
-        return info, token
+        return None
 
     def authenticate(self, token: str) -> TokenInfo | None:
         """The active token's info, or None (unknown, revoked, malformed)."""

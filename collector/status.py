@@ -237,6 +237,8 @@ class _Round:
     causes: tuple[str, ...]  # "loss", "timeout"
 
 
+_GOOD_ROUND = _Round(_GOOD, (), ())
+
 _SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -286,6 +288,9 @@ class StatusEngine:
         self._stations: dict[str, _Station] = {}
         self._by_field: dict[tuple[str, str], Threshold | None] = {}
         self._graded_by_kind: dict[str, list[tuple[str, Threshold]]] = {}
+        self._series_keys: dict[
+            tuple[str, tuple[tuple[str, str], ...]], tuple[_SeriesKey, str, str]
+        ] = {}
 
     # -- public API --------------------------------------------------------------------------
 
@@ -384,16 +389,28 @@ class StatusEngine:
         return graded
 
     def _grade(self, record: Record) -> _Round:
+        fields = record.fields
+        if record.error is None and fields.get("ok") != 0:
+            # The common case, kept cheap: no field reaches its warn limit (good and fair
+            # do not breach), so the round is good without building any explanation.
+            for name, t in self._graded(record.kind):
+                value = fields.get(name)
+                if type(value) is not float and type(value) is not int:
+                    continue
+                v, w = (value, t.warn) if t.higher_is_worse else (-value, -t.warn)
+                if v > w or (t.inclusive and v == w):
+                    break  # it breaches (or is NaN-free but odd): explain it below
+            else:
+                return _GOOD_ROUND
         level = _GOOD
         alerts: list[str] = []
         warns: list[str] = []
         causes: set[str] = set()
-        failed = record.error is not None or record.fields.get("ok") == 0
+        failed = record.error is not None or fields.get("ok") == 0
         if failed:
             level = _CRITICAL
             alerts.append(f"error={record.error}" if record.error else "ok=0")
             causes.add(record.error or "failed")
-        fields = record.fields
         for name, t in self._graded(record.kind):
             value = fields.get(name)
             if value is None or isinstance(value, bool) or not isinstance(value, int | float):
@@ -416,7 +433,13 @@ class StatusEngine:
         at = record.measured_at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
-        key, target, uplink = _series_key(record)
+        cache_key = (record.kind, tuple(record.tags.items()))
+        hit = self._series_keys.get(cache_key)
+        if hit is None:
+            if len(self._series_keys) >= 500_000:
+                self._series_keys.clear()
+            hit = self._series_keys[cache_key] = _series_key(record)
+        key, target, uplink = hit
         s = st.series.get(key)
         if s is None:
             s = st.series[key] = _Series(

@@ -317,6 +317,45 @@ def test_agents_add_needs_exactly_one_scope(
     assert "--station" in capsys.readouterr().err
 
 
+def test_agents_add_all_stations_provisions_the_fleet_once(
+    imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(imported)
+    code, out, _ = run(capsys, "-c", c, "agents", "add", "--station", "3171011001001")
+    assert code == 0
+    first = out.strip()
+    out_file = tmp_path / "tokens.csv"
+    code, out, err = run(capsys, "-c", c, "agents", "add", "--all-stations", "--out",
+                         str(out_file), "--note", "bulk")  # fmt: skip
+    assert code == 0 and out == ""
+    stations = [s.id for s in Registry(imported.parent / "data" / "registry.sqlite3").stations()]
+    rows = out_file.read_text().splitlines()
+    assert rows[0] == "station,token_id,token"
+    issued = [r.split(",") for r in rows[1:]]
+    # every station but the one that already had a token, each once
+    assert sorted(r[0] for r in issued) == sorted(set(stations) - {"3171011001001"})
+    assert f"{len(issued)} tokens issued (1 stations already had one)" in err
+    assert out_file.stat().st_mode & 0o777 == 0o600
+    registry = Registry(imported.parent / "data" / "registry.sqlite3")
+    for station, token_id, token in issued:
+        info = registry.authenticate(token)
+        assert info is not None and (info.id, info.scope_value) == (token_id, station)
+    assert registry.authenticate(first) is not None
+    assert len({r[1] for r in issued}) == len(issued)
+
+    # the file is never overwritten; --out belongs to --all-stations
+    code, _, err = run(capsys, "-c", c, "agents", "add", "--all-stations", "--out",
+                       str(out_file))  # fmt: skip
+    assert code == 2 and f"{out_file}: cannot create (File exists)" in err
+    assert out_file.read_text().splitlines() == rows
+    code, _, err = run(capsys, "-c", c, "agents", "add", "--all-stations")
+    assert code == 2 and "--all-stations needs --out FILE" in err
+    code, _, err = run(capsys, "-c", c, "agents", "add", "--station", "3171011001001",
+                       "--out", str(tmp_path / "x.csv"))  # fmt: skip
+    assert code == 2 and "--out goes with --all-stations" in err
+    assert len(registry.list_tokens()) == len(stations)
+
+
 def test_agents_revoke(imported: Path, capsys: pytest.CaptureFixture[str]) -> None:
     c = str(imported)
     token = run(capsys, "-c", c, "agents", "add", "--region", "31")[1].strip()

@@ -356,6 +356,24 @@ def test_add_token_rejects_bad_scopes(reg: Registry, kwargs: dict[str, str], err
     assert reg.list_tokens() == []
 
 
+def test_add_tokens_is_all_or_nothing_and_names_each_bad_scope(reg: Registry) -> None:
+    with pytest.raises(RegistryError) as info:
+        reg.add_tokens([("3171011001001", None), ("3171011001999", None), (None, "317")])
+    assert info.value.errors == [
+        "scope 2: station: got '3171011001999', expected a station in the registry"
+        " (import it first: sinyal-collector stations import FILE.csv)",
+        "scope 3: region: got '317', expected a region code prefix of 2 (province),"
+        " 4 (regency), 6 (district) or 10 (village) digits",
+    ]
+    assert reg.list_tokens() == []
+    ids = [s.id for s in reg.stations()]
+    issued = reg.add_tokens([(sid, None) for sid in ids] + [(None, "31")], note="fleet")
+    assert [i.scope for i, _ in issued] == [f"station {sid}" for sid in ids] + ["region 31"]
+    assert len({i.id for i, _ in issued}) == len({t for _, t in issued}) == len(ids) + 1
+    for info, token in issued:
+        assert reg.authenticate(token) == info
+
+
 def test_tokens_never_reach_reprs_or_logs(reg: Registry, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     info, token = reg.add_token(region="3171", note="survey")

@@ -1,0 +1,182 @@
+"""collector.ingest.prepare_raw (the API's fast path) gives exactly the answer of the reference
+path (Record.from_dict + prepare + record_to_point) on generated inputs: the same lines,
+records and stations, and the same rejections with the same reasons and details."""
+
+from __future__ import annotations
+
+import copy
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.record import MEASUREMENTS, decode_envelope_lenient, format_time
+from collector.config import Limits
+from collector.ingest import FastPath, Prepared, prepare, prepare_raw
+from tests.collector_stack import golden
+
+NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Station:
+    id: str
+    province: str
+    regency: str
+
+
+STATIONS = {
+    s.id: s
+    for s in (
+        Station("3171011001001", "DKI Jakarta", "Kota Jakarta Pusat"),
+        Station("3171011001002", 'DKI, "Jakarta"', "Kota=Pusat\\x"),
+        Station("5171011001001", "Bali", ""),
+    )
+}
+
+
+class Registry:
+    def get_station(self, station_id: str) -> Station | None:
+        return STATIONS.get(station_id)
+
+
+class Scope:
+    def allows(self, station_id: str) -> bool:
+        return station_id.startswith("31")
+
+
+LIMITS = Limits()
+FIELDS = sorted({f for m in MEASUREMENTS.values() for f in m.fields} | {"made_up", "id"})
+TAGS = sorted({t for m in MEASUREMENTS.values() for t in m.tags} | {"province", "x"})
+
+numbers = st.one_of(
+    st.floats(),  # NaN and the infinities included
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([0, 1, -0.0, 0.0, 1.0, 2.5, 100, 100.0, 100.01, 4.5, 4.6, 600_000.0, 2**63]),
+)
+values = st.one_of(
+    numbers, st.none(), st.booleans(), st.text(max_size=8), st.lists(st.integers(), max_size=2)
+)
+tag_values = st.one_of(
+    st.sampled_from(["modem0", "a b", "a,b", "a=b", 'q"', "back\\", "c:\\temp", "tab\tx",
+                     "", "x" * 257, "x" * 256, "ünï", "\ud800", "#c", "3171011001002"]),
+    st.text(max_size=20),
+    st.integers(),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)  # fmt: skip
+times = st.one_of(
+    st.builds(
+        lambda s: format_time(NOW + timedelta(seconds=s)),
+        st.integers(-40 * 86400, 600),
+    ),
+    st.sampled_from(["2026-11-22T05:00:00Z", "2026-11-22T05:00:00.1+07:00",
+                     "2026-11-22T05:00:00.123456z", "2026-13-22T05:00:00.000000Z",
+                     "2026-11-22T05:00:00.000000", "٢٠٢٦-11-22T05:00:00.000000Z", ""]),
+    st.integers(),
+)  # fmt: skip
+clocks = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "boot_id": st.one_of(st.none(), st.text(max_size=70), st.integers()),
+            "monotonic_ns": st.one_of(st.none(), st.integers(-5, 2**64), st.floats()),
+            "synced": st.sampled_from([None, 0, 1, 2, True, 0.0, "1"]),
+            "other": st.integers(),
+        },
+    ),
+    st.integers(),
+)
+
+
+MUTATIONS = ["value", "value", "field", "drop_field", "tag", "drop_tag", "kind", "time", "id",
+             "error", "clock", "key", "drop"]  # fmt: skip
+
+
+@st.composite
+def record(draw: st.DrawFn) -> Any:
+    rec: dict[str, Any] = golden(draw(st.sampled_from(["icmp-ok", "icmp-total-loss", "dns-ok",
+                                                        "dns-nxdomain", "http-ok",
+                                                        "http-refused"])))  # fmt: skip
+    rec["tags"]["station"] = draw(st.sampled_from([*STATIONS, "3171011001003", "3271011001001"]))
+    rec["measured_at"] = format_time(NOW - timedelta(seconds=draw(st.integers(0, 3600))))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 4]))):
+        what = draw(st.sampled_from(MUTATIONS))
+        fields, tags = rec.get("fields"), rec.get("tags")
+        if what == "value" and isinstance(fields, dict) and fields:  # mostly a valid one
+            fields[draw(st.sampled_from(sorted(fields)))] = draw(
+                st.one_of(st.floats(0, 4.5), st.integers(0, 1), numbers)
+            )
+        elif what == "field" and isinstance(fields, dict):
+            fields[draw(st.sampled_from(FIELDS))] = draw(values)
+        elif what == "drop_field" and isinstance(fields, dict) and fields:
+            fields.pop(draw(st.sampled_from(sorted(fields))))
+        elif what == "tag" and isinstance(tags, dict):
+            tags[draw(st.sampled_from(TAGS))] = draw(tag_values)
+        elif what == "drop_tag" and isinstance(tags, dict) and tags:
+            tags.pop(draw(st.sampled_from(sorted(tags))))
+        elif what == "kind":
+            rec["kind"] = draw(st.sampled_from(["icmp", "dns", "http", "agent", "x", 3]))
+        elif what == "time":
+            rec["measured_at"] = draw(times)
+        elif what == "id":
+            rec["id"] = draw(st.sampled_from([uuid.uuid4().hex.upper(), "ab", 7, None]))
+        elif what == "error":
+            rec["error"] = draw(st.sampled_from(["timeout", "nope", None, 1, "tls_error"]))
+        elif what == "clock":
+            rec["clock"] = draw(clocks)
+        elif what == "key":
+            rec[draw(st.sampled_from(["extra", "tags", "fields"]))] = draw(values)
+        else:
+            rec.pop(draw(st.sampled_from(["id", "kind", "tags", "fields", "measured_at"])), None)
+    return draw(values) if draw(st.integers(0, 9)) == 0 else rec  # now and then not an object
+
+
+def reference(raw_records: list[Any]) -> Prepared:
+    doc = {"schema": 1, "agent": {"station": "3171011001001", "version": "t"},
+           "sent_at": format_time(NOW), "records": copy.deepcopy(raw_records)}  # fmt: skip
+    env, bad = decode_envelope_lenient(b"", lambda _: doc)
+    return prepare(env, bad, Scope(), Registry(), LIMITS, NOW)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also holds for NaN (never accepted, but compared inside rejections)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b) and type(a) is type(b)
+
+
+FAST = FastPath()  # shared across examples, as in the server: its caches must not leak
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(st.lists(record(), max_size=6))
+def test_fast_path_answers_like_the_reference(raw_records: list[Any]) -> None:
+    want = reference(raw_records)
+    got = prepare_raw(copy.deepcopy(raw_records), Scope(), Registry(), LIMITS, NOW, FAST)
+    assert got.lines == want.lines
+    assert [r.to_dict() for r in got.rejected] == [r.to_dict() for r in want.rejected]
+    assert got.stations == want.stations
+    assert len(got.records) == len(want.records)
+    for g, w in zip(got.records, want.records, strict=True):
+        assert (g.id, g.kind, g.measured_at, g.error, g.clock) == (
+            w.id, w.kind, w.measured_at, w.error, w.clock
+        )  # fmt: skip
+        assert dict(g.tags) == dict(w.tags)
+        assert g.fields.keys() == w.fields.keys()
+        assert all(same(g.fields[k], w.fields[k]) for k in g.fields)
+
+
+def test_the_usual_records_take_the_fast_path() -> None:
+    """Golden records (what agents send) are decoded without the reference path."""
+    fast = FastPath()
+    for name in ("icmp-ok", "icmp-total-loss", "dns-ok", "dns-nxdomain", "http-ok",
+                 "http-refused"):  # fmt: skip
+        rec = golden(name)
+        assert fast.decode(rec) is not None, name
+        rec["fields"]["made_up"] = 1
+        assert fast.decode(rec) is None, name
