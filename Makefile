@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-LINTED := agent collector tests deploy benchmarks
+LINTED := agent collector grafana tests deploy benchmarks
 
 .PHONY: run status test lint typecheck venv system-deps clean help
 

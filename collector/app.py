@@ -266,6 +266,7 @@ def _station_info(station: Any) -> StationInfo:
         lat=station.lat,
         lon=station.lon,
         operator=station.expected_operator,
+        tz=station.tz,
     )
 
 

@@ -107,6 +107,7 @@ Points
     mos               float  same round
     icmp_target       str    that series' target
     icmp_uplink       str    that series' uplink
+    tz                str    the registry's IANA zone, e.g. Asia/Makassar (absent when unknown)
     ================  =====  ==========================================================
 
 Replicas
@@ -185,10 +186,11 @@ class StationInfo:
     lat: float | None = None
     lon: float | None = None
     operator: str | None = None  # the registry's expected operator
+    tz: str | None = None  # IANA zone: Asia/Jakarta WIB, Asia/Makassar WITA, Asia/Jayapura WIT
 
     @classmethod
     def of(cls, row: object) -> StationInfo:
-        """From any object with id, province, regency, lat, lon and operator or
+        """From any object with id, province, regency, lat, lon, tz and operator or
         expected_operator attributes (missing ones become None)."""
         op = getattr(row, "operator", None) or getattr(row, "expected_operator", None)
         return cls(
@@ -198,6 +200,7 @@ class StationInfo:
             lat=getattr(row, "lat", None),
             lon=getattr(row, "lon", None),
             operator=op,
+            tz=getattr(row, "tz", None),
         )
 
 
@@ -632,4 +635,7 @@ def _fields(
         f["icmp_target"] = snap.icmp_target
     if snap.icmp_uplink:
         f["icmp_uplink"] = snap.icmp_uplink
+    tz = getattr(info, "tz", None)
+    if tz:  # the station's local zone, for times shown to the control room
+        f["tz"] = str(tz)
     return f

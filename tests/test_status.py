@@ -417,6 +417,27 @@ def test_status_points_ok_station_and_registry_fallbacks() -> None:
     assert StationInfo.of(Row()) == StationInfo(Row.id, "", None, None, None, "indihome")
 
 
+def test_status_points_carry_the_registry_zone() -> None:
+    """Dashboards show the station's local zone (WIB/WITA/WIT) next to its times."""
+    eng, clock = engine(3, 5)
+    jayapura = StationInfo("9171011001006", "Papua", "Kota Jayapura", -2.53, 140.72, "tsel",
+                           "Asia/Jayapura")  # fmt: skip
+    eng.observe(jayapura, [golden("icmp-ok")])
+    ((_, _, fields, _),) = eng.status_points([jayapura], clock.t)
+    assert fields["tz"] == "Asia/Jayapura"
+
+    class Row:  # a registry row (collector.registry.Station has tz)
+        id = "9171011001006"
+        province = "Papua"
+        regency = "Kota Jayapura"
+        lat = -2.53
+        lon = 140.72
+        tz = "Asia/Jayapura"
+        expected_operator = "tsel"
+
+    assert StationInfo.of(Row()) == jayapura
+
+
 def test_breach_m_above_window_n_is_refused() -> None:
     with pytest.raises(ValueError, match="breach_m"):
         StatusEngine(TH, StatusConfig(breach_m=4, window_n=3))
