@@ -145,6 +145,16 @@ class SpoolConfig:
     max_mb: float
 
 
+CLOCK_TRUST = ("kernel", "collector", "system")
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    # kernel: the system clock when the kernel says it is synchronised, else the collector's
+    # clock; collector: always the collector's clock; system: always the system clock.
+    trust: str = "kernel"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     path: Path
@@ -156,6 +166,7 @@ class AgentConfig:
     spool: SpoolConfig
     data_dir: Path
     thresholds_file: Path
+    clock: ClockConfig = ClockConfig()
 
 
 T = TypeVar("T")
@@ -592,6 +603,7 @@ _TOP_KEYS = {
     "probes",
     "schedule",
     "spool",
+    "clock",
     "data_dir",
     "thresholds_file",
 }
@@ -673,6 +685,16 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
     max_mb = r.get(spm, "max_mb", "spool", _number(1, 1_000_000), "megabytes, 1..1000000", 256.0)
 
+    cm = r.mapping(top.get("clock"), "clock", {"trust"}, set())
+    trust = r.get(
+        cm,
+        "trust",
+        "clock",
+        lambda v: v if v in CLOCK_TRUST else None,
+        "kernel, collector or system",
+        "kernel",
+    )
+
     data_dir = r.get(
         top, "data_dir", "", loader.path_value, "a directory path", Path("/var/lib/sinyal")
     )
@@ -700,6 +722,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         spool=SpoolConfig(max_mb or 256.0),
         data_dir=data_dir,
         thresholds_file=thresholds,
+        clock=ClockConfig(trust or "kernel"),
     )
 
 

@@ -74,6 +74,9 @@ class Heartbeat:
             "oldest_unsent_s": _round(oldest_age_s(stats)),
             "dropped_total": stats.dropped_total,
             "dead_letters": self.spool.dead_letter_count(),
+            "lost_total": self.spool.lost_total,
+            "disk_full": int(self.spool.disk_full),
+            "untimed": self.spool.untimed(clock.boot_id) if clock.boot_id else None,
             "clock_offset_ms": _float(state.get("clock_offset_ms")),
             "clock_synced": clock.synced,
             # Over less than a second the figure is mostly clock granularity: left out.

@@ -165,6 +165,15 @@ MEASUREMENTS: dict[str, Measurement] = {
             "dead_letters": FieldSpec(
                 int, "records", "records the collector rejected, kept apart", 0, 2**53
             ),
+            "lost_total": FieldSpec(
+                int, "records", "records that could not be spooled at all (disk full)", 0, 2**53
+            ),
+            "disk_full": FieldSpec(
+                int, "0/1", "1 when the last spool write found the disk full", 0, 1
+            ),
+            "untimed": FieldSpec(
+                int, "records", "spooled records waiting for the collector's clock", 0, 2**53
+            ),
             "clock_offset_ms": FieldSpec(
                 float, "ms", "collector clock minus agent clock, from the last upload", -1e13, 1e13
             ),
@@ -229,9 +238,24 @@ class ClockInfo:
     boot_id: str | None = None
     monotonic_ns: int | None = None
     synced: int | None = None
+    # Where measured_at comes from: "system" (the system clock, synchronised), "collector"
+    # (boot_id's monotonic clock against the collector's clock), "unknown" (neither: the
+    # collector refuses the record rather than store it at a wrong time); None: not stated.
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"boot_id": self.boot_id, "monotonic_ns": self.monotonic_ns, "synced": self.synced}
+        d: dict[str, Any] = {
+            "boot_id": self.boot_id,
+            "monotonic_ns": self.monotonic_ns,
+            "synced": self.synced,
+        }
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+
+TIME_SOURCES = ("system", "collector", "unknown")
+SEQ_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +267,10 @@ class Record:
     error: str | None = None
     id: str = field(default_factory=new_id)
     clock: ClockInfo | None = None
+    # The agent's spool sequence number, set when the record is uploaded. The collector
+    # puts seq mod 1000 in the nanoseconds of the point's time, so two records of one series
+    # measured in the same microsecond (a clock stepped back) do not overwrite each other.
+    seq: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -259,6 +287,8 @@ class Record:
         }
         if self.clock is not None:
             d["clock"] = self.clock.to_dict()
+        if self.seq is not None:
+            d["seq"] = self.seq
         return d
 
     def to_json(self) -> str:
@@ -270,7 +300,7 @@ class Record:
         p = f"{path}." if path else ""
         if not isinstance(d, dict):
             raise ContractError(path, f"got {type(d).__name__}, expected an object")
-        allowed = {"id", "kind", "measured_at", "tags", "fields", "error", "clock"}
+        allowed = {"id", "kind", "measured_at", "tags", "fields", "error", "clock", "seq"}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise ContractError(f"{p}{unknown[0]}", "unknown key")
@@ -296,7 +326,10 @@ class Record:
         if error is not None and error not in ErrorCode.__members__.values():
             raise ContractError(f"{p}error", f"got {error!r}, expected a known error code or null")
         clock = _decode_clock(d.get("clock"), f"{p}clock")
-        return cls(kind, measured_at, tags, fields, error, rid, clock)
+        seq = d.get("seq")
+        if seq is not None and (type(seq) is not int or not 0 <= seq <= SEQ_MAX):
+            raise ContractError(f"{p}seq", f"got {seq!r}, expected an integer 0..2**63-1")
+        return cls(kind, measured_at, tags, fields, error, rid, clock, seq)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Record:
@@ -377,16 +410,21 @@ def _convert_field(value: Any, fs: FieldSpec, path: str) -> FieldValue:
 def _decode_clock(raw: Any, path: str) -> ClockInfo | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"boot_id", "monotonic_ns", "synced"}:
-        raise ContractError(path, "expected an object with boot_id, monotonic_ns, synced")
+    if not isinstance(raw, dict) or set(raw) - {"boot_id", "monotonic_ns", "synced", "source"}:
+        raise ContractError(path, "expected an object with boot_id, monotonic_ns, synced, source")
     boot_id, mono, synced = raw.get("boot_id"), raw.get("monotonic_ns"), raw.get("synced")
+    source = raw.get("source")
     if boot_id is not None and (not isinstance(boot_id, str) or len(boot_id) > 64):
         raise ContractError(f"{path}.boot_id", f"got {boot_id!r}, expected a string")
     if mono is not None and (isinstance(mono, bool) or not isinstance(mono, int) or mono < 0):
         raise ContractError(f"{path}.monotonic_ns", f"got {mono!r}, expected an integer >= 0")
     if synced not in (None, 0, 1) or isinstance(synced, bool):
         raise ContractError(f"{path}.synced", f"got {synced!r}, expected 0, 1 or null")
-    return ClockInfo(boot_id, mono, synced)
+    if source is not None and source not in TIME_SOURCES:
+        raise ContractError(
+            f"{path}.source", f"got {source!r}, expected one of {', '.join(TIME_SOURCES)} or null"
+        )
+    return ClockInfo(boot_id, mono, synced, source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from agent.probes import ProbeEnv, build_probes
 from agent.record import Record
 from agent.scheduler import Scheduler
 from agent.spool import Spool, SpoolFullError
+from agent.timekeeper import TimeKeeper
 
 log = logging.getLogger("sinyal.agent")
 
@@ -45,7 +46,8 @@ def store(spool: Spool, records: Sequence[Record]) -> None:
     try:
         evicted = spool.put(records)
     except SpoolFullError as exc:
-        log.error("%s; %d record(s) lost", exc, len(records))
+        spool.lost_total += len(records)
+        log.error("%s; %d record(s) lost (%d so far)", exc, len(records), spool.lost_total)
         return
     if evicted:
         log.warning(
@@ -65,6 +67,7 @@ async def run_once(env: ProbeEnv, spool: Spool | None) -> list[Record]:
     for p in probes:
         if p.exclusive:
             results.extend(await p.run())
+    results = TimeKeeper(spool, env.config.clock.trust).stamp(results)
     if spool is not None:
         await asyncio.to_thread(store, spool, results)
     return results
@@ -82,6 +85,7 @@ class Daemon:
         self.show = show
         self.wake = asyncio.Event()  # new records for the uploader
         cfg = env.config
+        self.timekeeper = TimeKeeper(spool, cfg.clock.trust)
         self.scheduler = Scheduler(
             cfg.station.id,
             [*build_probes(env), Heartbeat(cfg.station.id, spool)],
@@ -91,6 +95,7 @@ class Daemon:
         )
 
     async def on_records(self, records: list[Record]) -> None:
+        records = self.timekeeper.stamp(records)
         # Off the event loop: fsync must not delay the timing of running probes.
         await asyncio.to_thread(store, self.spool, records)
         self.wake.set()
@@ -103,5 +108,7 @@ class Daemon:
             return
         from agent.uploader import Uploader  # httpx is imported by the HTTP probe anyway
 
-        uploader = Uploader(self.spool, collector, self.env.config.station.id)
+        uploader = Uploader(
+            self.spool, collector, self.env.config.station.id, timekeeper=self.timekeeper
+        )
         await asyncio.gather(self.scheduler.run(stop), uploader.run(stop, self.wake))

@@ -13,6 +13,10 @@ that is still refused as too large or malformed is dead-lettered so it cannot bl
 Ordering: after start-up and after every failure, the first batch is the NEWEST records, so
 the control room sees the station's current state as soon as the link is back; then the
 backlog is sent oldest first.
+
+Time: with a TimeKeeper (agent.timekeeper), the collector's clock is read before uploading
+whenever records of this boot wait for it, and every 10 minutes; records whose time is not
+established yet are held back until it is.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import gzip
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -33,10 +38,13 @@ from agent.clock import boot_id
 from agent.config import Collector
 from agent.record import SCHEMA_VERSION, format_time, parse_time
 from agent.spool import Spool
+from agent.timekeeper import TimeKeeper
 
 log = logging.getLogger("sinyal.uploader")
 
 PATH = "/api/v1/measurements"
+TIME_PATH = "/api/v1/time"
+CLOCK_SYNC_EVERY_S = 600.0
 
 
 @dataclass
@@ -104,8 +112,11 @@ class Uploader:
         batch_size: int = 500,
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        timekeeper: TimeKeeper | None = None,
     ) -> None:
         self.spool = spool
+        self.timekeeper = timekeeper
+        self.last_clock_sync = -math.inf
         self.collector = collector
         self.station = station
         self.max_batch = batch_size
@@ -124,10 +135,40 @@ class Uploader:
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    async def sync_clock(self) -> bool:
+        """Read the collector's clock (GET /api/v1/time, no database involved, so the answer
+        is quick): the offset of ours for the heartbeat, and for the TimeKeeper a reading
+        against CLOCK_MONOTONIC. False when the collector did not answer."""
+        t0_mono, t0_wall = time.monotonic_ns(), time.time_ns()
+        try:
+            response = await self.client.get(TIME_PATH)
+            t1_mono, t1_wall = time.monotonic_ns(), time.time_ns()
+            response.raise_for_status()
+            server_ns = int(response.json()["unix_ns"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.debug("collector clock not read: %s", exc)
+            return False
+        self.last_clock_sync = time.monotonic()
+        offset_ms = (server_ns - (t0_wall + t1_wall) // 2) / 1e6
+        rtt_ms = (t1_mono - t0_mono) / 1e6
+        self.spool.set_state(clock_offset_ms=f"{offset_ms:.1f}", clock_rtt_ms=f"{rtt_ms:.1f}")
+        if self.timekeeper is not None:
+            await asyncio.to_thread(self.timekeeper.learn, server_ns, t0_mono, t1_mono)
+        return True
+
     async def upload_once(self) -> Outcome | None:
-        """Send one batch; None when the spool is empty."""
+        """Send one batch; None when the spool is empty (or holds only records that wait
+        for the collector's clock)."""
+        hold = None
+        if self.timekeeper is not None:
+            tk = self.timekeeper
+            stale = time.monotonic() - self.last_clock_sync > CLOCK_SYNC_EVERY_S
+            if stale or await asyncio.to_thread(tk.waiting):
+                await self.sync_clock()
+            await asyncio.to_thread(tk.settle)
+            hold = tk.hold_boot()
         newest_first = self.freshest_next
-        batch = await asyncio.to_thread(self.spool.batch_raw, self.batch_size, newest_first)
+        batch = await asyncio.to_thread(self.spool.batch_raw, self.batch_size, newest_first, hold)
         if not batch:
             return None
         ids = [rid for rid, _ in batch]
@@ -210,13 +251,14 @@ class Uploader:
         for rid, reason, detail in rejected:
             log.warning("collector rejected record %s: %s %s", rid, reason, detail)
         state = {"last_upload_at": format_time(datetime.now(UTC)), "last_error": ""}
-        server_time = payload.get("server_time")
-        if isinstance(server_time, str):
-            try:
-                offset_ms = (parse_time(server_time).timestamp() - local_mid) * 1000
-                state["clock_offset_ms"] = f"{offset_ms:.1f}"
-            except ValueError:
-                pass
+        if self.timekeeper is None:  # else sync_clock keeps the offset
+            server_time = payload.get("server_time")
+            if isinstance(server_time, str):
+                try:
+                    offset_ms = (parse_time(server_time).timestamp() - local_mid) * 1000
+                    state["clock_offset_ms"] = f"{offset_ms:.1f}"
+                except ValueError:
+                    pass
         self.spool.set_state(**state)
         self.freshest_next = False
         self.backoff.reset()

@@ -7,6 +7,7 @@ stable reason code, never silently dropped:
   invalid             the record does not follow the contract (agent/record.py); detail says where
   out_of_scope        the token may not write for this record's station
   unknown_station     the station is not in the registry
+  time_unknown        the agent says measured_at could not be established (clock.source unknown)
   time_out_of_range   measured_at is older than limits.past_s or newer than now + limits.future_s
   implausible         values that contradict each other (RTT above the round's timeout,
                       received > sent, loss that does not match sent/received)
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 from agent.record import (
     _TAG_VALUE_MAX,
     MEASUREMENTS,
+    SEQ_MAX,
+    TIME_SOURCES,
     ClockInfo,
     ContractError,
     Envelope,
@@ -133,6 +136,16 @@ class _Checks:
                     Rejection(record.id, "unknown_station", f"station {station_id} not registered")
                 )
                 return None
+        if record.clock is not None and record.clock.source == "unknown":
+            rejected.append(
+                Rejection(
+                    record.id,
+                    "time_unknown",
+                    "measured_at could not be established: the agent's clock was not"
+                    " synchronised and it could not be related to the collector's clock",
+                )
+            )
+            return None
         if not self.oldest <= record.measured_at <= self.newest:
             rejected.append(
                 Rejection(
@@ -208,9 +221,10 @@ def _index_of(path: str) -> int | None:
 # generated inputs.
 
 _REQUIRED_KEYS = frozenset({"id", "kind", "measured_at", "tags", "fields"})
-_RECORD_KEYS = _REQUIRED_KEYS | {"error", "clock"}
-_CLOCK_KEYS = frozenset({"boot_id", "monotonic_ns", "synced"})
+_RECORD_KEYS = _REQUIRED_KEYS | {"error", "clock", "seq"}
+_CLOCK_KEYS = frozenset({"boot_id", "monotonic_ns", "synced", "source"})
 _ERROR_CODES = frozenset(e.value for e in ErrorCode)
+_TIME_SOURCES = frozenset(TIME_SOURCES)
 _hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
 # What agents send: format_time()'s output. Other RFC 3339 forms take the reference path.
 _canonical_time = re.compile(
@@ -317,19 +331,20 @@ class FastPath:
         if clock is not None:
             if type(clock) is not dict or not clock.keys() <= _CLOCK_KEYS:
                 return None
-            boot, mono, synced = (
-                clock.get("boot_id"),
-                clock.get("monotonic_ns"),
-                clock.get("synced"),
-            )
+            boot, mono = clock.get("boot_id"), clock.get("monotonic_ns")
+            synced, source = clock.get("synced"), clock.get("source")
             if (
                 (boot is not None and (type(boot) is not str or len(boot) > 64))
                 or (mono is not None and (type(mono) is not int or mono < 0))
                 or (synced is not None and (type(synced) is not int or synced not in (0, 1)))
+                or (source is not None and source not in _TIME_SOURCES)
             ):
                 return None
-            info = ClockInfo(boot, mono, synced)
-        record = Record(kind, measured_at, tags, raw_fields, error, rid, info)
+            info = ClockInfo(boot, mono, synced, source)
+        seq = d.get("seq")
+        if seq is not None and (type(seq) is not int or not 0 <= seq <= SEQ_MAX):
+            return None
+        record = Record(kind, measured_at, tags, raw_fields, error, rid, info, seq)
         return record, values, ",".join(parts)
 
     def _form(
@@ -414,6 +429,8 @@ def prepare_raw(
         else:
             d = record.measured_at - _EPOCH
             t_ns = ((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds) * 1_000
+            if record.seq is not None:
+                t_ns += record.seq % 1000
             prefix = fast.prefix(record, hit[1], station.province, station.regency)
             line = f"{prefix} {hit[2]} {t_ns}"
         out.records.append(record)

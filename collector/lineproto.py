@@ -176,7 +176,8 @@ def time_ns(t: datetime) -> int:
 
 def record_to_point(record: Record, extra_tags: Mapping[str, str]) -> str:
     """The line for one record: measurement = kind, tags = record tags + extra_tags, fields =
-    record fields + ``id`` + ``error``; time = measured_at in ns.
+    record fields + ``id`` + ``error``; time = measured_at in ns, plus ``seq`` mod 1000 (the
+    agent's spool sequence number: see docs/data-model.md, "Idempotency").
 
     extra_tags win over the record's tags: the collector puts in what it knows (region from
     its registry) and that is never overridden by a payload.
@@ -199,4 +200,5 @@ def record_to_point(record: Record, extra_tags: Mapping[str, str]) -> str:
     if record.error is not None:
         fields["error"] = str(record.error)
     tags = {**record.tags, **extra_tags}
-    return encode_point(record.kind, tags, fields, time_ns(record.measured_at))
+    t_ns = time_ns(record.measured_at) + (0 if record.seq is None else record.seq % 1000)
+    return encode_point(record.kind, tags, fields, t_ns)

@@ -139,6 +139,31 @@ def test_unknown_station_and_times_out_of_range(stack: Stack) -> None:
     assert r.json()["accepted"] == []
 
 
+def test_unknown_times_are_refused_and_seq_keeps_same_time_records_apart(
+    stack: Stack, influxdb: InfluxServer
+) -> None:
+    untimed = golden("icmp-ok")
+    untimed["clock"]["source"] = "unknown"
+    corrected = golden("icmp-ok")
+    corrected["clock"]["source"] = "collector"
+    # Two different records of one series measured in the same microsecond (a clock
+    # stepped back): their spool sequence numbers keep them apart in InfluxDB.
+    a, b = golden("icmp-ok"), golden("icmp-ok")
+    b["measured_at"] = a["measured_at"]
+    a["seq"], b["seq"] = 41, 42
+    r = post(stack, envelope([untimed, corrected, a, b]))
+    assert r.json()["accepted"] == [corrected["id"], a["id"], b["id"]]
+    (rej,) = r.json()["rejected"]
+    assert (rej["id"], rej["reason"]) == (untimed["id"], "time_unknown")
+    assert "could not be established" in rej["detail"]
+    db = stack.cfg.sink.database
+    (pa,), (pb,) = stored(influxdb, db, "icmp", a["id"]), stored(influxdb, db, "icmp", b["id"])
+    assert pb["time"] - pa["time"] == 1  # ns: 42 - 41
+    # resending either one still lands on its own point
+    assert post(stack, envelope([b])).json()["accepted"] == [b["id"]]
+    assert len(stored(influxdb, db, "icmp", b["id"])) == 1
+
+
 def test_implausible_and_invalid_records_are_rejected_with_reasons(stack: Stack) -> None:
     above = golden("icmp-ok")
     above["fields"]["rtt_max_ms"] = above["fields"]["timeout_ms"] + 1

@@ -86,6 +86,7 @@ clocks = st.one_of(
             "boot_id": st.one_of(st.none(), st.text(max_size=70), st.integers()),
             "monotonic_ns": st.one_of(st.none(), st.integers(-5, 2**64), st.floats()),
             "synced": st.sampled_from([None, 0, 1, 2, True, 0.0, "1"]),
+            "source": st.sampled_from([None, "system", "collector", "unknown", "ntp", 1]),
             "other": st.integers(),
         },
     ),
@@ -94,7 +95,7 @@ clocks = st.one_of(
 
 
 MUTATIONS = ["value", "value", "field", "drop_field", "tag", "drop_tag", "kind", "time", "id",
-             "error", "clock", "key", "drop"]  # fmt: skip
+             "error", "clock", "seq", "key", "drop"]  # fmt: skip
 
 
 @st.composite
@@ -129,6 +130,8 @@ def record(draw: st.DrawFn) -> Any:
             rec["error"] = draw(st.sampled_from(["timeout", "nope", None, 1, "tls_error"]))
         elif what == "clock":
             rec["clock"] = draw(clocks)
+        elif what == "seq":
+            rec["seq"] = draw(st.one_of(st.integers(-1, 2**64), st.sampled_from([None, 1.0, True])))
         elif what == "key":
             rec[draw(st.sampled_from(["extra", "tags", "fields"]))] = draw(values)
         else:
@@ -163,8 +166,8 @@ def test_fast_path_answers_like_the_reference(raw_records: list[Any]) -> None:
     assert got.stations == want.stations
     assert len(got.records) == len(want.records)
     for g, w in zip(got.records, want.records, strict=True):
-        assert (g.id, g.kind, g.measured_at, g.error, g.clock) == (
-            w.id, w.kind, w.measured_at, w.error, w.clock
+        assert (g.id, g.kind, g.measured_at, g.error, g.clock, g.seq) == (
+            w.id, w.kind, w.measured_at, w.error, w.clock, w.seq
         )  # fmt: skip
         assert dict(g.tags) == dict(w.tags)
         assert g.fields.keys() == w.fields.keys()

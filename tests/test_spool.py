@@ -494,39 +494,49 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.root
-def test_full_disk_raises_spool_full_and_recovers(tiny_disk: Path) -> None:
+def test_full_disk_evicts_the_oldest_and_recovers(tiny_disk: Path) -> None:
     path = tiny_disk / "spool.sqlite3"
     rng = random.Random(5)
     stored: list[str] = []
     filler = tiny_disk / "filler"
-    with Spool(path) as s:
+    with Spool(path, reserve_bytes=2**20) as s:
+        assert (tiny_disk / "spool.sqlite3.reserve").stat().st_size == 2**20
         # A spool already holding thousands of records, as after a long outage.
         first = [sample_record(rng, i) for i in range(3000)]
         s.put(first)
         stored += [r.id for r in first]
-        # Leave ~256 KiB free, then write until the disk refuses.
+        # Leave ~512 KiB free, then write until the disk is full and the spool makes room
+        # by evicting its oldest records, as at its size cap.
         st = os.statvfs(tiny_disk)
-        filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - 256 * 1024))
+        filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - 512 * 1024))
+        for i in range(10_000):
+            batch = [sample_record(rng, 1000 + i * 5 + j) for j in range(5)]
+            s.put(batch)
+            stored += [r.id for r in batch]
+            if s.stats().dropped_total:
+                break
+        dropped = s.stats().dropped_total
+        assert dropped > 0 and len(stored) > 3020 and s.disk_full
+        assert not (tiny_disk / "spool.sqlite3.reserve").exists()
+        kept = all_ids(s)
+        # exactly the oldest `dropped` records are gone (heartbeats first: none here)
+        assert kept == stored[dropped:]
+        assert s.integrity_ok()
+        stored = kept
+        # A put that cannot fit even after evicting is refused as a whole: SpoolFullError,
+        # and nothing evicted, nothing half-written.
         with pytest.raises(SpoolFullError) as info:
-            for i in range(10_000):
-                batch = [sample_record(rng, 1000 + i * 5 + j) for j in range(5)]
-                s.put(batch)
-                stored += [r.id for r in batch]
+            s.put([sample_record(rng, 100_000 + i) for i in range(20_000)])
         assert info.value.errno == 28
         assert isinstance(info.value.__cause__, sqlite3.OperationalError)
-        assert len(stored) > 3020
-        assert s.integrity_ok()
-        # A put too large for SQLite's page cache fails mid-statement, not at COMMIT, and
-        # SQLite rolls it back by itself: still a SpoolFullError, and nothing half-written.
-        with pytest.raises(SpoolFullError):
-            s.put([sample_record(rng, 100_000 + i) for i in range(3000)])
-        assert all_ids(s) == stored
+        assert all_ids(s) == stored and s.stats().dropped_total == dropped
         with Spool(path) as again:  # an agent restarting on the full disk can still read
             assert all_ids(again) == stored
 
         filler.unlink()
         after = [sample_record(rng, 200_000 + i) for i in range(10)]
         assert s.put(after) == 0
+        assert not s.disk_full and (tiny_disk / "spool.sqlite3.reserve").exists()
         stored += [r.id for r in after]
         assert s.ack(stored[:10]) == 10
     records = check_consistent(path)

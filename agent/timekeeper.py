@@ -1,0 +1,134 @@
+"""Trustworthy record times on boards without a real-time clock.
+
+A Raspberry Pi has no battery-backed clock: it can boot with a wrong date and measure for
+hours before NTP (or anything else) sets the time. Every record therefore carries its
+kernel boot id and CLOCK_MONOTONIC reading (agent.clock), and the TimeKeeper decides where
+its `measured_at` comes from (`clock.source`):
+
+system     the system clock, which the kernel said was synchronised (adjtimex) when the
+           record was made (or which the configuration trusts): kept as it is.
+collector  the collector's clock: the agent asks `GET /api/v1/time` and relates the answer
+           to CLOCK_MONOTONIC (base = server time - the request's monotonic midpoint, so the
+           error is at most half the round trip plus the monotonic clock's drift since).
+           measured_at = base of the record's boot + its monotonic_ns. Monotonic time does
+           not jump when the system clock is stepped, so records before and after a step
+           get the same, true, time line.
+unknown    neither yet. The record waits in the spool (it is not uploaded) until the base of
+           its boot is known; then the spool rewrites its time (Spool.retime) and it goes out
+           as `collector`. If its boot ended before the collector was ever reached, its time
+           can never be established: it is uploaded as `unknown` and the collector rejects
+           it (`time_unknown`), so it lands in the dead letters instead of on a wrong day.
+
+`clock.trust` in the config chooses: `kernel` (the default: kernel time when synchronised,
+else the collector's), `collector` (always the collector's: for boards whose NTP cannot be
+relied on) or `system` (always the system clock, as it is: for machines without adjtimex
+whose clock is known to be right).
+
+The base of each boot is kept in the spool's state, so a restarted agent (same boot) keeps
+correcting; among measurements it keeps the newest whose round trip is at most twice the
+best seen, so it follows the monotonic clock's drift without taking a slow answer's error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from agent.clock import boot_id
+from agent.record import Record
+from agent.spool import Spool, from_unix_ns
+
+log = logging.getLogger(__name__)
+
+_STATE_PREFIX = "clock_base."
+
+
+class TimeKeeper:
+    def __init__(self, spool: Spool | None, trust: str = "kernel", boot: str | None = None):
+        self.spool = spool
+        self.trust = trust
+        self.boot = boot if boot is not None else boot_id()
+        self._bases: dict[str, tuple[int, int]] = {}  # boot id -> (base ns, round trip ns)
+        if spool is not None:
+            for key, value in spool.state().items():
+                if key.startswith(_STATE_PREFIX):
+                    try:
+                        base, rtt = (int(x) for x in value.split())
+                    except ValueError:
+                        continue
+                    self._bases[key[len(_STATE_PREFIX) :]] = (base, rtt)
+
+    def base_ns(self, boot: str | None = None) -> int | None:
+        """Wall-clock ns since the epoch at which the boot's CLOCK_MONOTONIC read 0."""
+        key = self.boot if boot is None else boot
+        entry = None if key is None else self._bases.get(key)
+        return None if entry is None else entry[0]
+
+    def stamp(self, records: Sequence[Record]) -> list[Record]:
+        """The records with clock.source set, and measured_at from the collector's clock
+        when that is the source."""
+        out: list[Record] = []
+        for r in records:
+            c = r.clock
+            if c is None or c.source is not None or self.trust == "system":
+                if c is not None and c.source is None:
+                    r = dataclasses.replace(r, clock=dataclasses.replace(c, source="system"))
+                out.append(r)
+                continue
+            if self.trust == "kernel" and c.synced == 1:
+                out.append(dataclasses.replace(r, clock=dataclasses.replace(c, source="system")))
+                continue
+            base = None if c.boot_id is None else self.base_ns(c.boot_id)
+            if base is not None and c.monotonic_ns is not None:
+                out.append(
+                    dataclasses.replace(
+                        r,
+                        measured_at=from_unix_ns(base + c.monotonic_ns),
+                        clock=dataclasses.replace(c, source="collector"),
+                    )
+                )
+            else:
+                out.append(dataclasses.replace(r, clock=dataclasses.replace(c, source="unknown")))
+        return out
+
+    def waiting(self) -> bool:
+        """Whether records of this boot wait for the collector's clock."""
+        return (
+            self.spool is not None
+            and self.base_ns() is None
+            and self.boot is not None
+            and self.spool.untimed(self.boot) > 0
+        )
+
+    def hold_boot(self) -> str | None:
+        """The boot whose untimed records the uploader must hold back (None: hold nothing)."""
+        return self.boot if self.base_ns() is None else None
+
+    def learn(self, server_ns: int, sent_mono_ns: int, received_mono_ns: int) -> int:
+        """Take one reading of the collector's clock (unix ns) between two monotonic
+        readings of this boot. Returns how many spooled records got their time from it."""
+        if self.boot is None or received_mono_ns < sent_mono_ns:
+            return 0
+        rtt = received_mono_ns - sent_mono_ns
+        base = server_ns - (sent_mono_ns + received_mono_ns) // 2
+        old = self._bases.get(self.boot)
+        if old is not None and rtt > 2 * old[1]:
+            return 0  # a slow answer: its midpoint is less certain than what we have
+        self._bases[self.boot] = (base, rtt if old is None else min(rtt, old[1]))
+        if self.spool is None:
+            return 0
+        self.spool.set_state(**{_STATE_PREFIX + self.boot: f"{base} {self._bases[self.boot][1]}"})
+        return self.settle()
+
+    def settle(self) -> int:
+        """Give this boot's untimed spooled records their time, when the base is known
+        (records measured before the first reading but stored after it included)."""
+        base = self.base_ns()
+        if self.spool is None or self.boot is None or base is None:
+            return 0
+        if not self.spool.untimed(self.boot):
+            return 0
+        fixed = self.spool.retime(self.boot, base)
+        log.info("clock: %d record(s) got their time from the collector's clock", fixed)
+        return fixed
