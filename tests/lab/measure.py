@@ -148,16 +148,10 @@ def binomial_interval(n: int, p: float, confidence: float = 0.99) -> tuple[int, 
     return lo, hi
 
 
-def sinyal_icmp(
-    node: Node,
-    addr: str,
-    workdir: Path,
-    *,
-    count: int = 10,
-    spacing_s: float = 0.2,
-    timeout_s: float = 2.0,
-) -> dict[str, Any]:
-    """One ICMP round by `sinyal-agent once --json` run inside `node`; the record's fields.
+def sinyal_once(
+    node: Node, workdir: Path, probes: dict[str, Any], timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """`sinyal-agent once --json` run inside `node` with the given `probes` section; records.
 
     The agent is the installed console script of this checkout (raw sockets: run as root).
     """
@@ -170,15 +164,7 @@ def sinyal_icmp(
             "tz": "Asia/Jakarta",
         },
         "uplinks": [{"name": "lab", "operator": "lab"}],
-        "probes": {
-            "icmp": {
-                "interval_s": math.ceil((count - 1) * spacing_s + count * timeout_s) + 1,
-                "count": count,
-                "spacing_s": spacing_s,
-                "timeout_s": timeout_s,
-                "targets": [{"host": addr, "name": "core"}],
-            }
-        },
+        "probes": probes,
         "data_dir": str(workdir / "data"),
         "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
     }
@@ -190,11 +176,32 @@ def sinyal_icmp(
         [*node.prefix(), str(agent), "once", "--json", "--no-spool", "-c", str(cfg)],
         capture_output=True,
         text=True,
-        timeout=(count - 1) * spacing_s + timeout_s + 30,
+        timeout=timeout_s,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"sinyal-agent once exited {proc.returncode}: {proc.stderr}")
-    (record,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def sinyal_icmp(
+    node: Node,
+    addr: str,
+    workdir: Path,
+    *,
+    count: int = 10,
+    spacing_s: float = 0.2,
+    timeout_s: float = 2.0,
+) -> dict[str, Any]:
+    """One ICMP round of Sinyal's agent from `node` to `addr`; the record's fields."""
+    icmp = {
+        "interval_s": math.ceil((count - 1) * spacing_s + count * timeout_s) + 1,
+        "count": count,
+        "spacing_s": spacing_s,
+        "timeout_s": timeout_s,
+        "targets": [{"host": addr, "name": "core"}],
+    }
+    round_s = (count - 1) * spacing_s + timeout_s
+    (record,) = sinyal_once(node, workdir, {"icmp": icmp}, timeout_s=round_s + 30)
     fields: dict[str, Any] = record["fields"]
     return fields
 
