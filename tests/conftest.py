@@ -15,7 +15,8 @@ import yaml
 
 from agent import config as agent_config
 
-pytest_plugins = ["tests.dbs"]  # real InfluxDB and VictoriaMetrics fixtures
+# real InfluxDB and VictoriaMetrics fixtures; the field lab (network namespaces)
+pytest_plugins = ["tests.dbs", "tests.lab.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

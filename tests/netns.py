@@ -168,7 +168,7 @@ class Lab:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self._stack.callback(_stop, proc)
+        self._stack.callback(stop_process, proc)
         return proc
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
@@ -215,7 +215,8 @@ def _delete_netns(name: str) -> None:
     sh("ip", "netns", "del", name, check=False)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Terminate a process (kill it if it lingers) and collect its output."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from fractions import Fraction
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from agent.probes.base import ProbeEnv
 from agent.probes.icmp import IcmpProbe, RoundResult, summarise
 from agent.record import Record
 from tests.conftest import require_tool
+from tests.lab.measure import binomial_interval
 from tests.netns import Lab, Link, Netns, netns_lab
 
 __all__ = ["netns_lab"]  # a fixture, used by name
@@ -101,24 +101,6 @@ def assert_failed_round(record: Record, errors: set[str], sent: int | None = Non
     # Nothing came back, so nothing is stored for RTT (absent, never 0).
     assert not [k for k in f if k.startswith("rtt_") or k == "jitter_ms"], f
     roundtrip(record)
-
-
-def binomial_interval(n: int, p: float, confidence: float = 0.99) -> tuple[int, int]:
-    """Exact two-sided interval [lo, hi] holding Binomial(n, p) with at least `confidence`.
-
-    Each tail outside it has probability <= (1 - confidence) / 2.
-    """
-    pf, tail = Fraction(str(p)), (1 - Fraction(str(confidence))) / 2
-    cdf, lo, hi = Fraction(0), None, n
-    for k in range(n + 1):
-        cdf += math.comb(n, k) * pf**k * (1 - pf) ** (n - k)
-        if lo is None and cdf > tail:
-            lo = k  # P(X < lo) <= tail
-        if cdf >= 1 - tail:
-            hi = k  # P(X > hi) <= tail
-            break
-    assert lo is not None
-    return lo, hi
 
 
 def fping_rtts(addr: str, count: int, period_ms: int) -> list[float]:
