@@ -25,10 +25,10 @@ from tests.collector_stack import (
     golden,
     running_collector,
 )
-from tests.conftest import require_tool
+from tests.conftest import GOLDEN_RECORDS, require_tool
 from tests.dbs import InfluxServer, influxd
 
-GOLDEN = ["icmp-ok", "icmp-total-loss", "dns-ok", "dns-nxdomain", "http-ok", "http-refused"]
+GOLDEN = GOLDEN_RECORDS
 
 
 @pytest.fixture
