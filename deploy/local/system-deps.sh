@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System tools the test suite uses as real peers: fping (RTT reference), dnsmasq (resolver),
+# iperf3 (throughput reference), nginx (the Speedtest Mini endpoint at high concurrency),
 # iptables and iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
 # root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
-packages=(fping dnsmasq-base iptables iproute2 iputils-ping procps util-linux influxdb victoria-metrics)
+packages=(fping dnsmasq-base iptables iproute2 iputils-ping procps util-linux influxdb victoria-metrics
+    iperf3 nginx-light)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
