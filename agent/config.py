@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, time
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -128,10 +129,65 @@ class HttpProbeConfig:
 
 
 @dataclass(frozen=True)
+class ThroughputProbeConfig:
+    enabled: bool
+    interval_s: float
+    timeout_s: float  # hard deadline for the whole test
+    backend: str  # "mini" (a self-hosted endpoint) or "ookla" (speedtest.net servers)
+    url: str | None  # mini: the endpoint's base URL
+    server_id: int | None  # ookla: pin this server id instead of the best of the nearest
+    name: str | None  # mini: the server tag (default: the URL's host)
+    secure: bool  # ookla: HTTPS to speedtest.net and the servers
+    duration_s: float  # per direction
+    ping_interval_s: float  # spacing of the latency probes under load
+    first_estimate_mb: float  # budget estimate before a test has run
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    url: str
+    name: str
+
+
+@dataclass(frozen=True)
+class UploadProbeConfig:
+    enabled: bool
+    interval_s: float
+    timeout_s: float
+    payload_bytes: int
+    ca_bundle: Path | None
+    targets: tuple[UploadTarget, ...]
+
+
+@dataclass(frozen=True)
 class Probes:
     icmp: IcmpProbeConfig | None
     dns: DnsProbeConfig | None
     http: HttpProbeConfig | None
+    throughput: ThroughputProbeConfig | None = None
+    upload: UploadProbeConfig | None = None
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Bytes heavy tests (throughput, upload) may use; None: no limit."""
+
+    daily_mb: float | None = None
+    monthly_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class QuietWindow:
+    """A span of the station's local time in which heavy tests do not run.
+
+    end <= start wraps past midnight. `days` (0 Monday .. 6 Sunday) and `dates`
+    restrict the days the window starts on; empty means every day.
+    """
+
+    start: time
+    end: time
+    days: tuple[int, ...] = ()
+    dates: tuple[date, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +223,8 @@ class AgentConfig:
     data_dir: Path
     thresholds_file: Path
     clock: ClockConfig = ClockConfig()
+    budget: BudgetConfig = BudgetConfig()
+    quiet_windows: tuple[QuietWindow, ...] = ()
 
 
 T = TypeVar("T")
@@ -555,6 +613,132 @@ class _Loader:
             tuple(targets),
         )
 
+    def throughput(self, raw: Any) -> ThroughputProbeConfig | None:
+        if raw is None:
+            return None
+        r, p = self.r, "probes.throughput"
+        keys = {
+            "enabled",
+            "interval_s",
+            "timeout_s",
+            "backend",
+            "url",
+            "server_id",
+            "name",
+            "secure",
+            "duration_s",
+            "ping_interval_s",
+            "first_estimate_mb",
+        }
+        m = r.mapping(raw, p, keys, {"backend"})
+        enabled, interval, timeout = self._common(m, p, 21_600.0, 60.0, 600.0)
+        backend = r.get(
+            m, "backend", p, lambda v: v if v in ("mini", "ookla") else None, "mini or ookla"
+        )
+        url = r.get(m, "url", p, _http_url, "the http:// or https:// URL of a Speedtest Mini")
+        server_id = r.get(m, "server_id", p, _integer(1, 2**31 - 1), "an Ookla server id")
+        name = self._label(m, p)
+        secure = r.get(m, "secure", p, _boolean, "true or false", False)
+        duration = r.get(m, "duration_s", p, _number(1, 60), "seconds per direction, 1..60", 10.0)
+        ping = r.get(m, "ping_interval_s", p, _number(0.05, 5), "seconds, 0.05..5", 0.2)
+        estimate = r.get(
+            m, "first_estimate_mb", p, _number(0, 100_000), "megabytes, 0..100000", 50.0
+        )
+        if backend == "mini" and "url" not in m:
+            r.error(f"{p}.url", "nothing", "the Speedtest Mini URL (required with backend mini)")
+        if backend == "ookla":
+            for key in ("url", "name"):
+                if key in m:
+                    r.error(f"{p}.{key}", _show(m[key]), f"no {key} with backend ookla")
+        if backend == "mini":
+            for key in ("server_id", "secure"):
+                if key in m:
+                    r.error(f"{p}.{key}", _show(m[key]), f"no {key} with backend mini (ookla only)")
+        duration = duration or 10.0
+        # Two timed phases plus start-up and idle latency; Ookla also fetches its
+        # configuration and server list and pings the nearest servers.
+        setup = 15 if backend == "ookla" else 5
+        need = 2 * duration + setup
+        if "timeout_s" in m and timeout < need:
+            r.error(
+                f"{p}.timeout_s",
+                _show(m["timeout_s"]),
+                f"at least 2 * duration_s + {setup} = {need:g} s (one whole {backend} test)",
+            )
+        elif "timeout_s" not in m:
+            timeout = max(timeout, need)
+        if interval is not None and timeout > interval:
+            r.error(f"{p}.interval_s", _show(interval), f"at least timeout_s ({timeout:g} s)")
+        return ThroughputProbeConfig(
+            enabled,
+            interval,
+            timeout,
+            backend or "mini",
+            url,
+            server_id,
+            name,
+            bool(secure),
+            duration,
+            ping or 0.2,
+            50.0 if estimate is None else estimate,
+        )
+
+    def upload(self, raw: Any) -> UploadProbeConfig | None:
+        if raw is None:
+            return None
+        r, p = self.r, "probes.upload"
+        keys = {"enabled", "interval_s", "timeout_s", "payload_bytes", "ca_bundle", "targets"}
+        m = r.mapping(raw, p, keys, {"targets"})
+        enabled, interval, timeout = self._common(m, p, 1800.0, 120.0, 600.0)
+        payload = r.get(
+            m,
+            "payload_bytes",
+            p,
+            _integer(1, 100_000_000),
+            "bytes, 1..100000000 (a tally-sheet photo is about 2000000)",
+            2_000_000,
+        )
+        ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
+        targets: list[UploadTarget] = []
+        indices: list[int] = []
+        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", {"url", "name"}):
+            url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
+            name = self._label(tm, tp)
+            if url is not None:
+                targets.append(UploadTarget(url, name or urlsplit(url).hostname or url))
+                indices.append(i)
+        self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
+        return UploadProbeConfig(
+            enabled, interval, timeout, payload or 2_000_000, ca, tuple(targets)
+        )
+
+    def budget(self, raw: Any) -> BudgetConfig:
+        r = self.r
+        m = r.mapping(raw, "budget", {"daily_mb", "monthly_mb"}, set())
+        daily = r.get(m, "daily_mb", "budget", _number(0, 10_000_000), "megabytes, 0..10000000")
+        monthly = r.get(m, "monthly_mb", "budget", _number(0, 10_000_000), "megabytes, 0..10000000")
+        return BudgetConfig(daily, monthly)
+
+    def quiet_windows(self, raw: Any) -> tuple[QuietWindow, ...]:
+        r = self.r
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            r.error("quiet_windows", _show(raw), "a list of windows {start, end, days, dates}")
+            return ()
+        out: list[QuietWindow] = []
+        clock = "a local time in quotes, 'HH:MM' such as '07:00'"
+        for i, item in enumerate(raw):
+            p = f"quiet_windows[{i}]"
+            m = r.mapping(item, p, {"start", "end", "days", "dates"}, {"start", "end"})
+            start = r.get(m, "start", p, _clock_time, clock)
+            end = r.get(m, "end", p, _clock_time, clock)
+            days = r.get(m, "days", p, _weekdays, "a list of days: mon, tue, ... sun")
+            dates = r.get(m, "dates", p, _dates, "a list of dates, YYYY-MM-DD")
+            if start is not None and end is not None:
+                out.append(QuietWindow(start, end, days or (), dates or ()))
+        return tuple(out)
+
     def _entries(
         self, m: dict[str, Any], key: str, p: str, what: str, shorthand: str, keys: set[str]
     ) -> Iterator[tuple[int, str, dict[str, Any]]]:
@@ -587,6 +771,42 @@ class _Loader:
             seen.add(n)
 
 
+_CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _clock_time(v: Any) -> time | None:
+    # Unquoted 07:00 is a base-60 integer to YAML 1.1, so only strings are accepted.
+    m = _CLOCK_RE.match(v) if isinstance(v, str) else None
+    return time(int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _weekdays(v: Any) -> tuple[int, ...] | None:
+    if not isinstance(v, list) or not v:
+        return None
+    days = [
+        _WEEKDAYS.index(d.lower()) if isinstance(d, str) and d.lower() in _WEEKDAYS else -1
+        for d in v
+    ]
+    return None if -1 in days else tuple(days)
+
+
+def _dates(v: Any) -> tuple[date, ...] | None:
+    if not isinstance(v, list) or not v:
+        return None
+    out: list[date] = []
+    for d in v:
+        if isinstance(d, str):
+            try:
+                d = date.fromisoformat(d)
+            except ValueError:
+                return None
+        if not isinstance(d, date):
+            return None
+        out.append(d)
+    return tuple(out)
+
+
 def _status_list(v: Any) -> tuple[int, ...] | None:
     items = v if isinstance(v, list) else [v]
     if not items or any(
@@ -606,6 +826,8 @@ _TOP_KEYS = {
     "clock",
     "data_dir",
     "thresholds_file",
+    "budget",
+    "quiet_windows",
 }
 
 
@@ -671,12 +893,20 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     collector = loader.collector(top.get("collector"))
     uplinks = loader.uplinks(top.get("uplinks"))
 
-    pm = r.mapping(top.get("probes"), "probes", {"icmp", "dns", "http"}, set())
+    kinds = {"icmp", "dns", "http", "throughput", "upload"}
+    pm = r.mapping(top.get("probes"), "probes", kinds, set())
     probes = Probes(
-        loader.icmp(pm.get("icmp")), loader.dns(pm.get("dns")), loader.http(pm.get("http"))
+        loader.icmp(pm.get("icmp")),
+        loader.dns(pm.get("dns")),
+        loader.http(pm.get("http")),
+        loader.throughput(pm.get("throughput")),
+        loader.upload(pm.get("upload")),
     )
-    if not any(x is not None and x.enabled for x in (probes.icmp, probes.dns, probes.http)):
-        r.error("probes", "no enabled probe", "at least one of icmp, dns, http")
+    every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload)
+    if not any(x is not None and x.enabled for x in every):
+        r.error("probes", "no enabled probe", f"at least one of {', '.join(sorted(kinds))}")
+    budget = loader.budget(top.get("budget"))
+    quiet = loader.quiet_windows(top.get("quiet_windows"))
 
     sm = r.mapping(top.get("schedule"), "schedule", {"jitter_fraction", "max_jitter_s"}, set())
     jf = r.get(sm, "jitter_fraction", "schedule", _number(0, 0.5), "a fraction, 0..0.5", 0.1)
@@ -723,6 +953,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         data_dir=data_dir,
         thresholds_file=thresholds,
         clock=ClockConfig(trust or "kernel"),
+        budget=budget,
+        quiet_windows=quiet,
     )
 
 

@@ -58,6 +58,9 @@ class ErrorCode(StrEnum):
     DNS_NO_ANSWER = "dns_no_answer"  # NOERROR but no record of the asked type
     SOURCE_UNAVAILABLE = "source_unavailable"  # the uplink's source address/interface is gone
     PERMISSION_DENIED = "permission_denied"  # the OS refused the socket
+    NO_SERVER = (
+        "no_server"  # no test server: server list unavailable, or the pinned id is not in it
+    )
     INTERNAL_ERROR = "internal_error"  # a bug in the probe; the message is logged
 
 
@@ -146,6 +149,63 @@ MEASUREMENTS: dict[str, Measurement] = {
             "total_ms": FieldSpec(float, "ms", "start of resolution to last body byte", 0, 600_000),
             "status": FieldSpec(int, "code", "HTTP status code", 100, 599),
             "bytes": FieldSpec(int, "bytes", "response body bytes received", 0, 2**53),
+            "ok": _OK,
+        },
+    ),
+    "throughput": Measurement(
+        "throughput",
+        "One speed test (download then upload) over one uplink, with latency under load.",
+        (*COMMON_TAGS, "backend", "server"),
+        {
+            "download_mbps": FieldSpec(float, "Mbit/s", "download rate", 0, 1e6),
+            "upload_mbps": FieldSpec(float, "Mbit/s", "upload rate", 0, 1e6),
+            "download_bytes": FieldSpec(int, "bytes", "bytes received in the download", 0, 2**53),
+            "upload_bytes": FieldSpec(int, "bytes", "bytes sent in the upload", 0, 2**53),
+            "bytes_used": FieldSpec(
+                int, "bytes", "test bytes: download + upload (charged to the budget)", 0, 2**53
+            ),
+            "duration_s": FieldSpec(float, "s", "start of the test to its end", 0, 86_400),
+            "idle_latency_ms": FieldSpec(
+                float, "ms", "median TCP connect RTT to the server, link idle", 0, 600_000
+            ),
+            "loaded_latency_ms": FieldSpec(
+                float, "ms", "the higher of download_latency_ms and upload_latency_ms", 0, 600_000
+            ),
+            "download_latency_ms": FieldSpec(
+                float, "ms", "median TCP connect RTT during the download", 0, 600_000
+            ),
+            "upload_latency_ms": FieldSpec(
+                float, "ms", "median TCP connect RTT during the upload", 0, 600_000
+            ),
+            "loaded_latency_increase_ms": FieldSpec(
+                float, "ms", "loaded_latency_ms - idle_latency_ms", -600_000, 600_000
+            ),
+            "latency_samples": FieldSpec(
+                int, "samples", "RTT samples taken under load", 0, 1_000_000
+            ),
+            "server_host": FieldSpec(str, "text", "host of the test server used"),
+            "skipped": FieldSpec(int, "0/1", "1 when the test did not run (see skip_reason)", 0, 1),
+            "skip_reason": FieldSpec(str, "text", "daily_budget, monthly_budget or quiet_window"),
+            "ok": _OK,
+        },
+    ),
+    "upload": Measurement(
+        "upload",
+        "One photo-sized upload (HTTP POST) to one target over one uplink.",
+        (*COMMON_TAGS, "target"),
+        {
+            "payload_bytes": FieldSpec(int, "bytes", "size of the payload to upload", 0, 2**53),
+            "sent_bytes": FieldSpec(int, "bytes", "payload bytes handed to the network", 0, 2**53),
+            "connect_ms": FieldSpec(float, "ms", "TCP connect (and TLS)", 0, 600_000),
+            "duration_s": FieldSpec(
+                float, "s", "first payload byte sent to the answer received", 0, 86_400
+            ),
+            "rate_mbps": FieldSpec(float, "Mbit/s", "8 * payload_bytes / duration_s", 0, 1e6),
+            "status": FieldSpec(int, "code", "HTTP status code", 100, 599),
+            "connected": FieldSpec(int, "0/1", "1 when the connection was established", 0, 1),
+            "cut_off": FieldSpec(int, "0/1", "1 when a started transfer did not complete", 0, 1),
+            "skipped": FieldSpec(int, "0/1", "1 when the upload did not run", 0, 1),
+            "skip_reason": FieldSpec(str, "text", "daily_budget, monthly_budget or quiet_window"),
             "ok": _OK,
         },
     ),

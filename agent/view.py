@@ -46,12 +46,26 @@ SUMMARY: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("total_ms", "total", "ms"),
         ("bytes", "bytes", "B"),
     ),
+    "throughput": (
+        ("download_mbps", "down", "Mbit/s"),
+        ("upload_mbps", "up", "Mbit/s"),
+        ("idle_latency_ms", "idle", "ms"),
+        ("loaded_latency_increase_ms", "+load", "ms"),
+        ("skip_reason", "skipped", ""),
+    ),
+    "upload": (
+        ("duration_s", "time", "s"),
+        ("rate_mbps", "rate", "Mbit/s"),
+        ("skip_reason", "skipped", ""),
+    ),
 }
 # The field whose history the sparkline draws.
 SPARK_FIELD = {
     "icmp": "rtt_p50_ms",
     "dns": "resolve_ms",
     "http": "total_ms",
+    "throughput": "download_mbps",
+    "upload": "duration_s",
     "agent": "spool_records",
 }
 
@@ -59,7 +73,11 @@ SPARK_FIELD = {
 def series_key(r: Record) -> tuple[str, str, str]:
     if r.kind == "agent":
         return (r.kind, "-", "self")
-    target = r.tags.get("target") or f"{r.tags.get('qname', '')}@{r.tags.get('resolver', '')}"
+    target = (
+        r.tags.get("target")
+        or r.tags.get("server")
+        or f"{r.tags.get('qname', '')}@{r.tags.get('resolver', '')}"
+    )
     return (r.kind, r.tags.get("uplink", ""), target)
 
 

@@ -7,6 +7,7 @@ GET  /healthz               the process is alive
 GET  /readyz                the database answers
 GET  /metrics               Prometheus text
 GET  /openapi.json          this API, described
+     /speedtest/...         the Speedtest Mini endpoint and the upload sink (collector.speedtest)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collector.ingest import FastPath, Prepared, Rejection, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
 from collector.sinks import Sink, SinkUnavailable, make_sink
+from collector.speedtest import SpeedtestEndpoint
 from collector.status import StationInfo, StatusEngine
 
 log = logging.getLogger("sinyal.collector")
@@ -299,6 +301,8 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
         description="Ingest API for Sinyal agents. See docs/collector.md.",
     )
     app.state.collector = c
+    # Agents' throughput and upload probes measure against the collector itself.
+    app.mount("/speedtest", SpeedtestEndpoint())
 
     @app.post(
         "/api/v1/measurements",

@@ -116,6 +116,29 @@ def _parser() -> argparse.ArgumentParser:
         "silent-station sweeper when status.sweeper is true. See docs/collector.md.",
     )
 
+    st_srv = _add(
+        sub,
+        "speedtest-server",
+        None,
+        "serve the Speedtest Mini endpoint alone (no config, no database)",
+        "Serve the Speedtest-Mini-compatible endpoint (latency.txt, random{N}x{N}.jpg,\n"
+        "upload.php) and the upload probe's sink, under any path prefix, without a config\n"
+        "file or a database. `serve` mounts the same endpoint at /speedtest. For high\n"
+        "concurrency serve the same paths with nginx: deploy/nginx/speedtest.conf and\n"
+        "--write-files. See docs/collector.md.",
+    )
+    st_srv.set_defaults(standalone=cmd_speedtest_server)
+    st_srv.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    st_srv.add_argument("--port", type=int, default=8081, help="listen port (default 8081)")
+    st_srv.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; one per core)"
+    )
+    st_srv.add_argument(
+        "--write-files",
+        metavar="DIR",
+        help="write the random{N}x{N}.jpg files for nginx into DIR (about 103 MB) and exit",
+    )
+
     status = _add(
         sub,
         "status",
@@ -256,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Handler | None = args.handler
+    standalone: Callable[[argparse.Namespace], int] | None = getattr(args, "standalone", None)
+    if standalone is not None:  # needs no config file
+        _setup_logging(bool(args.verbose))
+        return standalone(args)
     if handler is None:  # no command, or a group such as `stations` without its command
         args.usage_of.print_help(sys.stderr)
         return EXIT_CONFIG
@@ -355,6 +382,31 @@ def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
     logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     serve(cfg)
+    return EXIT_OK
+
+
+def cmd_speedtest_server(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from collector.speedtest import SpeedtestEndpoint
+
+    if args.write_files:
+        paths = SpeedtestEndpoint(block_bytes=2**20).write_files(Path(args.write_files))
+        total = sum(p.stat().st_size for p in paths)
+        print(f"{len(paths)} files, {total} bytes in {args.write_files}")
+        return EXIT_OK
+    import uvicorn
+
+    logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    uvicorn.run(
+        "collector.speedtest:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
     return EXIT_OK
 
 

@@ -433,6 +433,8 @@ class StatusEngine:
         return _Round(level, (*alerts, *warns), tuple(sorted(causes)))
 
     def _round(self, st: _Station, record: Record) -> None:
+        if record.fields.get("skipped") == 1:
+            return  # a heavy test skipped for budget or quiet hours says nothing of the link
         at = record.measured_at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)

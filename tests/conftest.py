@@ -20,6 +20,19 @@ pytest_plugins = ["tests.dbs", "tests.lab.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The single-record golden files, in the order envelope.json carries them.
+GOLDEN_RECORDS = [
+    "icmp-ok",
+    "icmp-total-loss",
+    "dns-ok",
+    "dns-nxdomain",
+    "http-ok",
+    "http-refused",
+    "throughput-ok",
+    "throughput-skipped",
+    "upload-ok",
+    "upload-cut-off",
+]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -25,10 +25,10 @@ from tests.collector_stack import (
     golden,
     running_collector,
 )
-from tests.conftest import require_tool
+from tests.conftest import GOLDEN_RECORDS, require_tool
 from tests.dbs import InfluxServer, influxd
 
-GOLDEN = ["icmp-ok", "icmp-total-loss", "dns-ok", "dns-nxdomain", "http-ok", "http-refused"]
+GOLDEN = GOLDEN_RECORDS
 
 
 @pytest.fixture
@@ -301,3 +301,38 @@ def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer)
     assert last["station"] == STATION
     assert last["status"] == 2
     assert last["lat"] == pytest.approx(-6.1754, abs=0.01)
+
+
+def test_speedtest_endpoint_in_the_collector_and_records_in_influxdb(
+    stack: Stack, influxdb: InfluxServer, tmp_path: Path
+) -> None:
+    """The agent's throughput and upload probes measure against the collector's own
+    /speedtest endpoint, and their records land in InfluxDB like any other."""
+    import asyncio
+
+    from agent import config as agent_config
+    from agent.probes.base import ProbeEnv
+    from agent.probes.throughput import ThroughputProbe
+    from agent.probes.upload import UploadProbe
+    from tests.conftest import base_config, write_config
+
+    doc = base_config(tmp_path)
+    doc["probes"] = {
+        "throughput": {"backend": "mini", "url": f"{stack.url}/speedtest/", "duration_s": 1},
+        "upload": {"targets": [{"url": f"{stack.url}/speedtest/sink", "name": "collector"}]},
+    }
+    cfg = agent_config.load(write_config(tmp_path, doc), environ={})
+    env = ProbeEnv(cfg)
+    assert cfg.probes.throughput is not None and cfg.probes.upload is not None
+    tp = asyncio.run(ThroughputProbe(cfg.probes.throughput, env).run())
+    up = asyncio.run(UploadProbe(cfg.probes.upload, env).run())
+    records = [r.to_dict() for r in (*tp, *up)]
+    assert [r["error"] for r in records] == [None, None], records
+    r = post(stack, envelope(records))
+    assert r.status_code == 200 and len(r.json()["accepted"]) == 2, r.text
+    db = stack.cfg.sink.database
+    (row,) = stored(influxdb, db, "throughput", records[0]["id"])
+    assert row["download_mbps"] == records[0]["fields"]["download_mbps"] > 0
+    assert row["backend"] == "mini" and row["province"] == "DKI Jakarta"
+    (row,) = stored(influxdb, db, "upload", records[1]["id"])
+    assert row["sent_bytes"] == row["payload_bytes"] == 2_000_000 and row["ok"] == 1

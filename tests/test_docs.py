@@ -60,6 +60,21 @@ def test_example_config_documents_every_key() -> None:
         "tz:",
         "lat:",
         "lon:",
+        "throughput:",
+        "upload:",
+        "backend:",
+        "duration_s:",
+        "ping_interval_s:",
+        "first_estimate_mb:",
+        "server_id:",
+        "secure:",
+        "budget:",
+        "daily_mb:",
+        "monthly_mb:",
+        "quiet_windows:",
+        "start:",
+        "end:",
+        "dates:",
     ):
         lines = [
             ln

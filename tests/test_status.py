@@ -504,6 +504,8 @@ def _record_dicts() -> st.SearchStrategy[dict[str, Any]]:
             fields[name] = (
                 st.integers(int(lo), int(hi))
                 if fs.type is int
+                else st.text(min_size=1, max_size=20)
+                if fs.type is str
                 else st.floats(lo, hi, allow_nan=False, allow_infinity=False)
             )
         return st.fixed_dictionaries(
@@ -558,3 +560,33 @@ def test_engine_never_raises_on_valid_records(
             assert isinstance(fields["status"], int) and 0 <= fields["status"] <= 3
             for v in fields.values():
                 assert isinstance(v, int | str) or math.isfinite(v)
+
+
+# -- throughput and upload -------------------------------------------------------------------
+
+
+def test_bufferbloat_degrades_and_skipped_tests_neither_count_nor_clear() -> None:
+    eng, clock = engine(m=2, n=3)
+    bloated = golden("throughput-ok")  # loaded latency +121 ms: warn (>= 60), not alert
+    skipped = golden("throughput-skipped")
+    assert TH.grade("throughput", "loaded_latency_increase_ms", 120.976) == "warn"
+    for i in range(2):
+        clock.advance(60)
+        eng.observe(INFO, [replace(bloated, id=new_id(), measured_at=T0 + timedelta(hours=i))])
+    snap = eng.snapshot(SID)
+    assert snap is not None and snap.status == DEG
+    assert snap.reasons == ("throughput[mini collector@modem0] loaded_latency_increase_ms=121>=60",)
+    for i in range(5):  # skipped for the budget: no news about the link, so no recovery
+        clock.advance(60)
+        at = T0 + timedelta(hours=3 + i)
+        eng.observe(INFO, [replace(skipped, id=new_id(), measured_at=at)])
+    snap = eng.snapshot(SID)
+    assert snap is not None and snap.status == DEG
+
+
+def test_cut_off_upload_is_a_failed_round() -> None:
+    eng, clock = engine(m=1, n=3)
+    clock.advance(60)
+    (change,) = eng.observe(INFO, [golden("upload-cut-off")])
+    assert change.new == CRIT
+    assert change.reasons == ("upload[collector@modem0] error=connection_reset",)

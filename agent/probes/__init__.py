@@ -8,6 +8,8 @@ from agent.probes.base import Probe, ProbeEnv
 from agent.probes.dns import DnsProbe
 from agent.probes.http import HttpProbe
 from agent.probes.icmp import IcmpProbe
+from agent.probes.throughput import ThroughputProbe
+from agent.probes.upload import UploadProbe
 
 Factory = Callable[[ProbeEnv], Probe | None]
 
@@ -17,6 +19,8 @@ REGISTRY: dict[str, Factory] = {
     "icmp": IcmpProbe.from_env,
     "dns": DnsProbe.from_env,
     "http": HttpProbe.from_env,
+    "throughput": ThroughputProbe.from_env,
+    "upload": UploadProbe.from_env,
 }
 
 

@@ -19,6 +19,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +40,16 @@ from agent.record import ErrorCode, FieldValue, Record
 USER_AGENT = f"sinyal-agent/{__version__}"
 
 
-class _Trace:
+def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """A TLS context trusting ca_bundle, else certifi's bundle (httpx's own)."""
+    if ca_bundle is not None:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class Trace:
     """Collects httpcore trace events as monotonic timestamps."""
 
     def __init__(self) -> None:
@@ -72,12 +82,7 @@ class HttpProbe:
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            cafile = str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None
-            if cafile is None:
-                import certifi  # httpx's own CA bundle
-
-                cafile = certifi.where()
-            self._ssl = ssl.create_default_context(cafile=cafile)
+            self._ssl = make_ssl_context(self.cfg.ca_bundle)
         return self._ssl
 
     async def run(self) -> list[Record]:
@@ -127,7 +132,7 @@ class HttpProbe:
             retries=0,
             verify=self.ssl_context() if parts.scheme == "https" else False,
         )
-        trace = _Trace()
+        trace = Trace()
         async with httpx.AsyncClient(
             transport=transport, follow_redirects=False, timeout=self.cfg.timeout_s
         ) as client:
