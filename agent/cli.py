@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -122,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="stop after this many seconds (tests, benchmarks)",
+    )
+    run.add_argument(
+        "--record-log",
+        metavar="FILE",
+        help="also append every record made to FILE, one JSON line each (an audit copy:"
+        " what this agent measured, to compare with what the database holds)",
     )
     status = add(
         "status",
@@ -290,7 +297,7 @@ def _run_plain(args: argparse.Namespace, cfg: AgentConfig, env: Any, spool: Any)
         for r in records:
             print(format_line(r), flush=True)
 
-    daemon = Daemon(env, spool, show)
+    daemon = Daemon(env, spool, show, args.record_log)
     log.info(
         "sinyal-agent %s started: station %s, %d probe(s), spool %s",
         __version__,
@@ -338,12 +345,13 @@ def _run_live(
 
     view = BoardView(th, cfg.station.id, status_line)
     with LiveView(view, console) as lv:
-        daemon = Daemon(env, spool, lv.update)
+        daemon = Daemon(env, spool, lv.update, args.record_log)
         asyncio.run(_serve(daemon, args.duration, lv.refresh))
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Thresholds) -> int:
+    from agent.clock import boot_id
     from agent.spool import SPOOL_FILE, Spool, oldest_age_s
     from agent.view import format_line
 
@@ -357,7 +365,10 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         state = spool.state()
         dead = spool.dead_letters(10)
         dead_total = spool.dead_letter_count()
+        untimed = spool.untimed(boot_id())
     age = oldest_age_s(st)
+    disk = shutil.disk_usage(cfg.data_dir)
+    free_mb = disk.free / 2**20
     if args.json:
         print(
             json.dumps(
@@ -370,6 +381,8 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
                     "oldest_measured_at": st.oldest_measured_at,
                     "oldest_unsent_s": age,
                     "dropped_total": st.dropped_total,
+                    "untimed": untimed,
+                    "disk_free_mb": round(free_mb, 1),
                     "last_upload_at": state.get("last_upload_at"),
                     "last_error": state.get("last_error") or None,
                     "clock_offset_ms": state.get("clock_offset_ms"),
@@ -394,7 +407,13 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         f"oldest unsent:  {st.oldest_measured_at or '-'}"
         + (f" ({age:.0f} s ago)" if age is not None else "")
     )
-    print(f"dropped:        {st.dropped_total} (evicted at the size cap)")
+    print(f"dropped:        {st.dropped_total} (evicted at the size cap or on a full disk)")
+    low = " LOW: the spool evicts its oldest records when the disk is full" if free_mb < 64 else ""
+    print(f"disk free:      {free_mb:.0f} MB under {cfg.data_dir}{low}")
+    if untimed:
+        print(
+            f"untimed:        {untimed} record(s) wait for the collector's clock (docs/agent.md)"
+        )
     if cfg.collector is None:
         print("last upload:    - (no collector configured)")
     else:

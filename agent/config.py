@@ -913,7 +913,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     mj = r.get(sm, "max_jitter_s", "schedule", _number(0, 600), "seconds, 0..600", 30.0)
 
     spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
-    max_mb = r.get(spm, "max_mb", "spool", _number(1, 1_000_000), "megabytes, 1..1000000", 256.0)
+    max_mb = r.get(
+        spm, "max_mb", "spool", _number(0.05, 1_000_000), "megabytes, 0.05..1000000", 256.0
+    )
 
     cm = r.mapping(top.get("clock"), "clock", {"trust"}, set())
     trust = r.get(

@@ -41,8 +41,15 @@ def open_spool(config: AgentConfig) -> Spool:
     return Spool.in_dir(config.data_dir, int(config.spool.max_mb * 2**20))
 
 
-def store(spool: Spool, records: Sequence[Record]) -> None:
-    """Spool records; a full disk is logged, never a crash."""
+def store(spool: Spool, records: Sequence[Record], record_log: str | None = None) -> None:
+    """Spool records; a full disk is logged, never a crash. With record_log, also append
+    each record as a JSON line to that file (an audit copy of what the agent measured)."""
+    if record_log is not None:
+        try:
+            with open(record_log, "a", encoding="utf-8") as f:
+                f.writelines(r.to_json() + "\n" for r in records)
+        except OSError as exc:
+            log.error("record log %s: %s", record_log, exc)
     try:
         evicted = spool.put(records)
     except SpoolFullError as exc:
@@ -78,11 +85,16 @@ class Daemon:
     and (with a collector configured) uploaded."""
 
     def __init__(
-        self, env: ProbeEnv, spool: Spool, show: Callable[[Sequence[Record]], None]
+        self,
+        env: ProbeEnv,
+        spool: Spool,
+        show: Callable[[Sequence[Record]], None],
+        record_log: str | None = None,
     ) -> None:
         self.env = env
         self.spool = spool
         self.show = show
+        self.record_log = record_log
         self.wake = asyncio.Event()  # new records for the uploader
         cfg = env.config
         self.timekeeper = TimeKeeper(spool, cfg.clock.trust)
@@ -97,7 +109,7 @@ class Daemon:
     async def on_records(self, records: list[Record]) -> None:
         records = self.timekeeper.stamp(records)
         # Off the event loop: fsync must not delay the timing of running probes.
-        await asyncio.to_thread(store, self.spool, records)
+        await asyncio.to_thread(store, self.spool, records, self.record_log)
         self.wake.set()
         self.show(records)
 
