@@ -411,9 +411,7 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     low = " LOW: the spool evicts its oldest records when the disk is full" if free_mb < 64 else ""
     print(f"disk free:      {free_mb:.0f} MB under {cfg.data_dir}{low}")
     if untimed:
-        print(
-            f"untimed:        {untimed} record(s) wait for the collector's clock (docs/agent.md)"
-        )
+        print(f"untimed:        {untimed} record(s) wait for the collector's clock (docs/agent.md)")
     if cfg.collector is None:
         print("last upload:    - (no collector configured)")
     else:

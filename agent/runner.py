@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
 from agent.heartbeat import Heartbeat
@@ -14,6 +15,9 @@ from agent.record import Record
 from agent.scheduler import Scheduler
 from agent.spool import Spool, SpoolFullError
 from agent.timekeeper import TimeKeeper
+
+if TYPE_CHECKING:
+    from agent.uploader import Uploader
 
 log = logging.getLogger("sinyal.agent")
 
@@ -98,6 +102,7 @@ class Daemon:
         self.wake = asyncio.Event()  # new records for the uploader
         cfg = env.config
         self.timekeeper = TimeKeeper(spool, cfg.clock.trust)
+        self.uploader: Uploader | None = None
         self.scheduler = Scheduler(
             cfg.station.id,
             [*build_probes(env), Heartbeat(cfg.station.id, spool)],
@@ -111,6 +116,10 @@ class Daemon:
         # Off the event loop: fsync must not delay the timing of running probes.
         await asyncio.to_thread(store, self.spool, records, self.record_log)
         self.wake.set()
+        if self.uploader is not None and any(
+            r.kind != "agent" and r.error is None and r.fields.get("ok", 1) == 1 for r in records
+        ):
+            self.uploader.link_back.set()
         self.show(records)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -120,7 +129,7 @@ class Daemon:
             return
         from agent.uploader import Uploader  # httpx is imported by the HTTP probe anyway
 
-        uploader = Uploader(
+        uploader = self.uploader = Uploader(
             self.spool, collector, self.env.config.station.id, timekeeper=self.timekeeper
         )
         await asyncio.gather(self.scheduler.run(stop), uploader.run(stop, self.wake))

@@ -7,8 +7,11 @@ never silently dropped; `sinyal-agent status` lists them). Anything else stays i
 
 Failures back off exponentially with full jitter (a random wait in [0, min(cap, base·2^n)]);
 when the collector answered with a Retry-After (its database is down), the wait is between
-Retry-After and twice that. A 413 halves the batch; a batch of one
-that is still refused as too large or malformed is dead-lettered so it cannot block the queue.
+Retry-After and twice that. When the collector did not answer at all, a successful probe
+(the link is back) ends the wait early, so a station reports within a round of its link
+returning instead of at the end of a wait grown during the outage. A 413 halves the batch;
+a batch of one that is still refused as too large or malformed is dead-lettered so it cannot
+block the queue.
 
 Ordering: after start-up and after every failure, the first batch is the NEWEST records, so
 the control room sees the station's current state as soon as the link is back; then the
@@ -117,6 +120,7 @@ class Uploader:
         self.spool = spool
         self.timekeeper = timekeeper
         self.last_clock_sync = -math.inf
+        self.link_back = asyncio.Event()  # set by the daemon when a probe succeeds
         self.collector = collector
         self.station = station
         self.max_batch = batch_size
@@ -285,7 +289,13 @@ class Uploader:
                     outcome.error or outcome.status,
                     delay,
                 )
-                await _wait_any(stop, None, delay)
+                # Without an answer from the collector, a probe that reaches its target
+                # again (link_back) is a sign the link is back: retry then rather than at
+                # the end of a wait that grew during a long outage. A Retry-After (the
+                # collector answered; its database is down) is always waited out.
+                self.link_back.clear()
+                early = self.link_back if outcome.status is None else None
+                await _wait_any(stop, early, delay)
         finally:
             await self.aclose()
 

@@ -241,7 +241,7 @@ def main() -> None:
                 spy = None
                 if args.profile and database == "station":
                     spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-o", args.profile]
-                    spy_cmd += ["-f", "raw", "--gil", "-d", str(int(secs))]
+                    spy_cmd += ["-f", "raw", "-d", str(int(secs))]  # CPU samples, all threads
                     spy = subprocess.Popen(spy_cmd)
                 url = f"http://127.0.0.1:{port}/api/v1/measurements"
                 phase = measured(

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.config import (
     ConfigError,
@@ -54,6 +55,16 @@ class SinkConfig:
     token: str | None = field(default=None, repr=False)
     timeout_s: float = 10.0
     retry_after_s: int = 10  # what the API tells agents when the database is unavailable
+    # gzip write bodies: "auto" (the default) compresses unless the database is on loopback,
+    # where compressing only costs CPU on both sides; "always" / "never".
+    gzip: str = "auto"
+
+    @property
+    def compress(self) -> bool:
+        if self.gzip != "auto":
+            return self.gzip == "always"
+        host = (urlsplit(self.url).hostname or "").lower()
+        return not (host == "localhost" or host == "::1" or host.startswith("127."))
 
     @property
     def v2_bucket(self) -> str:
@@ -142,6 +153,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         "token",
         "timeout_s",
         "retry_after_s",
+        "gzip",
     }
     sm = r.mapping(top.get("sink"), "sink", sk, {"kind", "url"})
     kind = r.get(sm, "kind", "sink", lambda v: v if v in SINK_KINDS else None, "v1 or v2")
@@ -163,6 +175,14 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         )
     timeout = r.get(sm, "timeout_s", "sink", number(0, 600, lo_open=True), "seconds, 0..600", 10.0)
     retry = r.get(sm, "retry_after_s", "sink", _integer(1, 3600), "seconds, 1..3600", 10)
+    gz = r.get(
+        sm,
+        "gzip",
+        "sink",
+        lambda v: v if v in ("auto", "always", "never") else None,
+        "auto, always or never",
+        "auto",
+    )
     if kind is not None and url is not None:
         sink = SinkConfig(
             kind,
@@ -176,6 +196,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             token,
             timeout or 10.0,
             retry or 10,
+            gz or "auto",
         )
 
     data_dir = r.get(top, "data_dir", "", path_of, "a directory path", Path("/var/lib/sinyal"))

@@ -377,7 +377,7 @@ class V1Sink:
             nonlocal created
             body = "\n".join(batch).encode("utf-8")
             headers = {"Content-Type": "text/plain; charset=utf-8"}
-            if len(body) >= GZIP_MIN_BYTES:
+            if self.cfg.compress and len(body) >= GZIP_MIN_BYTES:
                 body = gzip.compress(body, compresslevel=GZIP_LEVEL)
                 headers["Content-Encoding"] = "gzip"
             for _attempt in range(2):  # the second only after creating the database
@@ -483,7 +483,7 @@ class V2Sink:
             token=token or "",  # empty: no Authorization header
             org=cfg.org,
             timeout=max(1, round(cfg.timeout_s * 1000)),
-            enable_gzip=True,
+            enable_gzip=cfg.compress,
             retries=False,
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)

@@ -137,3 +137,37 @@ def test_backoff_is_full_jitter_and_honours_retry_after() -> None:
         assert 30 <= b.next_delay(retry_after_s=30) <= 60
     b.reset()
     assert b.next_delay() <= 1
+
+
+def test_a_probe_that_succeeds_again_ends_a_long_backoff(
+    tmp_path: Path, influxdb: InfluxServer, influx_database: str
+) -> None:
+    """The link was down long enough for the backoff to grow to minutes; when a probe
+    reaches its target again, the uploader retries at once instead of sleeping on."""
+    cfg = collector_config_file(tmp_path, influxdb.url, influx_database)
+    spool = spool_with(tmp_path, [golden("icmp-ok") for _ in range(5)])
+    up = Uploader(
+        spool,
+        Collector(f"http://{cfg.listen.host}:{cfg.listen.port}", token="x", timeout_s=2),
+        "3171011001001",
+        backoff=Backoff(base_s=600, cap_s=600),  # every wait is up to ten minutes
+    )
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(up.run(stop, asyncio.Event()))
+        await asyncio.sleep(1.0)  # the first attempt failed: nothing listens yet
+        with running_collector(cfg) as s:
+            up.collector = Collector(s.url, token=s.token, timeout_s=2)
+            t0 = asyncio.get_running_loop().time()
+            up.link_back.set()  # what the daemon does when a probe succeeds
+            while spool.stats().records and asyncio.get_running_loop().time() - t0 < 20:
+                await asyncio.sleep(0.1)
+            took = asyncio.get_running_loop().time() - t0
+        stop.set()
+        await task
+        return took
+
+    took = asyncio.run(scenario())
+    assert spool.stats().records == 0
+    assert took < 10, took

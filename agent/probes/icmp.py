@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import secrets
 import socket
 import struct
 import time
@@ -183,9 +184,15 @@ class IcmpProbe:
             return result
         if start_delay_s > 0:
             await asyncio.sleep(start_delay_s)
-        ident = unique_identifier()
-        sent_at: dict[int, float] = {}  # sequence -> wall-clock send time (s)
-        sent_mono: dict[int, float] = {}  # sequence -> monotonic send time (s)
+        # A raw socket sees every ICMP packet of the machine, so another pinger's replies
+        # must never pass for ours: icmplib's identifiers (pid + n) can equal fping's (its
+        # pid), so the identifier and the first sequence number are random per round, and a
+        # reply must match both. (Unprivileged sockets get a kernel-chosen identifier.)
+        ident = secrets.randbits(16) if self.env.icmp_privileged else unique_identifier()
+        seq_base = secrets.randbits(16)
+        seq_of: dict[int, int] = {}  # sequence number on the wire -> index in the round
+        sent_at: dict[int, float] = {}  # index -> wall-clock send time (s)
+        sent_mono: dict[int, float] = {}  # index -> monotonic send time (s)
         idents: set[int] = set()
         got = asyncio.Event()  # set whenever a reply is accepted
         timeout = cfg.timeout_s
@@ -224,7 +231,7 @@ class IcmpProbe:
                     rx = _kernel_time(ancdata)
                     rx_mono = time.monotonic()
                     reply = icmp_sock._parse_reply(data, peer[0], rx)
-                    if reply is None or reply.id not in idents or reply.sequence not in sent_at:
+                    if reply is None or reply.id not in idents or reply.sequence not in seq_of:
                         continue  # another socket's traffic (raw sockets see all ICMP)
                     if reply.type != _ECHO_REPLY[version]:
                         result.icmp_error = (
@@ -233,7 +240,9 @@ class IcmpProbe:
                             else ErrorCode.HOST_UNREACHABLE
                         )
                         continue
-                    seq = reply.sequence
+                    seq = seq_of[reply.sequence]
+                    if seq not in sent_at:
+                        continue
                     rtt_ms = (rx - sent_at[seq]) * 1000
                     upper_ms = (rx_mono - sent_mono[seq]) * 1000
                     if not 0 <= rtt_ms <= upper_ms + _STEP_SLACK_MS:
@@ -250,7 +259,9 @@ class IcmpProbe:
                     delay = start + seq * cfg.spacing_s - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    request = ICMPRequest(address, ident, seq, payload_size=cfg.payload_bytes)
+                    wire_seq = (seq_base + seq) & 0xFFFF
+                    seq_of[wire_seq] = seq
+                    request = ICMPRequest(address, ident, wire_seq, payload_size=cfg.payload_bytes)
                     t_mono = time.monotonic()
                     try:
                         icmp_sock.send(request)
