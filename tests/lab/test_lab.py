@@ -134,8 +134,12 @@ def test_impairments_change_during_a_run(field_lab: Lab) -> None:
     by_seq = parse_fping(core.addr, count, err).by_seq
     early, late = by_seq[:10], by_seq[-15:]
     print(f"early {early}\nlate {late}")
-    assert all(r is not None and 10 <= r < 10 + ELEMENT_SLACK_MS for r in early)
-    assert all(r is not None and 60 <= r < 60 + ELEMENT_SLACK_MS for r in late)
+    # Every reply came back; all but a descheduled straggler or two (a userspace element on a
+    # shared machine) within the slack of the delay in force when the request was sent.
+    assert all(r is not None for r in early + late)
+    assert sum(10 <= r < 10 + ELEMENT_SLACK_MS for r in early if r is not None) >= 8
+    assert sum(60 <= r < 60 + ELEMENT_SLACK_MS for r in late if r is not None) >= 13
+    assert statistics.median(r for r in late if r is not None) >= 60
 
 
 def test_blackout_schedule(field_lab: Lab) -> None:
