@@ -292,6 +292,9 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
             stop.set()
             if task is not None:
                 await task
+            aclose = getattr(c.sink, "aclose", None)
+            if aclose is not None:
+                await aclose()
             c.sink.close()
 
     app = FastAPI(

@@ -54,8 +54,12 @@ class Batcher:
             n += len(p.lines)
         lines = [line for p in batch for line in p.lines]
         self.writes += 1
+        write_async = getattr(self.sink, "write_async", None)
         try:
-            result = await run_in_threadpool(self.sink.write, lines)
+            if write_async is not None:
+                result = await write_async(lines)
+            else:
+                result = await run_in_threadpool(self.sink.write, lines)
         except Exception as exc:  # SinkUnavailable, or a bug: every waiter learns of it
             for p in batch:
                 if not p.future.done():

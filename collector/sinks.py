@@ -46,6 +46,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from starlette.concurrency import run_in_threadpool
 
 from collector.config import SinkConfig
 
@@ -366,20 +367,68 @@ class V1Sink:
         self.cfg = cfg
         self._where = f"InfluxDB at {_redact(cfg.url)}"
         self._client = _http_client(cfg)
+        self._aclient: httpx.AsyncClient | None = None  # made in the event loop that uses it
         self._params = {"db": cfg.database, "precision": "ns"}
         if cfg.retention_policy:
             self._params["rp"] = cfg.retention_policy
+
+    def _body(self, batch: Sequence[str]) -> tuple[bytes, dict[str, str]]:
+        body = "\n".join(batch).encode("utf-8")
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.cfg.compress and len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    async def write_async(self, lines: Sequence[str]) -> WriteResult:
+        """write() for an event loop. The common case, one POST that the database accepts
+        whole, runs in the loop itself (no thread hand-off, no GIL ping-pong between the
+        loop and a worker); anything else (lines refused and to be told apart, a database
+        to create, lines that cannot be sent) is handed to write() in a worker thread."""
+        if any("\n" in line or not line.strip() or line.startswith("#") for line in lines):
+            return await run_in_threadpool(self.write, lines)
+        if self._aclient is None:
+            auth, headers = _auth_headers(self.cfg)
+            self._aclient = httpx.AsyncClient(
+                base_url=self.cfg.url,
+                auth=auth,
+                headers={"User-Agent": "sinyal-collector", **headers},
+                timeout=httpx.Timeout(self.cfg.timeout_s),
+                trust_env=False,
+            )
+        body, headers = self._body(lines)
+        try:
+            r = await self._aclient.post(
+                "/write", params=self._params, content=body, headers=headers
+            )
+        except httpx.TimeoutException:
+            raise SinkUnavailable(
+                f"{self._where} did not answer within {self.cfg.timeout_s:g} s",
+                self.cfg.retry_after_s,
+            ) from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise SinkUnavailable(
+                f"{self._where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
+            ) from None
+        if 200 <= r.status_code < 300:
+            return WriteResult(requests=1)
+        message = _error_text(r.content, r.headers.get("X-Influxdb-Error"), r.reason_phrase)
+        if not (r.status_code == 404 and "database not found" in message):
+            # Raises SinkUnavailable (down, 5xx, credentials) unless lines were refused.
+            _classify(r.status_code, message, self._where, self.cfg, r.headers.get("Retry-After"))
+        return await run_in_threadpool(self.write, lines)
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
 
     def write(self, lines: Sequence[str]) -> WriteResult:
         created = False
 
         def post(batch: list[str]) -> _Refused | None:
             nonlocal created
-            body = "\n".join(batch).encode("utf-8")
-            headers = {"Content-Type": "text/plain; charset=utf-8"}
-            if self.cfg.compress and len(body) >= GZIP_MIN_BYTES:
-                body = gzip.compress(body, compresslevel=GZIP_LEVEL)
-                headers["Content-Encoding"] = "gzip"
+            body, headers = self._body(batch)
             for _attempt in range(2):  # the second only after creating the database
                 r = self._request(
                     "POST", "/write", params=self._params, content=body, headers=headers

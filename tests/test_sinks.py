@@ -5,6 +5,7 @@ docstring says."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -456,9 +457,14 @@ def test_ping(influxdb: InfluxServer, v1: V1Sink) -> None:
     assert v1.ping() is True
 
 
-def test_gzip_large_batch(influxdb: InfluxServer, influx_database: str, v1: V1Sink) -> None:
-    """20,000 lines in one request. The body is gzipped (Content-Encoding: gzip); had
-    1.6.7 ignored the header, the compressed bytes would be 'unable to parse'."""
+@pytest.mark.parametrize("gz", ["always", "auto"])
+def test_gzip_large_batch(influxdb: InfluxServer, influx_database: str, gz: str) -> None:
+    """20,000 lines in one request. With gzip (always; auto does not compress for a loopback
+    database) the body is gzipped (Content-Encoding: gzip); had 1.6.7 ignored the header,
+    the compressed bytes would be 'unable to parse'."""
+    cfg = v1_config(influxdb.url, influx_database, gzip=gz)
+    assert cfg.compress is (gz == "always")
+    v1 = V1Sink(cfg)
     base = golden(FIXTURES / "records/icmp-ok.json")
     t0 = time_ns(base.measured_at)
     lines = [
@@ -475,10 +481,11 @@ def test_gzip_large_batch(influxdb: InfluxServer, influx_database: str, v1: V1Si
     start = time.perf_counter()
     result = v1.write(lines)
     elapsed = time.perf_counter() - start
+    v1.close()
     assert result == WriteResult({}, 1)
     count = influxdb.query("SELECT count(loss_pct) FROM icmp", influx_database)[0]["count"]
     assert count == 20_000
-    print(f"\n20,000 lines, {size / 1e6:.1f} MB raw: written and confirmed in {elapsed:.2f} s")
+    print(f"\n20,000 lines, {size / 1e6:.1f} MB raw, gzip {gz}: confirmed in {elapsed:.2f} s")
 
 
 def test_query_influxql(influxdb: InfluxServer, influx_database: str, v1: V1Sink) -> None:
@@ -716,3 +723,35 @@ def test_resolving_is_bounded_without_hints() -> None:
     result = _write_resolving(lines, post)
     assert set(result.rejected) == bad
     assert result.requests <= 2 * len(lines)
+
+
+# --- v1 in the event loop ---------------------------------------------------------------------
+
+
+def test_v1_write_async_answers_like_write(influxdb: InfluxServer) -> None:
+    """The API's path: the whole-batch case in the loop, everything else through write()."""
+    db = f"async_{uuid.uuid4().hex[:8]}"
+    influxdb.databases.append(db)
+    sink = V1Sink(v1_config(influxdb.url, db))
+    down = V1Sink(v1_config(f"http://{LOOPBACK}:{closed_port()}", "x"))
+
+    async def scenario() -> list[WriteResult]:
+        try:
+            out = [await sink.write_async(["m,t=a f=1.5 1"])]  # creates the database
+            out.append(await sink.write_async(["m,t=a f=2.5 2", "m,t=b f=3.5 3"]))
+            # a type conflict and a comment: resolved exactly, as write() does
+            out.append(await sink.write_async(["m,t=c f=4.5 4", "m,t=d f=1i 5", "# no"]))
+            with pytest.raises(SinkUnavailable, match="unreachable"):
+                await down.write_async(["m f=1 1"])
+            return out
+        finally:
+            await sink.aclose()
+            await down.aclose()
+
+    created, whole, partial = asyncio.run(scenario())
+    sink.close()
+    down.close()
+    assert created.rejected == {} and whole == WriteResult({}, 1)
+    assert set(partial.rejected) == {1, 2} and "field type conflict" in partial.rejected[1]
+    rows = influxdb.query('SELECT "f" FROM "m"', db)
+    assert [r["f"] for r in rows] == [1.5, 2.5, 3.5, 4.5]
