@@ -401,15 +401,8 @@ class V1Sink:
             r = await self._aclient.post(
                 "/write", params=self._params, content=body, headers=headers
             )
-        except httpx.TimeoutException:
-            raise SinkUnavailable(
-                f"{self._where} did not answer within {self.cfg.timeout_s:g} s",
-                self.cfg.retry_after_s,
-            ) from None
         except (httpx.HTTPError, OSError) as exc:
-            raise SinkUnavailable(
-                f"{self._where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
-            ) from None
+            raise self._unavailable(exc) from None
         if 200 <= r.status_code < 300:
             return WriteResult(requests=1)
         message = _error_text(r.content, r.headers.get("X-Influxdb-Error"), r.reason_phrase)
@@ -453,15 +446,18 @@ class V1Sink:
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             return self._client.request(method, path, **kw)
-        except httpx.TimeoutException:
-            raise SinkUnavailable(
+        except (httpx.HTTPError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> SinkUnavailable:
+        if isinstance(exc, httpx.TimeoutException):
+            return SinkUnavailable(
                 f"{self._where} did not answer within {self.cfg.timeout_s:g} s",
                 self.cfg.retry_after_s,
-            ) from None
-        except (httpx.HTTPError, OSError) as exc:
-            raise SinkUnavailable(
-                f"{self._where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
-            ) from None
+            )
+        return SinkUnavailable(
+            f"{self._where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
+        )
 
     def _create_database(self) -> None:
         q = f"CREATE DATABASE {_influxql_ident(self.cfg.database)}"
