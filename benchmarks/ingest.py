@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,9 @@ class Phase:
         )
 
 
+PROCS = ("collector", "InfluxDB", "load generator")
+
+
 def measured(
     name: str, pids: dict[str, int], run: Callable[[], tuple[int, float, list[float]]]
 ) -> Phase:
@@ -270,6 +274,15 @@ def main() -> None:
 
     via = phases[1]
     rows = "\n".join(p.row() for p in phases)
+
+    def cost_row(p: Phase) -> str:
+        us = [1e4 * p.cpu.get(k, 0.0) / p.rate for k in PROCS]  # % of a core -> µs per point
+        limit = (os.cpu_count() or 1) * 1e6 / sum(us)
+        pairs = zip(us, PROCS, strict=True)
+        cells = " | ".join(f"{u:.0f}" if k in p.cpu else "-" for u, k in pairs)
+        return f"| {p.name} | {cells} | {sum(us):.0f} | {limit:,.0f} points/s |"
+
+    cost_rows = "\n".join(cost_row(p) for p in phases)
     checks = "\n".join(
         f"- {p.name}: acknowledged {p.points:,}, stored {p.stored:,}; collector RSS "
         f"{p.rss_mb:.0f} MB"
@@ -297,6 +310,16 @@ per request, to /write with the same concurrency.
 - p99 acknowledgement of a {n}-record batch under that load: **{pct(via.latencies, 99):.0f} ms**
 {checks}
   (every acknowledged point is in the database)
+
+## Where the time goes
+
+CPU per point, from the CPU each process used in its phase divided by the points written
+(µs of one core per point), and the rate the whole machine ({os.cpu_count()} cores) would
+reach if nothing else ran and every core went to these processes:
+
+| path | per point: {" | ".join(PROCS)} | all | machine limit |
+|---|{"---|" * len(PROCS)}---|---|
+{cost_rows}
 
 Benchmarks are not timed tests: the machine is shared and noisy; compare ratios from one run.
 """

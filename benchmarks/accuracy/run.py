@@ -168,19 +168,31 @@ def loss_rows(lab: Lab, st: Station, plan: Plan, tmp: Path) -> list[str]:
     return rows
 
 
+# Sinyal's throughput probe against the core's Speedtest Mini endpoint
+# (`sinyal-collector speedtest-server`), 10 s per direction, as iperf3 runs.
+SPEEDTEST_PORT = 8081
+DEFAULT_THROUGHPUT = {
+    "backend": "mini",
+    "url": "http://{server}:{port}/",
+    "name": "core",
+    "interval_s": 21600,
+    "duration_s": 10,
+    "timeout_s": 60,
+}
+
+
 def sinyal_throughput(
     st: Station, server: tuple[str, int], section: dict[str, Any] | None, tmp: Path
 ) -> tuple[float, float] | str:
     """Sinyal's (download, upload) Mbit/s on this path, or why there is none.
 
-    The throughput probe is on another branch; its config section comes from
-    --throughput-config, with "{server}" and "{port}" replaced by the core's iperf3/speedtest
-    endpoint, and the record's download_mbps / upload_mbps fields are read (docs/data-model).
+    The config section is DEFAULT_THROUGHPUT or --throughput-config, with "{server}" and
+    "{port}" replaced by the core's speedtest endpoint; the record's download_mbps /
+    upload_mbps fields are read (docs/data-model).
     """
     if "throughput" not in REGISTRY:
-        return "not available on this branch (agent.probes has no `throughput` probe)"
-    if section is None:
-        return "no --throughput-config given"
+        return "not available (agent.probes has no `throughput` probe)"
+    section = section or DEFAULT_THROUGHPUT
     text = yaml.safe_dump(section).replace("{server}", server[0]).replace("{port}", str(server[1]))
     records = sinyal_once(st, tmp, {"throughput": yaml.safe_load(text)}, timeout_s=300)
     (rec,) = [r for r in records if r["kind"] == "throughput"]
@@ -191,6 +203,11 @@ def rate_rows(
     lab: Lab, st: Station, plan: Plan, section: dict[str, Any] | None, tmp: Path
 ) -> list[str]:
     server = lab.iperf3_server()
+    core = lab.core()
+    endpoint = (core.addr, SPEEDTEST_PORT)
+    lab.spawn(core, sys.executable, "-m", "collector.cli", "speedtest-server",
+              "--host", core.addr, "--port", str(SPEEDTEST_PORT))  # fmt: skip
+    time.sleep(3)  # the endpoint starts (uvicorn)
     rows = [
         "| tbf rate | delay | expected TCP goodput | iperf3 up | iperf3 down | "
         "iperf3 vs rate | Sinyal down / up | Sinyal vs iperf3 |",
@@ -200,7 +217,7 @@ def rate_rows(
         lab.impair(st, rate_mbit=rate, delay_ms=delay)
         up = tcp_goodput_mbit(iperf3(st, server, plan.iperf_s))
         down = tcp_goodput_mbit(iperf3(st, server, plan.iperf_s, reverse=True))
-        ours = sinyal_throughput(st, server, section, tmp / f"tput-{rate}-{delay}")
+        ours = sinyal_throughput(st, endpoint, section, tmp / f"tput-{rate}-{delay}")
         if isinstance(ours, str):
             ours_cell, vs = ours, "n/a"
         else:
