@@ -4,12 +4,16 @@ stations, a real collector and InfluxDB 1.6.7; and the report's arithmetic on kn
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, require_tool
 from tests.drill import fleet, report
@@ -63,23 +67,13 @@ def test_report_times_flags_and_clears_against_the_targets() -> None:
 @pytest.mark.netns
 @pytest.mark.slow
 def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path: Path) -> None:
-    require_lab(("socat",))
-    require_tool("influxd")
-    out = tmp_path / "drill"
-    log = tmp_path / "drill.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.drill", "--short", "--real", "8", "--out", str(out)],
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            rc = proc.wait(timeout=420)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+    proc, out, log = _start_drill(tmp_path, 8)
+    try:
+        rc = proc.wait(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
     text = log.read_text()
     print(text)
     assert rc == 0, text
@@ -112,15 +106,67 @@ def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path:
     assert not _running(str(out))
 
 
+def _start_drill(tmp_path: Path, real: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`python -m tests.drill --short` in the background: the process, its out dir, its log."""
+    require_lab(("socat",))
+    require_tool("influxd")
+    out, log = tmp_path / "drill", tmp_path / "drill.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.drill",
+                "--short",
+                "--real",
+                str(real),
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, out, log
+
+
 def _running(marker: str) -> list[str]:
     """Command lines of processes whose arguments mention `marker` (the drill's own dir)."""
     found = []
     for p in Path("/proc").iterdir():
-        if p.name.isdigit():
+        if p.name.isdigit() and int(p.name) != os.getpid():
             try:
                 cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if marker in cmd and "pytest" not in cmd:
+            if marker in cmd:
                 found.append(cmd)
     return found
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_ctrl_c_stops_everything_the_drill_started(tmp_path: Path) -> None:
+    proc, out, log = _start_drill(tmp_path, 6)
+    try:
+        deadline = time.monotonic() + 90
+        while "agents started" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert len(_running(str(out))) >= 7  # the collector and six agents
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert rc == 130, text
+    assert "interrupted; everything it started is stopped" in text
+    assert proc.pid not in lab_namespaces()
+    assert not _running(str(out))
+    influx_url = yaml.safe_load((out / "run" / "collector.yaml").read_text())["sink"]["url"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{influx_url}/ping", timeout=2)
+    assert not (out / "report.json").exists()

@@ -64,6 +64,7 @@ class Report:
     untouched: list[str]
     untouched_not_ok: dict[str, list[str]]  # station -> non-ok statuses seen
     early_alarms: dict[str, list[str]]  # injected stations flagged before their injection
+    simulated_last: dict[str, int] = field(default_factory=dict)  # last status -> stations
     simulator_report: Any = None
     failures: list[str] = field(default_factory=list)
 
@@ -201,9 +202,20 @@ def build(
         untouched=untouched,
         untouched_not_ok=not_ok,
         early_alarms=early,
+        simulated_last=_last_statuses(by_station, [s.id for s in simulated]),
         simulator_report=obs.simulator_report,
         failures=failures,
     )
+
+
+def _last_statuses(by_station: dict[str, list[Point]], ids: Sequence[str]) -> dict[str, int]:
+    """How many of these stations were last seen in each status ("none": no point at all)."""
+    out: dict[str, int] = {}
+    for sid in ids:
+        pts = by_station.get(sid)
+        name = STATUS_NAMES[pts[-1].status] if pts else "none"
+        out[name] = out.get(name, 0) + 1
+    return out
 
 
 def _s(v: float | None) -> str:
@@ -267,6 +279,9 @@ def markdown(r: Report) -> str:
             f"All {len(r.untouched)} stayed ok throughout (no `station_status` point other"
             " than ok)."
         )
+    if r.simulated_last:
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(r.simulated_last.items()))
+        lines += ["", f"Simulated stations' last status (not checked): {seen}."]
     if r.simulator_report is not None:
         lines += ["", "## Simulator report", "", "```json", json.dumps(r.simulator_report)[:2000],
                   "```"]  # fmt: skip
