@@ -158,10 +158,10 @@ def build(
         for sid in untouched
     }
     not_ok = {k: v for k, v in not_ok.items() if v}
-    for sid, seen in not_ok.items():
-        failures.append(f"untouched station {sid} was not ok: {', '.join(seen)}")
-    for sid, seen in early.items():
-        failures.append(f"station {sid} was flagged before its injection: {', '.join(seen)}")
+    for sid, bad in not_ok.items():
+        failures.append(f"untouched station {sid} was not ok: {', '.join(bad)}")
+    for sid, bad in early.items():
+        failures.append(f"station {sid} was flagged before its injection: {', '.join(bad)}")
     missing = sorted({s.id for s in real} - set(by_station))
     if missing:
         failures.append(f"no status point at all for {', '.join(missing)}")
@@ -272,16 +272,16 @@ def markdown(r: Report) -> str:
         )
     lines += ["", "## Stations not injected", ""]
     if r.untouched_not_ok:
-        for sid, seen in r.untouched_not_ok.items():
-            lines.append(f"- {sid}: NOT ok at {', '.join(seen)}")
+        for sid, bad in r.untouched_not_ok.items():
+            lines.append(f"- {sid}: NOT ok at {', '.join(bad)}")
     else:
         lines.append(
             f"All {len(r.untouched)} stayed ok throughout (no `station_status` point other"
             " than ok)."
         )
     if r.simulated_last:
-        seen = ", ".join(f"{k} {v}" for k, v in sorted(r.simulated_last.items()))
-        lines += ["", f"Simulated stations' last status (not checked): {seen}."]
+        last = ", ".join(f"{k} {v}" for k, v in sorted(r.simulated_last.items()))
+        lines += ["", f"Simulated stations' last status (not checked): {last}."]
     if r.simulator_report is not None:
         lines += ["", "## Simulator report", "", "```json", json.dumps(r.simulator_report)[:2000],
                   "```"]  # fmt: skip
