@@ -62,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("drill: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
+    except Exception as exc:  # the stack is down already; say why, keep the logs
+        print(f"drill: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"drill: logs in {opts.out / 'run'}; everything it started is stopped", file=sys.stderr
+        )
+        return 1
     rep = report.build(obs, timing, drill.problems, drill.real, drill.sim)
     md, js = report.write(rep, args.out)
     print()

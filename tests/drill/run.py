@@ -342,9 +342,13 @@ class Drill:
         proc = getattr(self, "sim_proc", None)
         if proc is None:
             return
+        if proc.poll() is None:  # SIGTERM: it drains what is pending and writes its report
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
         stop_process(proc)
         report = self.run_dir / "simulator.json"
-        if proc.returncode not in (0, -15) and not report.exists():
+        if proc.returncode != 0:
             self.obs.simulator += f" It exited {proc.returncode} (see run/simulator.log)."
         with contextlib.suppress(OSError, ValueError):
             self.obs.simulator_report = json.loads(report.read_text())
