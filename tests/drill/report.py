@@ -283,8 +283,10 @@ def markdown(r: Report) -> str:
         last = ", ".join(f"{k} {v}" for k, v in sorted(r.simulated_last.items()))
         lines += ["", f"Simulated stations' last status (not checked): {last}."]
     if r.simulator_report is not None:
-        lines += ["", "## Simulator report", "", "```json", json.dumps(r.simulator_report)[:2000],
-                  "```"]  # fmt: skip
+        text = json.dumps(r.simulator_report, indent=2)
+        if len(text) > 4000:
+            text = text[:4000] + "\n... (the whole report is in report.json)"
+        lines += ["", "## Simulator report", "", "```json", text, "```"]
     if r.failures:
         lines += ["", "## Failed checks", ""] + [f"- {f}" for f in r.failures]
     return "\n".join(lines) + "\n"
