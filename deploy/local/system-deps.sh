@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # System tools the test suite uses as real peers: fping (RTT reference), iperf3 (throughput
-# reference), nginx (the Speedtest Mini endpoint at high concurrency), dnsmasq (resolver),
-# iptables and iproute2 (namespaces, loss), iputils-ping, socat (the drill's relay into the lab).
-# Installed with apt when running as root; otherwise the tests that need them skip with a
-# reason (and fail in CI).
+# reference), nginx (the Speedtest Mini endpoint at high concurrency), socat (a relay into the
+# field lab), faketime (a board whose clock is wrong), dnsmasq (resolver), iptables and
+# iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
+# root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
-packages=(fping iperf3 nginx-light dnsmasq-base iptables iproute2 iputils-ping procps util-linux
-    influxdb victoria-metrics socat)
+packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
+    procps util-linux influxdb victoria-metrics)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
