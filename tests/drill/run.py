@@ -1,0 +1,441 @@
+"""Runs a drill: InfluxDB, the collector, a field lab with a real agent per station, the fleet
+simulator when there is one, the scripted timeline; then reads back what the control room saw.
+
+```
+ root namespace (loopback)                        lab: core namespace         station namespaces
+ influxd 127.0.0.1:P1  <- collector 127.0.0.1:P2  socat 198.18.0.2:8080  <-  sinyal-agent run
+                          <- socat UNIX-LISTEN <--- (Unix socket) ------       (one per station,
+ sinyal-agent simulate -> collector (loopback)                                  impaired by the
+                                                                                router)
+```
+
+The lab has no link to the root namespace by design; the Unix socket relay (socat) is the
+only way in, and it leads only to the collector. Everything started here is stopped on the
+way out, also on Ctrl-C or a failure (an ExitStack; the lab removes its namespaces).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from collector.registry import Station
+from tests.dbs import InfluxServer, influxd
+from tests.drill import fleet
+from tests.drill.plan import CLEAR, STATUS_NAMES, Problem, Timing, timeline
+from tests.lab import Lab
+from tests.netns import stop_process
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DATABASE = "sinyal_drill"
+CORE_PORT = 8080
+POLL_S = 2.0
+TOOLS = ("ip", "tc", "iptables", "iptables-restore", "ss", "socat", "influxd")
+N_TARGETS = 3
+
+
+@dataclass
+class Options:
+    timing: Timing
+    real: int = 20
+    simulated: int = 20
+    sim_profile: str = "good4g=0.9,congested=0.1"
+    out: Path = ROOT / "var" / "drill"
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Point:
+    t: float  # unix seconds, as the collector wrote it
+    station: str
+    status: int
+    reasons: str
+
+
+@dataclass
+class Observed:
+    """What the drill did and what the control room saw."""
+
+    started: float
+    t0: float = 0.0
+    injected: dict[str, float] = field(default_factory=dict)  # problem key -> unix s
+    recovered: dict[str, float] = field(default_factory=dict)
+    points: list[Point] = field(default_factory=list)
+    first_report: dict[str, float] = field(default_factory=dict)
+    simulator: str = ""  # a line for the report
+    simulator_report: Any = None
+    ended: float = 0.0
+
+
+def environment_problems() -> list[str]:
+    """Why this machine cannot run a drill (empty when it can)."""
+    out = []
+    if os.geteuid() != 0:
+        out.append("needs root: it builds network namespaces (ip netns, tc, iptables)")
+    for tool in TOOLS:
+        if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
+            out.append(f"needs {tool} on PATH (apt-get install it; deploy/local/system-deps.sh)")
+    return out
+
+
+def simulator_available() -> tuple[bool, str]:
+    """Whether this installation has `sinyal-agent simulate`, and what it said if not."""
+    cmd = [sys.executable, "-m", "agent.cli", "simulate", "--help"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return False, "`sinyal-agent simulate --help` did not answer within 30 s"
+    if p.returncode == 0:
+        return True, ""
+    said = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+    return False, f"`sinyal-agent simulate --help` exited {p.returncode}: {said}"
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+
+
+def _collector_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector.cli", *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} was not ready within {timeout_s:g} s")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _process(
+    stack: ExitStack, cmd: Sequence[str], log: Path, **popen: Any
+) -> subprocess.Popen[str]:
+    """Start a process in the root namespace, output to `log`; stopped when `stack` closes."""
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            list(cmd), stdout=f, stderr=subprocess.STDOUT, text=True, env=_clean_env(), **popen
+        )
+    stack.callback(stop_process, proc)
+    return proc
+
+
+def agent_config(
+    st: Station, run: Path, url: str, token_file: Path, targets: Sequence[str], t: Timing
+) -> Path:
+    data = run / "agents" / st.id
+    data.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "station": {"id": st.id, "name": st.name, "lat": st.lat, "lon": st.lon, "tz": st.tz},
+        "uplinks": [{"name": "modem0", "operator": st.expected_operator or "unknown"}],
+        "collector": {"url": url, "token_file": str(token_file), "timeout_s": 10},
+        "probes": {
+            "icmp": {
+                "interval_s": t.interval_s,
+                "count": t.count,
+                "spacing_s": 0.2,
+                "timeout_s": 1,
+                "targets": [
+                    {"host": h, "name": name}
+                    for h, name in zip(targets, ("kpu", "sirekap", "dns"), strict=False)
+                ],
+            }
+        },
+        "schedule": {"jitter_fraction": 0.1, "max_jitter_s": 2},
+        "spool": {"max_mb": 16},
+        "data_dir": str(data),
+        "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+    }
+    path = data / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+class Drill:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.t = opts.timing
+        self.run_dir = opts.out / "run"
+        self.real = fleet.real_fleet(opts.real)
+        self.sim: list[Station] = []
+        self.problems = timeline(self.real, self.t)
+        self.influx: InfluxServer | None = None
+        self.lab: Lab | None = None
+        self.obs = Observed(started=time.time())
+        self._seen_ns = 0
+        self._last: dict[str, int] = {}
+
+    def log(self, text: str) -> None:
+        self.opts.log(text)
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> Observed:
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        with ExitStack() as stack:
+            self._start(stack)
+            self._wait_for_reports()
+            self._play()
+            self.obs.ended = time.time()
+            self.obs.points = self._points(int(self.obs.started * 1e9))
+            self._stop_simulator()
+        return self.obs
+
+    def _start(self, stack: ExitStack) -> None:
+        run, t = self.run_dir, self.t
+        available, why = simulator_available()
+        if self.opts.simulated and available:
+            self.sim = fleet.simulated_fleet(self.opts.simulated)
+        elif not self.opts.simulated:
+            self.obs.simulator = "Simulated stations: none (--simulated 0)."
+        else:
+            self.obs.simulator = (
+                "Simulated stations: NONE. The fleet simulator is not available in this "
+                f"installation ({why}); the drill ran with its {len(self.real)} real agents only."
+            )
+        self.log(f"drill: {len(self.real)} real stations, {len(self.sim)} simulated ({t.form})")
+        stations_csv = run / "stations.csv"
+        fleet.write_csv(stations_csv, [*self.real, *self.sim])
+
+        self.influx = stack.enter_context(influxd(shutil.which("influxd") or "influxd"))
+        self.influx.create_database(DATABASE)
+        port = free_port()
+        cfg = run / "collector.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": {"host": "127.0.0.1", "port": port},
+                    "sink": {"kind": "v1", "url": self.influx.url, "database": DATABASE},
+                    "data_dir": str(run / "collector"),
+                    "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+                    "status": t.collector_status(),
+                }
+            )
+        )
+        self.collector_cfg = cfg
+        _collector_cli(cfg, "check-config")
+        _collector_cli(cfg, "stations", "import", str(stations_csv))
+        tokens_csv = run / "tokens.csv"
+        _collector_cli(cfg, "agents", "add", "--all-stations", "--out", str(tokens_csv),
+                       "--note", "voting-day drill")  # fmt: skip
+        tokens = fleet.read_tokens(tokens_csv)
+        url = f"http://127.0.0.1:{port}"
+        serve = [sys.executable, "-m", "collector.cli", "serve", "-c", str(cfg)]
+        collector = _process(stack, serve, run / "collector.log", cwd=ROOT)
+        _wait("the collector", lambda: collector.poll() is None and _http_ok(f"{url}/healthz"), 30)
+        self.log(f"drill: InfluxDB {self.influx.url}, collector {url}, logs in {run}")
+
+        # The relay into the lab: root namespace socket -> collector; core -> socket.
+        sock = run / "collector.sock"
+        if len(str(sock)) > 100:  # a Unix socket path has at most 107 bytes
+            sock_dir = Path(tempfile.mkdtemp(prefix="sinyal-drill-"))
+            stack.callback(shutil.rmtree, sock_dir, True)
+            sock = sock_dir / "collector.sock"
+        relay = ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:127.0.0.1:{port}"]
+        (_process(stack, relay, run / "socat-root.log"))
+        _wait("the relay socket", sock.exists, 10)
+
+        self.lab = lab = stack.enter_context(Lab())
+        core = lab.core()
+        lab.spawn(
+            core,
+            "socat",
+            f"TCP-LISTEN:{CORE_PORT},bind={core.addr},fork,reuseaddr",
+            f"UNIX-CONNECT:{sock}",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def listening() -> bool:
+            out = lab.run(core, "ss", "-Hltn", f"sport = :{CORE_PORT}", check=False).stdout
+            return bool(out.strip())
+
+        _wait("the relay in the core namespace", listening, 10)
+        lab_url = f"http://{core.addr}:{CORE_PORT}"
+        targets = [core.target(i) for i in range(1, N_TARGETS + 1)]
+        for s in self.real:
+            st = lab.station(fleet.label(s))
+            token_file = run / "agents" / s.id / "token"
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(tokens[s.id])
+            token_file.chmod(0o600)
+            acfg = agent_config(s, run, lab_url, token_file, targets, t)
+            with (run / "agents" / s.id / "agent.log").open("w") as f:
+                lab.spawn(
+                    st,
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "run",
+                    "--plain",
+                    "-c",
+                    str(acfg),
+                    "--record-log",
+                    str(run / "agents" / s.id / "records.jsonl"),
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=_clean_env(),
+                    cwd=ROOT,
+                )
+        self.log(f"drill: {len(self.real)} agents started in their station namespaces")
+        if self.sim:
+            self._start_simulator(stack, url, tokens)
+
+    def _start_simulator(self, stack: ExitStack, url: str, tokens: dict[str, str]) -> None:
+        path = self.run_dir / "sim-tokens.csv"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("station,token_id,token\n")
+            with (self.run_dir / "tokens.csv").open(encoding="utf-8") as src:
+                sim_ids = {s.id for s in self.sim}
+                f.writelines(line for line in src if line.split(",", 1)[0] in sim_ids)
+        t = self.t
+        duration = t.baseline_s + t.blackout_s + t.settle_s + 120
+        cmd = [
+            *(sys.executable, "-m", "agent.cli", "simulate"),
+            *("--collector", url, "--tokens", str(path), "--stations", str(len(self.sim))),
+            *("--profile", self.opts.sim_profile, "--interval-s", f"{t.interval_s:g}"),
+            *("--targets", str(N_TARGETS), "--duration", f"{duration:g}"),
+            *("--report", str(self.run_dir / "simulator.json")),
+        ]
+        self.sim_proc = stack.enter_context(
+            _process(stack, cmd, self.run_dir / "simulator.log", cwd=ROOT)
+        )
+        self.obs.simulator = (
+            f"Simulated stations: {len(self.sim)} from `sinyal-agent simulate` "
+            f"(profile {self.opts.sim_profile}) in {fleet.SIM_REGION.province}."
+        )
+
+    def _stop_simulator(self) -> None:
+        proc = getattr(self, "sim_proc", None)
+        if proc is None:
+            return
+        if proc.poll() is None:  # SIGTERM: it drains what is pending and writes its report
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        stop_process(proc)
+        report = self.run_dir / "simulator.json"
+        if proc.returncode != 0:
+            self.obs.simulator += f" It exited {proc.returncode} (see run/simulator.log)."
+        with contextlib.suppress(OSError, ValueError):
+            self.obs.simulator_report = json.loads(report.read_text())
+
+    # --- the timeline -----------------------------------------------------------------------
+
+    def _wait_for_reports(self) -> None:
+        """Until every real station's first upload made its first status point."""
+        want = {s.id for s in self.real}
+        deadline = time.monotonic() + 3 * self.t.interval_s + 60
+        while time.monotonic() < deadline:
+            self._poll()
+            if want <= set(self.obs.first_report):
+                self.log(f"drill: all {len(want)} real stations reported")
+                return
+            time.sleep(POLL_S)
+        missing = sorted(want - set(self.obs.first_report))
+        raise RuntimeError(f"stations that never reported: {', '.join(missing)}")
+
+    def _play(self) -> None:
+        t = self.t
+        self.log(f"drill: baseline {t.baseline_s:g} s (everyone should stay ok)")
+        self._sleep_polling(time.time() + t.baseline_s)
+        self.obs.t0 = t0 = time.time()
+        events: list[tuple[float, str, Problem]] = []
+        for p in self.problems:
+            events += [(t0 + p.start_s, "inject", p), (t0 + p.start_s + p.duration_s, "clear", p)]
+        events.sort(key=lambda e: e[0])
+        assert self.lab is not None
+        for at, action, p in events:
+            self._sleep_polling(at)
+            for sid in p.stations:
+                st = self.lab.station(sid)
+                self.lab.impair(st, **(p.impairment if action == "inject" else CLEAR))
+            now = time.time()
+            (self.obs.injected if action == "inject" else self.obs.recovered)[p.key] = now
+            verb = "INJECT" if action == "inject" else "RECOVER"
+            self.log(f"{self._rel(now)} {verb} {p.title} ({len(p.stations)} station(s))")
+        deadline = time.time() + t.settle_s
+        while time.time() < deadline and not self._all_cleared():
+            self._sleep_polling(min(deadline, time.time() + POLL_S))
+        self._poll()
+
+    def _all_cleared(self) -> bool:
+        for p in self.problems:
+            back = self.obs.recovered.get(p.key)
+            if back is None:
+                return False
+            for sid in p.stations:
+                if self._last.get(sid) != 0:
+                    return False
+        return True
+
+    def _sleep_polling(self, until: float) -> None:
+        while (left := until - time.time()) > 0:
+            time.sleep(min(POLL_S, left))
+            self._poll()
+
+    def _rel(self, t: float) -> str:
+        base = self.obs.t0 or self.obs.started
+        sign = "T0" if self.obs.t0 else "start"
+        return f"[{sign}{t - base:+7.1f}s]"
+
+    def _poll(self) -> None:
+        """Print every new status point as the control room would see it change."""
+        pts = self._points(self._seen_ns + 1 if self._seen_ns else int(self.obs.started * 1e9))
+        for p in pts:
+            self._seen_ns = max(self._seen_ns, int(p.t * 1e9))
+            self.obs.first_report.setdefault(p.station, p.t)
+            old = self._last.get(p.station)
+            self._last[p.station] = p.status
+            if old is not None and old != p.status:
+                why = f": {p.reasons}" if p.reasons else ""
+                self.log(
+                    f"{self._rel(p.t)} {p.station} {STATUS_NAMES[old]} -> "
+                    f"{STATUS_NAMES[p.status]}{why}"
+                )
+
+    def _points(self, since_ns: int) -> list[Point]:
+        assert self.influx is not None
+        rows = self.influx.query(
+            'SELECT "status", "reasons" FROM "station_status" '
+            f'WHERE time >= {since_ns} GROUP BY "station"',
+            DATABASE,
+        )
+        pts = [
+            Point(r["time"] / 1e9, r["station"], int(r["status"]), r.get("reasons") or "")
+            for r in rows
+        ]
+        return sorted(pts, key=lambda p: p.t)
