@@ -66,6 +66,7 @@ CLOCK_SYNC_EVERY_S = 600.0  # as the agent's uploader
 TARGET_NAMES = ("kpu-sirekap", "dns-google", "nix-jakarta", "dns-cloudflare", "idx-surabaya")
 OPERATORS = ("telkomsel", "indosat", "xl", "smartfren", "tri")
 UPLINK = "modem0"
+POOL_SIZE = 8  # connections per httpx client (see run)
 
 
 class SimulateError(ValueError):
@@ -465,10 +466,9 @@ _ROUND, _RETRY = 0, 1
 
 
 class _Fleet:
-    def __init__(self, cfg: SimConfig, report: Report, client: httpx.AsyncClient) -> None:
+    def __init__(self, cfg: SimConfig, report: Report) -> None:
         self.cfg = cfg
         self.report = report
-        self.client = client
         t0 = time.monotonic_ns()
         self.stations = []
         for i, st in enumerate(cfg.stations):
@@ -488,25 +488,25 @@ class _Fleet:
         st.retry_at = time.time() + delay
         heapq.heappush(self.heap, (st.retry_at, _RETRY, st.index))
 
-    async def worker(self) -> None:
+    async def worker(self, client: httpx.AsyncClient) -> None:
         while True:
             st = await self.queue.get()
             self.in_flight += 1
             try:
-                ok = await self.upload(st)
+                ok = await self.upload(st, client)
             finally:
                 self.in_flight -= 1
                 st.queued = False
             if ok:
                 self.enqueue(st, time.time())  # more came in meanwhile, or a backlog
 
-    async def sync_clock(self, st: SimStation) -> bool:
+    async def sync_clock(self, st: SimStation, client: httpx.AsyncClient) -> bool:
         """What the agent's uploader does for a TimeKeeper: read GET /api/v1/time and
         relate it to the station's monotonic clock; held records then get their time."""
         assert st.timekeeper is not None
         m0 = st.mono_ns()
         try:
-            response = await self.client.get(TIME_PATH)
+            response = await client.get(TIME_PATH)
             m1 = st.mono_ns()
             response.raise_for_status()
             server_ns = int(response.json()["unix_ns"])
@@ -523,7 +523,7 @@ class _Fleet:
                     p.body = p.record.to_json()
         return True
 
-    async def upload(self, st: SimStation) -> bool:
+    async def upload(self, st: SimStation, client: httpx.AsyncClient) -> bool:
         report = self.report
         if (
             st.timekeeper is not None
@@ -531,7 +531,7 @@ class _Fleet:
                 time.monotonic() - st.last_sync > CLOCK_SYNC_EVERY_S
                 or any(p.body is None for p in st.pending)
             )
-            and not await self.sync_clock(st)
+            and not await self.sync_clock(st, client)
         ):
             self.retry_later(st, None)
             return False
@@ -542,7 +542,7 @@ class _Fleet:
         report.records_sent += len(batch)
         t0 = time.perf_counter()
         try:
-            response = await self.client.post(PATH, content=body, headers=upload_headers(st.token))
+            response = await client.post(PATH, content=body, headers=upload_headers(st.token))
         except httpx.HTTPError as exc:
             report.requests[type(exc).__name__] += 1
             self.retry_later(st, None)
@@ -648,32 +648,43 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
     """Simulate the fleet until cfg.duration_s has passed or `stop` is set; then drain."""
     stop = stop or asyncio.Event()
     report = Report(stations=len(cfg.stations), interval_s=cfg.interval_s)
+    fleet = _Fleet(cfg, report)
+    report.profiles = dict(Counter(s.profile for s in fleet.stations))
     verify: str | bool = str(cfg.ca_bundle) if cfg.ca_bundle else True
-    limits = httpx.Limits(
-        max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-    )
-    async with httpx.AsyncClient(
-        base_url=cfg.collector.rstrip("/"),
-        timeout=cfg.timeout_s,
-        verify=verify,
-        limits=limits,
-        headers={"User-Agent": f"sinyal-agent/{__version__} (simulate)"},
-    ) as client:
-        fleet = _Fleet(cfg, report, client)
-        report.profiles = dict(Counter(s.profile for s in fleet.stations))
-        workers = [asyncio.create_task(fleet.worker()) for _ in range(cfg.concurrency)]
-        with contextlib.ExitStack() as files:
-            if cfg.record_log is not None:
-                fleet.record_log = files.enter_context(cfg.record_log.open("a", encoding="utf-8"))
+    # Several small connection pools rather than one large one: httpcore's pool does work
+    # proportional to its connections for every request, so one client with 64 connections
+    # spends ~10 ms of CPU a request where eight clients of 8 spend ~1.4 ms (measured here).
+    per_pool = min(cfg.concurrency, POOL_SIZE)
+    pools = math.ceil(cfg.concurrency / per_pool)
+    limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+    with contextlib.ExitStack() as files:
+        if cfg.record_log is not None:
+            fleet.record_log = files.enter_context(cfg.record_log.open("a", encoding="utf-8"))
+        async with contextlib.AsyncExitStack() as clients:
+            pool = [
+                await clients.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=cfg.collector.rstrip("/"),
+                        timeout=cfg.timeout_s,
+                        verify=verify,
+                        limits=limits,
+                        headers={"User-Agent": f"sinyal-agent/{__version__} (simulate)"},
+                    )
+                )
+                for _ in range(pools)
+            ]
+            workers = [
+                asyncio.create_task(fleet.worker(pool[k % pools])) for k in range(cfg.concurrency)
+            ]
             try:
                 await fleet.run(stop)
             finally:
                 for w in workers:
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-        for s in fleet.stations:
-            if s.pending:
-                report.held[s.profile] += len(s.pending)
+    for s in fleet.stations:
+        if s.pending:
+            report.held[s.profile] += len(s.pending)
     return report
 
 
