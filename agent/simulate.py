@@ -593,6 +593,19 @@ class _Fleet:
             or any(s.uploadable() for s in self.stations)
         )
 
+    def start_round(self, st: SimStation, now: float, due: float) -> None:
+        cfg, report = self.cfg, self.report
+        for r in st.make_round(now, cfg.interval_s):
+            timed = r.clock is not None and r.clock.source is not None
+            body = r.to_json() if timed else None
+            st.pending.append(Pending(r, body, time.monotonic()))
+            report.records_made += 1
+            if self.record_log is not None:
+                self.record_log.write((body or r.to_json()) + "\n")
+        report.rounds += 1
+        report.round_lag_s.append(max(0.0, now - due))
+        heapq.heappush(self.heap, (due + cfg.interval_s, _ROUND, st.index))
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg, report = self.cfg, self.report
         start = time.time()
@@ -604,6 +617,7 @@ class _Fleet:
         rounds_over = False
         drain_deadline = math.inf
         drain_started = 0.0
+        popped = 0
         while True:
             now = time.time()
             if not rounds_over and (now >= t_end or stop.is_set()):
@@ -611,28 +625,23 @@ class _Fleet:
                 report.elapsed_s = time.monotonic() - t_start
                 drain_started = time.monotonic()
                 drain_deadline = drain_started + cfg.drain_s
+                self.heap = [e for e in self.heap if e[1] == _RETRY]  # no more rounds
+                heapq.heapify(self.heap)
+            if self.heap and self.heap[0][0] <= now and time.monotonic() < drain_deadline:
+                due, kind, i = heapq.heappop(self.heap)
+                st = self.stations[i]
+                if kind == _ROUND:
+                    self.start_round(st, now, due)
+                self.enqueue(st, now)
+                popped += 1
+                if popped % 32 == 0:
+                    await asyncio.sleep(0)  # let the uploads run when many rounds are due
+                continue
+            # Scanning every station for what is left is O(fleet): only here, when idle.
             if rounds_over and (time.monotonic() >= drain_deadline or not self.uploading_left()):
                 break
-            if not self.heap or self.heap[0][0] > now:
-                nxt = self.heap[0][0] if self.heap else now + 0.1
-                await _sleep_or(stop, min(0.1, max(0.0, nxt - now)))
-                continue
-            due, kind, i = heapq.heappop(self.heap)
-            st = self.stations[i]
-            if kind == _ROUND:
-                if rounds_over:
-                    continue
-                for r in st.make_round(now, cfg.interval_s):
-                    timed = r.clock is not None and r.clock.source is not None
-                    body = r.to_json() if timed else None
-                    st.pending.append(Pending(r, body, time.monotonic()))
-                    report.records_made += 1
-                    if self.record_log is not None:
-                        self.record_log.write((body or r.to_json()) + "\n")
-                report.rounds += 1
-                report.round_lag_s.append(max(0.0, now - due))
-                heapq.heappush(self.heap, (due + cfg.interval_s, _ROUND, i))
-            self.enqueue(st, now)
+            nxt = self.heap[0][0] if self.heap else now + 0.1
+            await _sleep_or(stop, min(0.1, max(0.0, nxt - now)))
         report.drain_s = time.monotonic() - drain_started
 
 
