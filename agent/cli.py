@@ -39,9 +39,11 @@ examples:
   sinyal-agent once --json            one JSON record per line
   sinyal-agent run                    live view on a terminal, log lines under systemd
   sinyal-agent doctor                 what is wrong and how to fix it
+  sinyal-agent simulate --collector URL --tokens tokens.csv --profile good4g=0.9,congested=0.1
+                                      a simulated fleet for load tests and drills
 
 exit codes: 0 ok, 1 failure, 2 invalid config or usage, 3 environment cannot run the probes
-docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md
+docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md, docs/simulate.md
 """
 
 
@@ -172,13 +174,21 @@ def _add_simulate(add: Any) -> None:
         help="profiles and their shares of the fleet, e.g. good4g=0.9,congested=0.1"
         " (default good4g)",
     )
-    sim.add_argument("--interval-s", type=float, default=60.0, help="round interval (default 60)")
-    sim.add_argument("--targets", type=int, default=3, help="icmp targets per round (default 3)")
+    sim.add_argument(
+        "--interval-s", type=float, default=60.0, metavar="S", help="round interval (default 60)"
+    )
+    sim.add_argument(
+        "--targets", type=int, default=3, metavar="N", help="icmp targets per round (default 3)"
+    )
     sim.add_argument(
         "--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)"
     )
     sim.add_argument(
-        "--concurrency", type=int, default=50, help="uploads in flight at most (default 50)"
+        "--concurrency",
+        type=int,
+        default=50,
+        metavar="C",
+        help="uploads in flight at most (default 50)",
     )
     sim.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
     sim.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
@@ -186,9 +196,12 @@ def _add_simulate(add: Any) -> None:
         "--drain-s",
         type=float,
         default=10.0,
+        metavar="S",
         help="after the duration, upload what is pending for at most this long (default 10)",
     )
-    sim.add_argument("--seed", type=int, default=0, help="seed of the stations' random values")
+    sim.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the stations' random values"
+    )
     sim.add_argument(
         "--record-log",
         metavar="FILE",
