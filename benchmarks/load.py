@@ -97,11 +97,19 @@ class Run:
     direct_lat: list[float] = field(default_factory=list)
     direct_cpu: dict[str, float] = field(default_factory=dict)
     spy: tuple[list[tuple[str, float]], list[tuple[str, float]]] = ([], [])
+    in_flight: int = 0  # uploads in flight at most, all generator processes
 
     @property
     def offered(self) -> float:
         """Records per second the fleet made (at its schedule unless the generator lagged)."""
         return float(self.report.to_dict()["offered_records_per_s"] or 0.0)
+
+    @property
+    def little_bound(self) -> float:
+        """Requests/s the generators' uploads in flight allow at the measured mean ack
+        latency (Little's law): when the achieved rate is near it, the concurrency capped."""
+        lat = self.report.ack_latencies_s
+        return self.in_flight * len(lat) / sum(lat) if lat else 0.0
 
     @property
     def rate(self) -> float:
@@ -110,13 +118,12 @@ class Run:
 
     @property
     def holds(self) -> bool:
-        """The fleet is carried at its schedule: everything made was acknowledged within the
-        drain, no request failed, rounds started on time and records arrived within an
-        interval of being measured."""
+        """The fleet is carried at its schedule: everything made was acknowledged (a failed
+        request is retried, as by agents), rounds started on time and records arrived within
+        an interval of being measured."""
         r, d = self.report, self.report.to_dict()
         return (
             r.records_accepted == r.records_made
-            and r.errors == 0
             and (d["round_lag_s"]["p99"] or 0) < 5
             and (d["delivery_s"]["p99"] or 0) < r.interval_s
         )
@@ -345,6 +352,7 @@ def run_size(
             )
         )
         result = Run(size, gens, report, seconds, cpu, rss, stored)
+        result.in_flight = gens * args.concurrency
         if spy is not None and raw.exists():
             result.spy = spy_summary(raw)
     finally:
@@ -382,7 +390,9 @@ def write_results(runs: list[Run], args: argparse.Namespace, setup_s: float) -> 
         ack = d["ack_latency_ms"]
         gen_cpu = sum(v for k, v in r.cpu.items() if k.startswith("generator"))
         rows.append(
-            f"| {r.size:,} | {r.offered:,.0f} | {r.rate:,.0f} | {ack['p50']:.1f} ms "
+            f"| {r.size:,} | {r.offered:,.0f} | {r.rate:,.0f} "
+            f"| {sum(r.report.requests.values()) / (r.report.elapsed_s + r.report.drain_s):,.0f}"
+            f" / {r.little_bound:,.0f} | {ack['p50']:.1f} ms "
             f"| {ack['p99']:.1f} ms | {d['delivery_s']['p99']:.1f} s "
             f"| {d['round_lag_s']['p99']:.2f} s | {r.cpu['collector']:.0f} % | {r.rss_mb:.0f} MB "
             f"| {r.cpu['InfluxDB']:.0f} % "
@@ -392,7 +402,7 @@ def write_results(runs: list[Run], args: argparse.Namespace, setup_s: float) -> 
         direct_rows.append(
             f"| {r.size:,} | {r.direct_rate:,.0f} | {pct(r.direct_lat, 50):.1f} ms "
             f"| {pct(r.direct_lat, 99):.1f} ms | {fmt_cpu(r.direct_cpu)} "
-            f"| {r.rate / r.direct_rate:.2f} |"
+            f"| {f'{r.rate / r.direct_rate:.2f}' if not r.holds else 'paced'} |"
         )
         held = ", ".join(f"{k} {v}" for k, v in d["records"]["held"].items()) or "none"
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.report.requests.items()))
@@ -423,9 +433,10 @@ def write_results(runs: list[Run], args: argparse.Namespace, setup_s: float) -> 
                 + "\n"
             )
     header = (
-        "| stations | offered rec/s | acknowledged rec/s | ack p50 | ack p99 | delivery p99 "
+        "| stations | offered rec/s | acknowledged rec/s | requests/s / in-flight bound "
+        "| ack p50 | ack p99 | delivery p99 "
         "| round lag p99 | collector CPU | collector RSS (peak) | InfluxDB CPU "
-        "| generator CPU (processes) | holds |\n|" + "---|" * 12
+        "| generator CPU (processes) | holds |\n|" + "---|" * 13
     )
     report = f"""# Load: simulated fleets into one collector
 
@@ -451,8 +462,13 @@ then at most {args.drain_s:g} s to upload what is still pending. Set-up (registr
 - ack p50/p99: per request (one station's envelope), send to the collector's 200.
 - delivery p99: measured → acknowledged, per record; round lag p99: how late the generator
   started rounds (above a few seconds the generator itself is behind).
-- holds: every record acknowledged, no failed request, rounds on time and delivered within
-  one interval.
+- requests/s / in-flight bound: requests the collector answered per second, and what the
+  generators' {args.concurrency} uploads in flight per process allow at the measured mean ack
+  latency (in flight ÷ mean latency, Little's law): when the two are close, the generator's
+  concurrency, not the collector's CPU, capped the rate (a real fleet has one connection per
+  station, so no such cap).
+- holds: every record acknowledged (a failed request is retried with the records kept, as by
+  agents), rounds on time and delivered within one interval.
 
 {header}
 {chr(10).join(rows)}
@@ -557,9 +573,12 @@ def main() -> None:
     report = write_results(runs, args, setup_s)
     print(report)
     for r in runs:
-        if r.stored != r.report.records_accepted:
+        # Requests still in flight when the drain ended were written but not acknowledged
+        # to the simulator: stored may exceed acknowledged, never made.
+        if not r.report.records_accepted <= r.stored <= r.report.records_made:
             raise SystemExit(
-                f"{r.size}: acknowledged {r.report.records_accepted}, stored {r.stored}"
+                f"{r.size}: made {r.report.records_made}, acknowledged"
+                f" {r.report.records_accepted}, stored {r.stored}"
             )
 
 
