@@ -105,12 +105,16 @@ def load_tokens(path: Path, limit: int | None = None) -> list[StationToken]:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError) as exc:
         raise SimulateError(f"{path}: cannot read: {exc}") from None
-    if not rows or [c.strip() for c in rows[0]] != TOKENS_HEADER:
-        got = ",".join(rows[0]) if rows else "an empty file"
-        raise SimulateError(
-            f"{path}:1: got {got!r}, expected the header {','.join(TOKENS_HEADER)}"
-            " (the file of sinyal-collector agents add --all-stations --out FILE)"
-        )
+    expected = (
+        f"expected the header {','.join(TOKENS_HEADER)}"
+        " (the file of sinyal-collector agents add --all-stations --out FILE)"
+    )
+    if not rows:
+        raise SimulateError(f"{path}:1: got an empty file, {expected}")
+    if [c.strip() for c in rows[0]] != TOKENS_HEADER:
+        # A file without its header starts with a token: never show one.
+        first = [TOKEN_PREFIX + "…" if c.strip().startswith(TOKEN_PREFIX) else c for c in rows[0]]
+        raise SimulateError(f"{path}:1: got {','.join(first)!r}, {expected}")
     out: list[StationToken] = []
     seen: set[str] = set()
     for n, row in enumerate(rows[1:], 2):
@@ -695,9 +699,3 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
         if s.pending:
             report.held[s.profile] += len(s.pending)
     return report
-
-
-def expected_rate(stations: int, interval_s: float, targets: int) -> float:
-    """Records per second a fleet makes: targets per round plus the heartbeats."""
-    per_round = targets + 1 / max(1, round(HEARTBEAT_S / interval_s))
-    return stations * per_round / interval_s

@@ -221,6 +221,8 @@ GOOD = "station,token_id,token\n3171011001001,ab12cd34,sny_abcdefghijklmnop\n"
     ("text", "extra", "message"),
     [
         ("station,token\n", [], "tokens.csv:1: got 'station,token', expected the header"),
+        (GOOD.split("\n", 1)[1], [], "tokens.csv:1: got '3171011001001,ab12cd34,sny_…'"),
+        ("", [], "tokens.csv:1: got an empty file, expected the header"),
         (GOOD + "3171011001002,ff00ff00\n", [], "tokens.csv:3: got 2 columns, expected 3"),
         (GOOD + "3171011001002,ff00ff00,secretvalue\n", [], "tokens.csv:3: column token"),
         (GOOD + GOOD.splitlines()[1] + "\n", [], "tokens.csv:3: column station: got '317101100"),
