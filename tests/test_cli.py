@@ -202,7 +202,7 @@ def test_invalid_config_exits_2_for_every_command(
     doc = base_config(tmp_path)
     doc["station"]["lat"] = 100
     path = write_config(tmp_path, doc)
-    for command in ("check-config", "once", "run", "status", "doctor", "simulate"):
+    for command in ("check-config", "once", "run", "status", "doctor"):
         assert cli.main([command, "-c", str(path)]) == 2, command
         err = capsys.readouterr().err
         assert err.splitlines()[-1] == "1 problem; see docs/configuration.md"
