@@ -52,9 +52,12 @@ def mos(rtt_avg_ms: float, jitter_ms: float, loss_pct: float) -> float:
     R = 93.2 - EffLat / 40               when EffLat < 160
     R = 93.2 - (EffLat - 120) / 10       otherwise
     R = R - 2.5 * loss_pct, clamped to 0..100
-    MOS = 1 + 0.035 R + 7e-6 R (R - 60) (100 - R)
+    MOS = 1 + 0.035 R + 7e-6 R (R - 60) (100 - R), at least 1
+
+    The cubic dips below 1 for 0 < R < 6.5 (0.989 at R = 3); MOS is 1..4.5 by definition
+    (and by the record contract, which rejects less), so it is floored at 1.
     """
     eff = rtt_avg_ms + 2 * jitter_ms + 10
     r = 93.2 - eff / 40 if eff < 160 else 93.2 - (eff - 120) / 10
     r = min(100.0, max(0.0, r - 2.5 * loss_pct))
-    return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    return max(1.0, 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r))

@@ -93,17 +93,35 @@ class Backoff:
         return self.rng.uniform(0, ceiling)
 
 
-def envelope_bytes(station: str, bodies: list[str]) -> bytes:
-    """The upload envelope built around the spooled JSON bodies as they are."""
+def envelope_bytes(station: str, bodies: list[str], boot: str | None = None) -> bytes:
+    """The upload envelope built around the spooled JSON bodies as they are. `boot` is the
+    sender's boot id (default: this machine's; the fleet simulator gives each station its own)."""
     head = json.dumps(
         {
             "schema": SCHEMA_VERSION,
-            "agent": {"station": station, "version": __version__, "boot_id": boot_id()},
+            "agent": {
+                "station": station,
+                "version": __version__,
+                "boot_id": boot if boot is not None else boot_id(),
+            },
             "sent_at": format_time(datetime.now(UTC)),
         },
         separators=(",", ":"),
     )
     return (head[:-1] + ',"records":[' + ",".join(bodies) + "]}").encode()
+
+
+def upload_body(station: str, bodies: list[str], boot: str | None = None) -> bytes:
+    """The request body of one upload: the envelope, gzip-compressed."""
+    return gzip.compress(envelope_bytes(station, bodies, boot), 6)
+
+
+def upload_headers(token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
 
 
 class Uploader:
@@ -176,22 +194,14 @@ class Uploader:
         if not batch:
             return None
         ids = [rid for rid, _ in batch]
-        body = gzip.compress(envelope_bytes(self.station, [b for _, b in batch]), 6)
+        body = upload_body(self.station, [b for _, b in batch])
         try:
             token = self.collector.read_token()
         except OSError as exc:
             return self._failed(Outcome(len(batch), error=f"cannot read token: {exc}"))
         t_send = time.time()
         try:
-            response = await self.client.post(
-                PATH,
-                content=body,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json",
-                    "Content-Encoding": "gzip",
-                },
-            )
+            response = await self.client.post(PATH, content=body, headers=upload_headers(token))
         except httpx.HTTPError as exc:
             return self._failed(Outcome(len(batch), error=f"{type(exc).__name__}: {exc}"))
         t_recv = time.time()

@@ -59,8 +59,9 @@ def clean_environ() -> dict[str, str]:
         (["run"], "Run the agent until stopped"),
         (["status"], "Show what the spool holds"),
         (["doctor"], "Preflight checks with the fix for each problem"),
+        (["simulate"], "Play many stations against a collector through the real upload protocol"),
     ],
-    ids=["top", "check-config", "once", "run", "status", "doctor"],
+    ids=["top", "check-config", "once", "run", "status", "doctor", "simulate"],
 )
 def test_help(command: list[str], purpose: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -78,7 +79,7 @@ def test_top_level_help_lists_every_command_and_exit_code(
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    for command in ("check-config", "once", "run", "status", "doctor"):
+    for command in ("check-config", "once", "run", "status", "doctor", "simulate"):
         assert re.search(rf"^\s+{command}\s+\S", out, re.M), command
     assert "exit codes: 0 ok, 1 failure, 2 invalid config or usage, 3 environment" in out
 

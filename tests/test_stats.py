@@ -144,6 +144,13 @@ def test_mos_floors_at_1_when_r_clamps_to_0(rtt: float, jitter: float, loss: flo
     assert stats.mos(rtt, jitter, loss) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_mos_floors_at_1_where_the_cubic_dips_below_it() -> None:
+    # 36 % loss on a perfect link: R = 92.95 - 90 = 2.95, where the cubic gives 0.989.
+    assert _mos_of_r(2.95) < 1
+    assert stats.mos(0, 0, 36) == 1.0
+    assert all(stats.mos(0, 0, loss / 10) >= 1.0 for loss in range(0, 1001))
+
+
 def test_mos_ceiling_when_r_clamps_to_100() -> None:
     # Real inputs cannot exceed R = 92.95; a negative latency (a clock step) must
     # still give a MOS inside the contract's 1..4.5.
