@@ -42,6 +42,11 @@ class Threshold:
     inclusive: bool
     source: str
 
+    def breaches(self, value: float) -> bool:
+        """Whether the value grades warn or alert (good and fair do not breach)."""
+        v, warn = (value, self.warn) if self.higher_is_worse else (-value, -self.warn)
+        return v > warn or (self.inclusive and v == warn)
+
     def grade(self, value: float) -> Grade:
         # Mirror lower-is-worse metrics so one set of comparisons serves both directions.
         if self.higher_is_worse:

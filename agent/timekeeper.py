@@ -71,12 +71,10 @@ class TimeKeeper:
         out: list[Record] = []
         for r in records:
             c = r.clock
-            if c is None or c.source is not None or self.trust == "system":
-                if c is not None and c.source is None:
-                    r = dataclasses.replace(r, clock=dataclasses.replace(c, source="system"))
+            if c is None or c.source is not None:
                 out.append(r)
                 continue
-            if self.trust == "kernel" and c.synced == 1:
+            if self.trust == "system" or (self.trust == "kernel" and c.synced == 1):
                 out.append(dataclasses.replace(r, clock=dataclasses.replace(c, source="system")))
                 continue
             base = None if c.boot_id is None else self.base_ns(c.boot_id)

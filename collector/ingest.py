@@ -21,7 +21,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agent.record import (
@@ -38,7 +38,13 @@ from agent.record import (
     record_id_of,
 )
 from collector.config import Limits
-from collector.lineproto import escape_field_key, escape_tag, record_to_point, series_key
+from collector.lineproto import (
+    escape_field_key,
+    escape_tag,
+    record_to_point,
+    series_key,
+    time_ns,
+)
 
 RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_ms")
 
@@ -231,7 +237,6 @@ _canonical_time = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
 ).fullmatch
 _no_control = re.compile(r"[^\x00-\x1f\x7f]+").fullmatch
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FLOAT, _INT = 0, 1
 _MAX_CACHED_SERIES = 500_000
 
@@ -427,8 +432,7 @@ def prepare_raw(
             if line is None:
                 continue
         else:
-            d = record.measured_at - _EPOCH
-            t_ns = ((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds) * 1_000
+            t_ns = time_ns(record.measured_at)
             if record.seq is not None:
                 t_ns += record.seq % 1000
             prefix = fast.prefix(record, hit[1], station.province, station.regency)

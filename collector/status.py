@@ -398,11 +398,8 @@ class StatusEngine:
             # do not breach), so the round is good without building any explanation.
             for name, t in self._graded(record.kind):
                 value = fields.get(name)
-                if type(value) is not float and type(value) is not int:
-                    continue
-                v, w = (value, t.warn) if t.higher_is_worse else (-value, -t.warn)
-                if v > w or (t.inclusive and v == w):
-                    break  # it breaches (or is NaN-free but odd): explain it below
+                if (type(value) is float or type(value) is int) and t.breaches(value):
+                    break  # it breaches: explain it below
             else:
                 return _GOOD_ROUND
         level = _GOOD
