@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.record import ContractError, decode_envelope_header, format_time
 from agent.thresholds import load as load_thresholds
@@ -153,6 +154,16 @@ class Collector:
             raise HttpError(415, f"content-encoding {encoding} not supported (gzip or identity)")
         return body
 
+    async def answer(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        """The ingest endpoint's answer: (HTTP status, JSON body, extra headers)."""
+        try:
+            payload = await self.ingest(request)
+        except HttpError as exc:
+            self.metrics.requests.labels(str(exc.status)).inc()
+            return exc.status, orjson.dumps({"error": exc.reason}), exc.headers
+        self.metrics.requests.labels("200").inc()
+        return 200, orjson.dumps(payload), {}
+
     async def ingest(self, request: Request) -> dict[str, Any]:
         token = _bearer(request.headers.get("authorization", ""))
         scope = self.registry.authenticate(token) if token else None
@@ -260,6 +271,34 @@ class Collector:
                 log.exception("sweeper pass failed")
 
 
+class IngestRoute:
+    """Answers POST /api/v1/measurements ahead of FastAPI's routing, as a plain ASGI app.
+
+    The route is the collector's hot path: at election-day rates FastAPI's per-request
+    machinery (route matching, exception and exit-stack middleware, dependency solving)
+    was a tenth of the collector's CPU for a job that needs none of it. Every other path,
+    and the route's OpenAPI description, stay with FastAPI."""
+
+    PATH = "/api/v1/measurements"
+
+    def __init__(self, app: ASGIApp, collector: Collector) -> None:
+        self.app = app
+        self.collector = collector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        status, body, extra = await self.collector.answer(Request(scope, receive))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in extra.items()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _station_info(station: Any) -> StationInfo:
     return StationInfo(
         id=station.id,
@@ -304,6 +343,7 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
         description="Ingest API for Sinyal agents. See docs/collector.md.",
     )
     app.state.collector = c
+    app.add_middleware(IngestRoute, collector=c)
     # Agents' throughput and upload probes measure against the collector itself.
     app.mount("/speedtest", SpeedtestEndpoint())
 
@@ -328,13 +368,9 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
         },
     )
     async def measurements(request: Request) -> Response:
-        try:
-            payload = await c.ingest(request)
-        except HttpError as exc:
-            c.metrics.requests.labels(str(exc.status)).inc()
-            return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
-        c.metrics.requests.labels("200").inc()
-        return Response(orjson.dumps(payload), media_type="application/json")
+        # Documents the route; requests are answered by IngestRoute before routing.
+        status, body, headers = await c.answer(request)
+        return Response(body, status, headers=headers, media_type="application/json")
 
     @app.get("/api/v1/time", summary="The server's clock (UTC)")
     async def server_time() -> dict[str, Any]:
