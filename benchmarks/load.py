@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, proc_sample
+from common import BIN, RESULTS, machine, post_http, proc_sample
 from ingest import pct, stations_csv
 
 from agent import simulate
@@ -223,49 +222,9 @@ def spy_summary(raw: Path) -> tuple[list[tuple[str, float]], list[tuple[str, flo
     )
 
 
-async def drive_direct(
-    url: str, bodies: list[bytes], seconds: float, concurrency: int
-) -> tuple[int, float, list[float]]:
-    """POST the bodies to InfluxDB's /write in turn for `seconds` over `concurrency` keep-alive
-    connections; (requests, elapsed, latencies). A minimal HTTP/1.1 client on asyncio streams:
-    httpx tops out near 900 requests/s a process here (about 1.4 ms of CPU a request), which
-    would measure the client rather than the database."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    target = f"{parts.path}?{parts.query}"
-    latencies: list[float] = []
-    next_i = 0
-    t_end = time.monotonic() + seconds
-
-    async def worker() -> None:
-        nonlocal next_i
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while time.monotonic() < t_end and next_i < len(bodies):
-                body = bodies[next_i]
-                next_i += 1
-                t0 = time.perf_counter()
-                writer.write(
-                    f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                text = await reader.readexactly(length) if length else b""
-                latencies.append(time.perf_counter() - t0)
-                if status != 204:
-                    raise RuntimeError(f"{url}: HTTP {status}: {text[:300]!r}")
-        finally:
-            writer.close()
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies), time.monotonic() - t0, latencies
+def expect_204(status: int, text: bytes) -> None:
+    if status != 204:
+        raise RuntimeError(f"InfluxDB /write: HTTP {status}: {text[:300]!r}")
 
 
 def direct_bodies(tokens: list[StationToken], batches: int) -> list[bytes]:
@@ -373,7 +332,9 @@ def run_size(
     own0 = time.process_time()
     t_write = f"{db.url}/write?db={direct_db}&precision=ns"
     requests, secs, lat = asyncio.run(
-        drive_direct(t_write, bodies, args.direct_seconds, args.concurrency)
+        post_http(
+            t_write, [(b, {}) for b in bodies], args.direct_seconds, args.concurrency, expect_204
+        )
     )
     points = 4 * requests
     result.direct_cpu = {
