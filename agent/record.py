@@ -157,8 +157,8 @@ MEASUREMENTS: dict[str, Measurement] = {
         "One speed test (download then upload) over one uplink, with latency under load.",
         (*COMMON_TAGS, "backend", "server"),
         {
-            "download_mbps": FieldSpec(float, "Mbit/s", "download rate", 0, 1e6),
-            "upload_mbps": FieldSpec(float, "Mbit/s", "upload rate", 0, 1e6),
+            "download_mbps": FieldSpec(float, "Mbit/s", "download rate (loaded window)", 0, 1e6),
+            "upload_mbps": FieldSpec(float, "Mbit/s", "upload rate (loaded window)", 0, 1e6),
             "download_bytes": FieldSpec(int, "bytes", "bytes received in the download", 0, 2**53),
             "upload_bytes": FieldSpec(int, "bytes", "bytes sent in the upload", 0, 2**53),
             "bytes_used": FieldSpec(

@@ -260,6 +260,8 @@ class ThroughputProbe:
                     interval = self.cfg.ping_interval_s
                     loaded = asyncio.create_task(pinger.loaded(ev["phase"], interval, stop))
                 elif kind in ("download", "upload"):
+                    if ev.get("method") != "tcp_info":
+                        log.info("%s rate is speedtest-cli's own: no TCP_INFO counters", kind)
                     fields[f"{kind}_mbps"] = round(ev["bits_per_s"] / 1e6, 3)
                     fields[f"{kind}_bytes"] = int(ev["bytes"])
                     test.complete = kind == "upload"

@@ -14,8 +14,9 @@ First it measures the delay element's own error (0 ms through it; 20 ms). Target
 median within max(1 ms, 3 %) of fping; loss within the binomial 99 % interval of the
 imposed probability; throughput within 10 % of iperf3.
 
-    sudo .venv/bin/python benchmarks/accuracy/run.py [--quick]
-Writes benchmarks/results/accuracy.md. Needs root, fping and iperf3; about 6 minutes.
+    sudo .venv/bin/python benchmarks/accuracy/run.py [--quick] [--only throughput]
+Writes benchmarks/results/accuracy.md (all sections, in one run). Needs root, fping and
+iperf3; about 6 minutes. --only runs one section and prints its rows without writing the file.
 """
 
 from __future__ import annotations
@@ -234,10 +235,29 @@ def rate_rows(
     return rows
 
 
+def only(name: str, lab: Lab, st: Station, plan: Plan, section: Any, tmp: Path) -> None:
+    if name == "throughput":
+        rate_rows(lab, st, plan, section, tmp)  # prints each row as it is measured
+        return
+    if name == "loss":
+        loss_rows(lab, st, plan, tmp)
+        return
+    rows, base = element_error(lab, st, plan)
+    if name == "rtt":
+        rtt_rows(lab, st, plan, base, tmp)
+    else:
+        print("\n".join(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     ap.add_argument("--throughput-config", type=Path, help="YAML: Sinyal's throughput section")
+    ap.add_argument(
+        "--only",
+        choices=("element", "rtt", "loss", "throughput"),
+        help="run one section, print its rows, write no file",
+    )
     args = ap.parse_args()
     plan = QUICK if args.quick else Plan()
     section = yaml.safe_load(args.throughput_config.read_text()) if args.throughput_config else None
@@ -245,6 +265,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir, Lab() as lab:
         tmp = Path(tmpdir)
         st = lab.station("bench")
+        if args.only is not None:
+            only(args.only, lab, st, plan, section, tmp)
+            return
         element, base = element_error(lab, st, plan)
         rtt = rtt_rows(lab, st, plan, base, tmp)
         loss = loss_rows(lab, st, plan, tmp)
