@@ -1,7 +1,8 @@
 """Where points go: one Sink interface, two implementations chosen by SinkConfig.kind.
 
-- ``v1`` (V1Sink): line protocol POSTed to ``/write?db=`` with httpx. Every InfluxDB 1.x
-  (including Debian's 1.6.7), and the v1 compatibility endpoint of 2.x and 3.x.
+- ``v1`` (V1Sink): line protocol POSTed to ``/write?db=`` (aiohttp from the event loop, httpx
+  otherwise). Every InfluxDB 1.x (including Debian's 1.6.7), and the v1 compatibility
+  endpoint of 2.x and 3.x.
 - ``v2`` (V2Sink): influxdb-client's synchronous write API on ``/api/v2/write``. InfluxDB
   1.8+, 2.x, 3.x and VictoriaMetrics. Not InfluxDB < 1.8 (it answers 404).
 
