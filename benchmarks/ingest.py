@@ -160,9 +160,7 @@ def measured(
     points, seconds, lat = run()
     cpu = {k: 100 * (proc_sample(pid)[0] - before[k]) / seconds for k, pid in pids.items()}
     cpu["load generator"] = 100 * (time.process_time() - own0) / seconds
-    phase = Phase(name, points, seconds, lat, cpu)
-    phase.machine = 100 * (machine_busy() - busy0) / seconds
-    return phase
+    return Phase(name, points, seconds, lat, cpu, machine=100 * (machine_busy() - busy0) / seconds)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ compatibility API. VictoriaMetrics has no InfluxQL.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -330,22 +331,22 @@ def _write_resolving(
 # --- v1: POST /write -----------------------------------------------------------------------
 
 
-def _auth_headers(cfg: SinkConfig) -> tuple[httpx.Auth | None, dict[str, str]]:
+def _auth_headers(cfg: SinkConfig) -> dict[str, str]:
     """Basic for username/password (1.x; no secret in a URL or an access log), the
-    ``Token`` header for a token (2.x and 3.x v1 endpoints)."""
+    ``Token`` header for a token (2.x and 3.x v1 endpoints). One header for both clients
+    (httpx and the event loop's aiohttp), built as httpx.BasicAuth builds it (UTF-8)."""
     if cfg.token:
-        return None, {"Authorization": f"Token {cfg.token}"}
+        return {"Authorization": f"Token {cfg.token}"}
     if cfg.username is not None and cfg.password is not None:
-        return httpx.BasicAuth(cfg.username, cfg.password), {}
-    return None, {}
+        pair = base64.b64encode(f"{cfg.username}:{cfg.password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
 
 
 def _http_client(cfg: SinkConfig) -> httpx.Client:
-    auth, headers = _auth_headers(cfg)
     return httpx.Client(
         base_url=cfg.url,
-        auth=auth,
-        headers={"User-Agent": "sinyal-collector", **headers},
+        headers={"User-Agent": "sinyal-collector", **_auth_headers(cfg)},
         timeout=httpx.Timeout(cfg.timeout_s),
         trust_env=False,  # no proxy or netrc from the environment: the config says where
     )
@@ -412,15 +413,8 @@ class V1Sink:
 
     def _new_session(self) -> aiohttp.ClientSession:
         """Made in the event loop that uses it (aiohttp binds a session to its loop)."""
-        auth: aiohttp.BasicAuth | None = None
-        headers = {"User-Agent": "sinyal-collector"}
-        if self.cfg.token:
-            headers["Authorization"] = f"Token {self.cfg.token}"
-        elif self.cfg.username is not None and self.cfg.password is not None:
-            auth = aiohttp.BasicAuth(self.cfg.username, self.cfg.password)
         return aiohttp.ClientSession(
-            auth=auth,
-            headers=headers,
+            headers={"User-Agent": "sinyal-collector", **_auth_headers(self.cfg)},
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             trust_env=False,  # no proxy or netrc from the environment: the config says where
             auto_decompress=False,
