@@ -253,6 +253,8 @@ class _Series:
     uplink: str
     window: deque[_Round]
     status: Status = Status.OK
+    critical: int = 0  # rounds in the window at critical level
+    breaching: int = 0  # rounds in the window above good level
     clean_run: int = 0  # consecutive good rounds, newest last
     noncrit_run: int = 0  # consecutive rounds below critical level
     last_at: datetime | None = None
@@ -291,6 +293,7 @@ class StatusEngine:
         self._stations: dict[str, _Station] = {}
         self._by_field: dict[tuple[str, str], Threshold | None] = {}
         self._graded_by_kind: dict[str, list[tuple[str, Threshold]]] = {}
+        self._warn_limits: dict[str, tuple[tuple[str, float, bool, bool], ...]] = {}
         self._series_keys: dict[
             tuple[str, tuple[tuple[str, str], ...]], tuple[_SeriesKey, str, str]
         ] = {}
@@ -391,14 +394,27 @@ class StatusEngine:
             self._graded_by_kind[kind] = graded
         return graded
 
+    def _warn_limits_of(self, kind: str) -> tuple[tuple[str, float, bool, bool], ...]:
+        """(field, warn limit, higher_is_worse, inclusive) of a kind's graded fields: what
+        Threshold.breaches() compares, unpacked once so _grade's common case makes no calls."""
+        limits = self._warn_limits.get(kind)
+        if limits is None:
+            limits = self._warn_limits[kind] = tuple(
+                (n, t.warn, t.higher_is_worse, t.inclusive) for n, t in self._graded(kind)
+            )
+        return limits
+
     def _grade(self, record: Record) -> _Round:
         fields = record.fields
         if record.error is None and fields.get("ok") != 0:
             # The common case, kept cheap: no field reaches its warn limit (good and fair
             # do not breach), so the round is good without building any explanation.
-            for name, t in self._graded(record.kind):
-                value = fields.get(name)
-                if (type(value) is float or type(value) is int) and t.breaches(value):
+            # Threshold.breaches(), inlined: the same comparisons (NaN breaches neither way).
+            for name, warn, higher, inclusive in self._warn_limits_of(record.kind):
+                v = fields.get(name)
+                if (type(v) is float or type(v) is int) and (
+                    (v > warn if higher else v < warn) or (inclusive and v == warn)
+                ):
                     break  # it breaches: explain it below
             else:
                 return _GOOD_ROUND
@@ -458,14 +474,20 @@ class StatusEngine:
         s.last_at = at
         s.last_fields = record.fields
         rnd = self._grade(record)
-        s.window.append(rnd)
+        window = s.window
+        if len(window) == window.maxlen:  # the oldest round leaves the window
+            gone = window[0].level
+            s.critical -= gone == _CRITICAL
+            s.breaching -= gone != _GOOD
+        window.append(rnd)
+        s.critical += rnd.level == _CRITICAL
+        s.breaching += rnd.level != _GOOD
         s.clean_run = s.clean_run + 1 if rnd.level == _GOOD else 0
         s.noncrit_run = s.noncrit_run + 1 if rnd.level < _CRITICAL else 0
         s.status = self._next(s)
 
     def _next(self, s: _Series) -> Status:
-        critical = sum(1 for r in s.window if r.level == _CRITICAL)
-        breaching = sum(1 for r in s.window if r.level != _GOOD)
+        critical, breaching = s.critical, s.breaching  # counts kept by _round
         if critical >= self._m:
             return Status.CRITICAL
         if s.status is Status.CRITICAL:

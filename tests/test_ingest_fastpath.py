@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.record import MEASUREMENTS, decode_envelope_lenient, format_time
 from collector.config import Limits
-from collector.ingest import FastPath, Prepared, prepare, prepare_raw
+from collector.ingest import FastPath, Prepared, _values_text, prepare, prepare_raw
 from tests.collector_stack import golden
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
@@ -183,3 +184,56 @@ def test_the_usual_records_take_the_fast_path() -> None:
         assert fast.decode(rec) is not None, name
         rec["fields"]["made_up"] = 1
         assert fast.decode(rec) is None, name
+
+
+@pytest.mark.parametrize(
+    ("changes", "plausible"),
+    [
+        ({}, True),
+        ({"rtt_max_ms": 2000.5}, False),  # above timeout_ms 2000.0
+        ({"rtt_min_ms": 2000.0, "rtt_max_ms": 2000.0}, True),  # at the timeout is in time
+        ({"received": 11}, False),
+        ({"loss_pct": 10.0}, False),
+        ({"received": 9, "loss_pct": 10.0}, True),
+        ({"received": 9, "loss_pct": 10.005}, True),  # within the 0.01 tolerance
+        ({"sent": 0, "received": 0, "loss_pct": 100.0}, True),  # nothing sent: no loss rule
+    ],
+)
+def test_fast_plausibility_agrees_with_the_reference(
+    changes: dict[str, Any], plausible: bool
+) -> None:
+    """The fast path checks icmp plausibility on the typed values; when it finds something,
+    plausibility() words the rejection. Either way the answer is the reference's."""
+    rec = golden("icmp-ok")
+    rec["measured_at"] = format_time(NOW - timedelta(minutes=5))
+    rec["fields"].update(changes)
+    hit = FastPath().decode(copy.deepcopy(rec))
+    assert hit is not None and hit[3] is plausible
+    want = reference([rec])
+    got = prepare_raw([rec], Scope(), Registry(), LIMITS, NOW, FastPath())
+    assert got.lines == want.lines and len(got.lines) == (1 if plausible else 0)
+    assert [r.to_dict() for r in got.rejected] == [r.to_dict() for r in want.rejected]
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.floats(0, 600_000),
+            st.floats(0, 1e-3),
+            st.integers(-(2**63), 2**63 - 1),
+        ),
+        min_size=1,
+        max_size=14,
+    )
+)
+def test_values_text_is_repr_or_declines(values: list[float | int]) -> None:
+    """Line protocol's number text from orjson is exactly repr()'s (and str() for ints), or
+    the fast path declines and repr() writes it."""
+    text = _values_text(tuple(values))
+    if text is not None:
+        assert list(text) == [repr(v) for v in values]
+    else:
+        assert any((type(v) is float and ((v != 0 and abs(v) < 1e-4) or abs(v) >= 1e16))
+                   or ".0000" in repr(v) for v in values)  # fmt: skip

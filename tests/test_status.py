@@ -18,6 +18,7 @@ from agent import thresholds as agent_thresholds
 from agent.record import MEASUREMENTS, ErrorCode, Record, new_id
 from collector.config import StatusConfig
 from collector.status import (
+    _GOOD_ROUND,
     MAX_REASON_LEN,
     MAX_REASONS,
     StationInfo,
@@ -590,3 +591,54 @@ def test_cut_off_upload_is_a_failed_round() -> None:
     (change,) = eng.observe(INFO, [golden("upload-cut-off")])
     assert change.new == CRIT
     assert change.reasons == ("upload[collector@modem0] error=connection_reset",)
+
+
+# -- the engine's shortcuts agree with the plain definitions ---------------------------------
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.text(alphabet="GFDCE", min_size=1, max_size=40),
+    st.sampled_from([(3, 5), (2, 3), (1, 1), (4, 8)]),
+)
+def test_window_counts_kept_per_round_match_the_window(grades: str, mn: tuple[int, int]) -> None:
+    """_round keeps each series' critical and breaching counts as rounds enter and leave
+    the window; they always equal a count over the window itself."""
+    eng, clock = engine(*mn)
+    rng = random.Random(3)
+    for i, g in enumerate(grades):
+        clock.advance(60)
+        eng.observe(INFO, [icmp(g, i, rng)])
+        (series,) = eng._stations[SID].series.values()
+        assert series.critical == sum(1 for r in series.window if r.level == 2)
+        assert series.breaching == sum(1 for r in series.window if r.level != 0)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.data())
+def test_the_quick_good_round_check_is_threshold_breaches(data: st.DataObject) -> None:
+    """_grade's common case inlines Threshold.breaches(): a round is good without an
+    explanation exactly when no graded field breaches."""
+    eng, _ = engine()
+    kind = data.draw(st.sampled_from(sorted(MEASUREMENTS)))
+    graded = eng._graded(kind)
+    fields: dict[str, Any] = {}
+    for name, t in graded:
+        fields[name] = data.draw(
+            st.one_of(
+                st.sampled_from([t.good, t.warn, t.alert, -t.warn, 0, True, None, "x"]),
+                st.floats(allow_nan=True),
+                st.integers(-1000, 1000),
+            )
+        )
+    rec = Record(kind, T0, {"station": SID}, fields)
+    breaches = any(
+        (type(v) is float or type(v) is int) and t.breaches(v)
+        for (name, t) in graded
+        if (v := fields.get(name)) is not None
+    )
+    rnd = eng._grade(rec)
+    if not breaches:
+        assert rnd is _GOOD_ROUND
+    else:
+        assert rnd is not _GOOD_ROUND
