@@ -106,9 +106,34 @@ def test_database_down_fails_every_waiting_request() -> None:
     assert sink.most_in_flight <= 2
 
 
-@pytest.mark.parametrize(("max_lines", "writers"), [(0, 1), (10, 0)])
-def test_limits_must_be_positive(max_lines: int, writers: int) -> None:
+@pytest.mark.parametrize(("max_lines", "writers", "min_lines"), [(0, 1, 1), (10, 0, 1), (9, 1, 0)])
+def test_limits_must_be_positive(max_lines: int, writers: int, min_lines: int) -> None:
     sink = V1Sink(config(f"http://{LOOPBACK}:{closed_port()}", "x"))
     with pytest.raises(ValueError, match="must be >= 1"):
-        Batcher(sink, max_lines=max_lines, writers=writers)
+        Batcher(sink, max_lines=max_lines, writers=writers, min_lines=min_lines)
     sink.close()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected_writes", "most_in_flight"),
+    [
+        # idle: the first request goes at once; the rest (30 < min_lines) wait for it
+        ([10, 10, 10, 10], [10, 30], 1),
+        # 120 >= min_lines queue up while the first is in flight: a second write starts
+        ([10, 60, 60], [10, 120], 2),
+        ([5], [5], 1),  # a lone small request is never kept waiting
+    ],
+)
+def test_a_further_write_waits_for_min_lines_or_an_idle_database(
+    influxdb: InfluxServer, sizes: list[int], expected_writes: list[int], most_in_flight: int
+) -> None:
+    db = f"batch_{uuid.uuid4().hex[:8]}"
+    influxdb.databases.append(db)
+    influxdb.create_database(db)
+    sink = CountingSink(config(influxdb.url, db))
+    batcher = Batcher(sink, max_lines=1000, writers=4, min_lines=100)
+    results = run(sink, batcher, [request_lines(r, n, set()) for r, n in enumerate(sizes)])
+    assert all(isinstance(r, WriteResult) and not r.rejected for r in results), results
+    assert sink.sizes == expected_writes
+    assert sink.most_in_flight == most_in_flight
+    assert influxdb.query('SELECT count("f") FROM "m"', db)[0]["count"] == sum(sizes)

@@ -5,20 +5,30 @@ records and stations, and the same rejections with the same reasons and details.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.record import MEASUREMENTS, decode_envelope_lenient, format_time
+from agent.record import (
+    MEASUREMENTS,
+    ContractError,
+    decode_envelope_header,
+    decode_envelope_lenient,
+    format_time,
+)
 from collector.config import Limits
 from collector.ingest import FastPath, Prepared, _values_text, prepare, prepare_raw
 from tests.collector_stack import golden
+from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
 
@@ -237,3 +247,134 @@ def test_values_text_is_repr_or_declines(values: list[float | int]) -> None:
     else:
         assert any((type(v) is float and ((v != 0 and abs(v) < 1e-4) or abs(v) >= 1e16))
                    or ".0000" in repr(v) for v in values)  # fmt: skip
+
+
+# --- whole envelopes through msgspec (FastPath.decode_envelope) ------------------------------
+
+
+def header_or_error(doc: Any) -> Any:
+    try:
+        h = decode_envelope_header(doc)
+    except ContractError as exc:
+        return ("error", str(exc))
+    return (h.station, h.agent_version, h.sent_at, h.schema, h.boot_id, len(h.raw_records))
+
+
+envelope_extras = st.fixed_dictionaries(
+    {},
+    optional={
+        "schema": st.sampled_from([1, 2, "1", None]),
+        "agent": st.sampled_from([{"station": "3171011001001", "version": "t"},
+                                  {"station": "", "version": "t"}, {"version": "t"}, [], None,
+                                  {"station": "3171011001001", "version": "t", "boot_id": 7}]),
+        "sent_at": st.sampled_from([format_time(NOW), "yesterday", None, 5]),
+        "extra": st.integers(),
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(st.lists(record(), max_size=5), envelope_extras, st.booleans())
+def test_envelope_pass_answers_like_record_by_record(
+    raw_records: list[Any], extras: dict[str, Any], usual_header: bool
+) -> None:
+    """Through decode_envelope() (when it takes the envelope) the header and the prepared
+    records are exactly what parsing the JSON and deciding record by record gives."""
+    doc: dict[str, Any] = {"schema": 1, "agent": {"station": "3171011001001", "version": "t"},
+                           "sent_at": format_time(NOW), "records": raw_records}  # fmt: skip
+    if not usual_header:
+        doc.update(extras)
+    body = json.dumps(doc).encode()
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        assert FAST.decode_envelope(body) is None
+        return
+    want_header = header_or_error(parsed)
+    wire = FAST.decode_envelope(body)
+    event("record by record" if wire is None else f"envelope pass, {len(wire[1])} records")
+    if wire is None:
+        return  # the API then does exactly the record-by-record path
+    assert header_or_error(wire[0]) == want_header
+    if want_header[0] == "error":
+        return
+    want = prepare_raw(parsed["records"], Scope(), Registry(), LIMITS, NOW, FastPath())
+    got = prepare_raw(wire[0]["records"], Scope(), Registry(), LIMITS, NOW, FAST, wire[1])
+    assert got.lines == want.lines
+    assert [r.to_dict() for r in got.rejected] == [r.to_dict() for r in want.rejected]
+    assert got.stations == want.stations
+    assert [r.to_dict() for r in got.records] == [r.to_dict() for r in want.records]
+    assert [r.clock for r in got.records] == [r.clock for r in want.records]
+
+
+def test_agents_envelopes_take_the_envelope_pass() -> None:
+    """What agents send every minute (icmp, dns, http and heartbeat records) is decoded in
+    one pass; one record of another kind (throughput, upload: hourly) or one unusual record
+    sends the whole envelope the record-by-record way."""
+    golden_env = orjson.loads((FIXTURES / "records" / "envelope.json").read_bytes())
+    kinds = {r["kind"] for r in golden_env["records"]}
+    assert {"throughput", "upload"} <= kinds
+    assert FastPath().decode_envelope(orjson.dumps(golden_env)) is None
+    golden_env["records"] = [
+        r for r in golden_env["records"] if r["kind"] in {"icmp", "dns", "http", "agent"}
+    ]
+    wire = FastPath().decode_envelope(orjson.dumps(golden_env))
+    assert wire is not None and len(wire[1]) == len(golden_env["records"]) >= 6
+    records = [golden(n) for n in ("icmp-ok", "icmp-total-loss", "dns-ok", "http-refused")]
+    doc = {"schema": 1, "agent": {"station": "3171011001001", "version": "t"},
+           "sent_at": format_time(NOW), "records": records}  # fmt: skip
+    assert FastPath().decode_envelope(json.dumps(doc).encode()) is not None
+    changes: list[dict[str, Any]] = [
+        {"seq": -1}, {"id": "A" * 32}, {"extra": 1}, {"error": "nope"},
+        {"measured_at": "2026-11-22T05:00:00Z"}, {"clock": {"synced": True}},
+    ]  # fmt: skip
+    for change in changes:
+        odd = copy.deepcopy(doc)
+        odd["records"][2].update(change)
+        assert FastPath().decode_envelope(json.dumps(odd).encode()) is None, change
+    odd = copy.deepcopy(doc)
+    odd["records"][1]["fields"]["loss_pct"] = 100  # an int in a float field
+    assert FastPath().decode_envelope(json.dumps(odd).encode()) is None
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_msgspec_reads_numbers_as_orjson_does(numbers: list[float | int]) -> None:
+    """The envelope pass reads field values with msgspec, the record-by-record path with
+    orjson: the same text gives the same value of the same type. Beyond int64 orjson reads
+    an integer as a float and msgspec as an int; no field takes such an int (int fields
+    end at int64, float fields want a float), so such an envelope is read the orjson way."""
+    body = json.dumps({"n": numbers}).encode()
+    want = orjson.loads(body)["n"]
+    got = msgspec.json.decode(body, type=dict[str, list[int | float]])["n"]
+    for g, w, v in zip(got, want, numbers, strict=True):
+        if type(v) is int and not -(2**63) <= v < 2**64:
+            assert type(g) is int and type(w) is float
+        else:
+            assert (type(g), g) == (type(w), w)
+    text = ("[" + ",".join(repr(float(v)) for v in numbers) + "]").encode()
+    assert msgspec.json.decode(text, type=list[float]) == orjson.loads(text)
+
+
+def test_a_record_without_fields_is_its_id_alone() -> None:
+    """A failed round may carry no fields: the point's fields are then its id and error,
+    on both passes, as on the reference path."""
+    rec = golden("http-refused")
+    rec["measured_at"] = format_time(NOW - timedelta(minutes=5))
+    rec["fields"] = {}
+    want = reference([rec])
+    assert len(want.lines) == 1 and f' id="{rec["id"]}",error=' in want.lines[0]
+    got = prepare_raw([copy.deepcopy(rec)], Scope(), Registry(), LIMITS, NOW, FastPath())
+    assert got.lines == want.lines
+    doc = {"schema": 1, "agent": {"station": "3171011001001", "version": "t"},
+           "sent_at": format_time(NOW), "records": [rec]}  # fmt: skip
+    wire = FastPath().decode_envelope(json.dumps(doc).encode())
+    assert wire is not None
+    fast = FastPath()
+    assert prepare_raw([], Scope(), Registry(), LIMITS, NOW, fast, wire[1]).lines == want.lines
