@@ -172,15 +172,14 @@ class Collector:
                 401, "missing, unknown or revoked token", {"WWW-Authenticate": "Bearer"}
             )
         body = await self.read_body(request)
-        wire = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
+        doc = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
+        decoded = doc is not None
         try:
-            if wire is None:
+            if doc is None:
                 try:
                     doc = orjson.loads(body)
                 except orjson.JSONDecodeError as exc:
                     raise ContractError("", f"not JSON: {exc}") from None
-            else:
-                doc = wire[0]
             header = decode_envelope_header(doc)
         except ContractError as exc:
             raise HttpError(422, f"malformed envelope: {exc}") from None
@@ -190,13 +189,7 @@ class Collector:
             raise HttpError(403, f"token may not write for station {header.station}")
         now = datetime.now(UTC)
         prepared = prepare_raw(
-            header.raw_records,
-            scope,
-            self.registry,
-            self.cfg.limits,
-            now,
-            self.fast,
-            None if wire is None else wire[1],
+            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
         )
         accepted = await self.write(prepared)
         for rej in prepared.rejected:

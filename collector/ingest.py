@@ -430,10 +430,11 @@ class FastPath:
         self._prefixes: dict[tuple[str, tuple[str, ...], str, str], str] = {}
         self._forms: dict[tuple[str, tuple[str, ...]], _Form] = {}
 
-    def decode_envelope(self, body: bytes) -> tuple[dict[str, Any], list[Hit]] | None:
-        """The whole envelope in one pass: its header (as decode_envelope_header() reads it)
-        and every record decoded, or None when any part of it is unusual (then the caller
-        parses the JSON and lets decode() or the reference path judge record by record).
+    def decode_envelope(self, body: bytes) -> dict[str, Any] | None:
+        """The whole envelope in one pass: the document decode_envelope_header() reads, with
+        every record decoded (its "records" are Hits, for prepare_raw(decoded=True)), or None
+        when any part of it is unusual (then the caller parses the JSON and lets decode() or
+        the reference path judge record by record).
 
         msgspec checks, in C, everything decode() checks in Python about the record's
         keys and the types of its values, the id and time formats and the clock; what is
@@ -454,8 +455,7 @@ class FastPath:
             if hit is None:
                 return None
             hits.append(hit)
-        header = {"schema": env.schema, "agent": env.agent, "sent_at": env.sent_at}
-        return {**header, "records": hits}, hits
+        return {"schema": env.schema, "agent": env.agent, "sent_at": env.sent_at, "records": hits}
 
     def decode(self, d: Any) -> Hit | None:
         """(record, its tag values, its encoded fields, whether its values are known to be
@@ -612,15 +612,15 @@ def prepare_raw(
     limits: Limits,
     now: datetime,
     fast: FastPath,
-    hits: Sequence[Hit] | None = None,
+    decoded: bool = False,
 ) -> Prepared:
     """prepare() for an envelope's raw (JSON-decoded) records: the same result, faster.
-    hits: the records as FastPath.decode_envelope() decoded them all (raw_records unused)."""
+    decoded: raw_records are the Hits of FastPath.decode_envelope(), not JSON objects."""
     out = Prepared()
     invalid: list[Rejection] = []
     checks = _Checks(scope, registry, limits, now)
-    for i, raw in enumerate(raw_records if hits is None else hits):
-        hit = fast.decode(raw) if hits is None else hits[i]
+    for i, raw in enumerate(raw_records):
+        hit = raw if decoded else fast.decode(raw)
         if hit is None:
             try:
                 record = Record.from_dict(raw, f"records[{i}]")
