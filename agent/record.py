@@ -7,7 +7,7 @@ never 0), an error code when the measurement failed, and a unique id.
 
 The measurements, their tags and fields are declared once in MEASUREMENTS; the
 collector validates against the same table, and docs/data-model.md describes it
-(tests/test_docs.py keeps the two in step).
+(tests/unit/test_docs.py keeps the two in step).
 """
 
 from __future__ import annotations

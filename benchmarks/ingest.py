@@ -40,7 +40,7 @@ from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample
 from agent.record import Record, format_time
 from collector.lineproto import record_to_point
 from collector.registry import Registry
-from tests.dbs import free_port, influxd
+from tests.harness.dbs import free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json").read_text())

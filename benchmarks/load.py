@@ -1,6 +1,6 @@
 """Load: simulated fleets reporting every minute into one collector and InfluxDB 1.6.7.
 
-Starts a real influxd (Debian's 1.6.7, loopback, temp dir, `tests.dbs.influxd`), registers
+Starts a real influxd (Debian's 1.6.7, loopback, temp dir, `tests.harness.dbs.influxd`), registers
 the largest fleet's stations and issues their tokens with the real CLI
 (`sinyal-collector stations import`, `agents add --all-stations --out tokens.csv`), then for
 each fleet size:
@@ -49,7 +49,7 @@ from ingest import pct, stations_csv
 from agent import simulate
 from agent.simulate import SimConfig, SimStation, StationToken
 from collector.lineproto import record_to_point
-from tests.dbs import free_port, influxd
+from tests.harness.dbs import free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = {"province": "DKI Jakarta", "regency": "Kota Jakarta Pusat"}
@@ -408,7 +408,7 @@ def write_results(runs: list[Run], args: argparse.Namespace, setup_s: float) -> 
     report = f"""# Load: simulated fleets into one collector
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, a machine shared with other
-work. InfluxDB 1.6.7 (Debian `influxd`, loopback, `tests.dbs.influxd` config) and one
+work. InfluxDB 1.6.7 (Debian `influxd`, loopback, `tests.harness.dbs.influxd` config) and one
 `sinyal-collector serve` process (uvicorn, sink v1, status engine on, sweeper off) on the same
 2 cores as the load generator. Command:
 

@@ -24,8 +24,8 @@ from agent import config as agent_config
 from agent.probes.base import ProbeEnv
 from agent.probes.throughput import ThroughputProbe
 from benchmarks.common import RESULTS, ROOT, machine
-from tests.netns import Lab, sh
-from tests.speedtest_lab import shaped_endpoint, wait_listening
+from tests.harness.netns import Lab, sh
+from tests.harness.speedtest_lab import shaped_endpoint, wait_listening
 
 ROUNDS = 3
 DOWN, UP = 20, 5

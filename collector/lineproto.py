@@ -2,7 +2,7 @@
 
 One point per line: ``measurement,tag=value field=value time_ns``. Every name and value that
 is encoded here reaches the database verbatim or is refused with ValueError; nothing is
-silently altered. tests/test_sinks.py proves it against a real InfluxDB 1.6.7.
+silently altered. tests/integration/test_sinks.py proves it against a real InfluxDB 1.6.7.
 
 What is refused, and why (the API validates its inputs too, but the encoder is safe alone):
 

@@ -16,7 +16,7 @@ import yaml
 from agent import config as agent_config
 
 # real InfluxDB and VictoriaMetrics fixtures; the field lab (network namespaces)
-pytest_plugins = ["tests.dbs", "tests.lab.fixtures"]
+pytest_plugins = ["tests.harness.dbs", "tests.harness.lab.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -1,6 +1,7 @@
 """Accuracy of Sinyal's measurements on field-lab links, against fping, iperf3 and the truth.
 
-On a station of the field lab (tests/lab), with imposed delays of 20, 150 and 400 ms (with and
+On a station of the field lab (tests/harness/lab), with imposed delays of 20, 150 and 400 ms
+(with and
 without uniform jitter of a quarter of the delay), losses of 0, 1, 5 and 20 % and tbf rates of
 2, 10 and 50 Mbit/s, compares:
 
@@ -39,8 +40,8 @@ import yaml  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 
 from agent.probes import REGISTRY  # noqa: E402
-from tests.lab import Lab, Station  # noqa: E402
-from tests.lab.measure import (  # noqa: E402
+from tests.harness.lab import Lab, Station  # noqa: E402
+from tests.harness.lab.measure import (  # noqa: E402
     binomial_interval,
     expected_goodput_mbit,
     fping,
@@ -277,7 +278,8 @@ def main() -> None:
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {took / 60:.1f} min
 (`benchmarks/accuracy/run.py{" --quick" if args.quick else ""}`). One lab station; its
-impairments are imposed on the router namespace (tests/lab): delay and jitter by the userspace
+impairments are imposed on the router namespace (tests/harness/lab): delay and jitter by the
+userspace
 TUN delay element (this kernel has no sch_netem) on the upstream direction, so the added
 round-trip time equals the delay; loss on upstream packets by iptables `statistic`; rate by
 tbf in both directions. Sinyal is `sinyal-agent once --json` run inside the station

@@ -109,7 +109,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.length)
         return
-    from tests.lab import Lab
+    from tests.harness.lab import Lab
 
     with Lab() as lab:
         st, core = lab.station("trace"), lab.core()

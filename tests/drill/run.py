@@ -34,12 +34,12 @@ import httpx
 import yaml
 
 from collector.registry import Station
-from tests.dbs import InfluxServer, influxd
 from tests.drill import fleet
 from tests.drill.plan import CLEAR, STATUS_NAMES, Problem, Timing, timeline
-from tests.lab import Lab
-from tests.netns import stop_process
-from tests.servers import free_port
+from tests.harness.dbs import InfluxServer, influxd
+from tests.harness.lab import Lab
+from tests.harness.netns import stop_process
+from tests.harness.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = "sinyal_drill"
