@@ -20,8 +20,8 @@ from typing import Any
 
 from agent import __version__
 from agent import config as agent_config
-from agent import thresholds as agent_thresholds
 from agent.config import AgentConfig, ConfigError
+from agent.contract import thresholds as agent_thresholds
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 

@@ -10,39 +10,39 @@ See docs/configuration.md.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
-ENV_PREFIX = "SINYAL_"
-DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
-
-_STATION_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
-_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._:-]{0,63}$")
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?"
-    r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$"
+from agent.contract.configkit import (
+    ENV_PREFIX,
+    HOST_RE,
+    IFNAME_RE,
+    NAME_RE,
+    STATION_ID_RE,
+    ConfigError,
+    Reader,
+    apply_env,
+    boolean,
+    host_or_ip,
+    http_url,
+    integer,
+    ip_address,
+    number,
+    read_yaml,
+    show,
+    string,
+    timezone,
 )
-_IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
-_SECRET_KEYS = {"token", "password"}
 
+__all__ = ["ENV_PREFIX", "ConfigError", "read_yaml"]
 
-class ConfigError(Exception):
-    """The configuration is invalid; `errors` holds one line per problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
+DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
 
 
 @dataclass(frozen=True)
@@ -227,149 +227,8 @@ class AgentConfig:
     quiet_windows: tuple[QuietWindow, ...] = ()
 
 
-T = TypeVar("T")
-
-
-def _show(value: Any, secret: bool = False) -> str:
-    if secret and value is not None:
-        return "'***'"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-class _Reader:
-    """Walks the parsed YAML, collecting errors with their dotted paths."""
-
-    def __init__(self, file: str, env_sources: Mapping[str, str]) -> None:
-        self.file = file
-        self.env_sources = env_sources  # dotted path -> env var that set it
-        self.errors: list[str] = []
-
-    def error(self, path: str, got: str, expected: str) -> None:
-        where = self.file
-        if path in self.env_sources:
-            where = f"{self.file} (${self.env_sources[path]})"
-        self.errors.append(f"{where}: {path}: got {got}, expected {expected}")
-
-    def mapping(self, value: Any, path: str, keys: set[str], required: set[str]) -> dict[str, Any]:
-        if value is None and not required:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path or "(top level)", _show(value), "a mapping")
-            return {}
-        for key in value:
-            if key not in keys:
-                self.error(
-                    f"{path}.{key}" if path else str(key),
-                    "an unknown key",
-                    f"one of {', '.join(sorted(keys))}",
-                )
-        for key in sorted(required - set(value)):
-            self.error(f"{path}.{key}" if path else key, "nothing", "a value (required)")
-        return value
-
-    def get(
-        self,
-        m: dict[str, Any],
-        key: str,
-        path: str,
-        check: Callable[[Any], T | None],
-        expected: str,
-        default: T | None = None,
-    ) -> T | None:
-        full = f"{path}.{key}" if path else key
-        if key not in m or m[key] is None:
-            return default
-        value = m[key]
-        result = check(value)
-        if result is None:
-            self.error(full, _show(value, key in _SECRET_KEYS), expected)
-        return result
-
-
-def _string(pattern: re.Pattern[str] | None = None) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, str) or not v.strip():
-            return None
-        if pattern is not None and not pattern.fullmatch(v):
-            return None
-        return v
-
-    return check
-
-
-def _number(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float | None]:
-    def check(v: Any) -> float | None:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return None
-        if (v <= lo if lo_open else v < lo) or v > hi:
-            return None
-        return float(v)
-
-    return check
-
-
-def _integer(lo: int, hi: int) -> Callable[[Any], int | None]:
-    def check(v: Any) -> int | None:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            return None
-        return v
-
-    return check
-
-
-def _boolean(v: Any) -> bool | None:
-    return v if isinstance(v, bool) else None
-
-
-def _ip(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return None
-    try:
-        return str(ipaddress.ip_address(v))
-    except ValueError:
-        return None
-
-
-def _host(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return None
-    return _ip(v) or (v if _HOST_RE.fullmatch(v) else None)
-
-
-def _timezone(v: Any) -> str | None:
-    if not isinstance(v, str) or not v:
-        return None
-    try:
-        ZoneInfo(v)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a directory
-        return None
-    return v
-
-
-def _http_url(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return None
-    try:
-        parts = urlsplit(v)
-        _ = parts.port  # raises on a bad port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return v
-
-
 class _Loader:
-    def __init__(self, reader: _Reader, base: Path) -> None:
+    def __init__(self, reader: Reader, base: Path) -> None:
         self.r = reader
         self.base = base
 
@@ -398,17 +257,17 @@ class _Loader:
             m,
             "id",
             "station",
-            _string(_STATION_ID_RE),
+            string(STATION_ID_RE),
             "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'",
         )
-        name = r.get(m, "name", "station", _string(), "a non-empty string")
-        lat = r.get(m, "lat", "station", _number(-90, 90), "a latitude in degrees, -90..90")
-        lon = r.get(m, "lon", "station", _number(-180, 180), "a longitude in degrees, -180..180")
+        name = r.get(m, "name", "station", string(), "a non-empty string")
+        lat = r.get(m, "lat", "station", number(-90, 90), "a latitude in degrees, -90..90")
+        lon = r.get(m, "lon", "station", number(-180, 180), "a longitude in degrees, -180..180")
         tz = r.get(
             m,
             "tz",
             "station",
-            _timezone,
+            timezone,
             "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura",
         )
         if sid is None or lat is None or lon is None or tz is None:
@@ -421,15 +280,15 @@ class _Loader:
         r = self.r
         keys = {"url", "token", "token_file", "ca_bundle", "timeout_s"}
         m = r.mapping(raw, "collector", keys, {"url"})
-        url = r.get(m, "url", "collector", _http_url, "an http:// or https:// URL")
-        token = r.get(m, "token", "collector", _string(), "a non-empty token string")
+        url = r.get(m, "url", "collector", http_url, "an http:// or https:// URL")
+        token = r.get(m, "token", "collector", string(), "a non-empty token string")
         token_file = r.get(
             m, "token_file", "collector", self.existing_file, "a readable file holding the token"
         )
         if token is not None and token_file is not None:
             r.error(
                 "collector.token_file",
-                _show(m["token_file"]),
+                show(m["token_file"]),
                 "either token or token_file, not both",
             )
         if m and m.get("token") is None and m.get("token_file") is None:
@@ -439,7 +298,7 @@ class _Loader:
             m,
             "timeout_s",
             "collector",
-            _number(0, 600, lo_open=True),
+            number(0, 600, lo_open=True),
             "seconds, > 0 and <= 600",
             10.0,
         )
@@ -452,7 +311,7 @@ class _Loader:
         if raw is None:
             return (Uplink("default", "unknown"),)
         if not isinstance(raw, list) or not raw:
-            r.error("uplinks", _show(raw), "a non-empty list of uplinks")
+            r.error("uplinks", show(raw), "a non-empty list of uplinks")
             return ()
         out: list[Uplink] = []
         seen: set[str] = set()
@@ -463,24 +322,24 @@ class _Loader:
                 m,
                 "name",
                 p,
-                _string(_NAME_RE),
+                string(NAME_RE),
                 "a name of 1..64 letters, digits, '.', '_', ':', '-'",
             )
             operator = r.get(
                 m,
                 "operator",
                 p,
-                _string(_NAME_RE),
+                string(NAME_RE),
                 "an operator label such as telkomsel, indosat, xlsmart",
                 "unknown",
             )
-            source = r.get(m, "source", p, _ip, "a local IP address")
-            iface = r.get(m, "interface", p, _string(_IFNAME_RE), "a network interface name")
+            source = r.get(m, "source", p, ip_address, "a local IP address")
+            iface = r.get(m, "interface", p, string(IFNAME_RE), "a network interface name")
             if source is not None and iface is not None:
-                r.error(f"{p}.interface", _show(iface), "either source or interface, not both")
+                r.error(f"{p}.interface", show(iface), "either source or interface, not both")
             if name is not None:
                 if name in seen:
-                    r.error(f"{p}.name", _show(name), "a name not used by another uplink")
+                    r.error(f"{p}.name", show(name), "a name not used by another uplink")
                 seen.add(name)
                 out.append(Uplink(name, operator or "unknown", source, iface))
         return tuple(out)
@@ -489,13 +348,13 @@ class _Loader:
         self, m: dict[str, Any], p: str, interval: float, timeout: float, max_timeout: float
     ) -> tuple[bool, float, float]:
         r = self.r
-        enabled = r.get(m, "enabled", p, _boolean, "true or false", True)
-        iv = r.get(m, "interval_s", p, _number(10, 86_400), "seconds, 10..86400", interval)
+        enabled = r.get(m, "enabled", p, boolean, "true or false", True)
+        iv = r.get(m, "interval_s", p, number(10, 86_400), "seconds, 10..86400", interval)
         to = r.get(
             m,
             "timeout_s",
             p,
-            _number(0, max_timeout, lo_open=True),
+            number(0, max_timeout, lo_open=True),
             f"seconds, > 0 and <= {max_timeout:g}",
             timeout,
         )
@@ -516,13 +375,13 @@ class _Loader:
         }
         m = r.mapping(raw, p, keys, {"targets"})
         enabled, interval, timeout = self._common(m, p, 60.0, 2.0, 10.0)
-        count = r.get(m, "count", p, _integer(1, 1000), "an integer, 1..1000", 10)
-        spacing = r.get(m, "spacing_s", p, _number(0.01, 60), "seconds, 0.01..60", 0.2)
-        payload = r.get(m, "payload_bytes", p, _integer(0, 1472), "bytes, 0..1472", 56)
+        count = r.get(m, "count", p, integer(1, 1000), "an integer, 1..1000", 10)
+        spacing = r.get(m, "spacing_s", p, number(0.01, 60), "seconds, 0.01..60", 0.2)
+        payload = r.get(m, "payload_bytes", p, integer(0, 1472), "bytes, 0..1472", 56)
         targets: list[IcmpTarget] = []
         indices: list[int] = []  # position of each target in the YAML list, for errors
         for i, tp, tm in self._entries(m, "targets", p, "targets", "host", {"host", "name"}):
-            host = r.get(tm, "host", tp, _host, "an IP address or host name")
+            host = r.get(tm, "host", tp, host_or_ip, "an IP address or host name")
             name = self._label(tm, tp)
             if host is not None:
                 targets.append(IcmpTarget(host, name or host))
@@ -533,7 +392,7 @@ class _Loader:
             if round_s > interval:
                 r.error(
                     f"{p}.interval_s",
-                    _show(interval),
+                    show(interval),
                     f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
                     f" = {round_s:g} s",
                 )
@@ -559,8 +418,8 @@ class _Loader:
         indices: list[int] = []
         res_keys = {"address", "port", "name"}
         for i, rp, rm in self._entries(m, "resolvers", p, "resolvers", "address", res_keys):
-            addr = r.get(rm, "address", rp, _ip, "the IP address of a resolver")
-            port = r.get(rm, "port", rp, _integer(1, 65535), "a port, 1..65535", 53)
+            addr = r.get(rm, "address", rp, ip_address, "the IP address of a resolver")
+            port = r.get(rm, "port", rp, integer(1, 65535), "a port, 1..65535", 53)
             name = self._label(rm, rp)
             if addr is not None:
                 default_name = addr if port == 53 else f"{addr}:{port}"
@@ -570,11 +429,11 @@ class _Loader:
         names: list[str] = []
         raw_names = m.get("names")
         if "names" in m and (not isinstance(raw_names, list) or not raw_names):
-            r.error(f"{p}.names", _show(raw_names), "a non-empty list of host names")
+            r.error(f"{p}.names", show(raw_names), "a non-empty list of host names")
         elif isinstance(raw_names, list):
             for i, n in enumerate(raw_names):
-                if not isinstance(n, str) or _ip(n) is not None or not _HOST_RE.fullmatch(n):
-                    r.error(f"{p}.names[{i}]", _show(n), "a host name such as kpu.go.id")
+                if not isinstance(n, str) or ip_address(n) is not None or not HOST_RE.fullmatch(n):
+                    r.error(f"{p}.names[{i}]", show(n), "a host name such as kpu.go.id")
                 else:
                     names.append(n)
         return DnsProbeConfig(
@@ -588,13 +447,13 @@ class _Loader:
         keys = {"enabled", "interval_s", "timeout_s", "max_bytes", "ca_bundle", "targets"}
         m = r.mapping(raw, p, keys, {"targets"})
         enabled, interval, timeout = self._common(m, p, 300.0, 10.0, 120.0)
-        max_bytes = r.get(m, "max_bytes", p, _integer(0, 100 * 2**20), "bytes, 0..104857600", 2**20)
+        max_bytes = r.get(m, "max_bytes", p, integer(0, 100 * 2**20), "bytes, 0..104857600", 2**20)
         ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
         targets: list[HttpTarget] = []
         indices: list[int] = []
         t_keys = {"url", "name", "expect_status"}
         for i, tp, tm in self._entries(m, "targets", p, "targets", "url", t_keys):
-            url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
+            url = r.get(tm, "url", tp, http_url, "an http:// or https:// URL")
             name = self._label(tm, tp)
             expect = r.get(
                 tm, "expect_status", tp, _status_list, "an HTTP status (100..599) or a list of them"
@@ -635,25 +494,25 @@ class _Loader:
         backend = r.get(
             m, "backend", p, lambda v: v if v in ("mini", "ookla") else None, "mini or ookla"
         )
-        url = r.get(m, "url", p, _http_url, "the http:// or https:// URL of a Speedtest Mini")
-        server_id = r.get(m, "server_id", p, _integer(1, 2**31 - 1), "an Ookla server id")
+        url = r.get(m, "url", p, http_url, "the http:// or https:// URL of a Speedtest Mini")
+        server_id = r.get(m, "server_id", p, integer(1, 2**31 - 1), "an Ookla server id")
         name = self._label(m, p)
-        secure = r.get(m, "secure", p, _boolean, "true or false", False)
-        duration = r.get(m, "duration_s", p, _number(1, 60), "seconds per direction, 1..60", 10.0)
-        ping = r.get(m, "ping_interval_s", p, _number(0.05, 5), "seconds, 0.05..5", 0.2)
+        secure = r.get(m, "secure", p, boolean, "true or false", False)
+        duration = r.get(m, "duration_s", p, number(1, 60), "seconds per direction, 1..60", 10.0)
+        ping = r.get(m, "ping_interval_s", p, number(0.05, 5), "seconds, 0.05..5", 0.2)
         estimate = r.get(
-            m, "first_estimate_mb", p, _number(0, 100_000), "megabytes, 0..100000", 50.0
+            m, "first_estimate_mb", p, number(0, 100_000), "megabytes, 0..100000", 50.0
         )
         if backend == "mini" and "url" not in m:
             r.error(f"{p}.url", "nothing", "the Speedtest Mini URL (required with backend mini)")
         if backend == "ookla":
             for key in ("url", "name"):
                 if key in m:
-                    r.error(f"{p}.{key}", _show(m[key]), f"no {key} with backend ookla")
+                    r.error(f"{p}.{key}", show(m[key]), f"no {key} with backend ookla")
         if backend == "mini":
             for key in ("server_id", "secure"):
                 if key in m:
-                    r.error(f"{p}.{key}", _show(m[key]), f"no {key} with backend mini (ookla only)")
+                    r.error(f"{p}.{key}", show(m[key]), f"no {key} with backend mini (ookla only)")
         duration = duration or 10.0
         # Two timed phases plus start-up and idle latency; Ookla also fetches its
         # configuration and server list and pings the nearest servers.
@@ -662,13 +521,13 @@ class _Loader:
         if "timeout_s" in m and timeout < need:
             r.error(
                 f"{p}.timeout_s",
-                _show(m["timeout_s"]),
+                show(m["timeout_s"]),
                 f"at least 2 * duration_s + {setup} = {need:g} s (one whole {backend} test)",
             )
         elif "timeout_s" not in m:
             timeout = max(timeout, need)
         if interval is not None and timeout > interval:
-            r.error(f"{p}.interval_s", _show(interval), f"at least timeout_s ({timeout:g} s)")
+            r.error(f"{p}.interval_s", show(interval), f"at least timeout_s ({timeout:g} s)")
         return ThroughputProbeConfig(
             enabled,
             interval,
@@ -694,7 +553,7 @@ class _Loader:
             m,
             "payload_bytes",
             p,
-            _integer(1, 100_000_000),
+            integer(1, 100_000_000),
             "bytes, 1..100000000 (a tally-sheet photo is about 2000000)",
             2_000_000,
         )
@@ -702,7 +561,7 @@ class _Loader:
         targets: list[UploadTarget] = []
         indices: list[int] = []
         for i, tp, tm in self._entries(m, "targets", p, "targets", "url", {"url", "name"}):
-            url = r.get(tm, "url", tp, _http_url, "an http:// or https:// URL")
+            url = r.get(tm, "url", tp, http_url, "an http:// or https:// URL")
             name = self._label(tm, tp)
             if url is not None:
                 targets.append(UploadTarget(url, name or urlsplit(url).hostname or url))
@@ -715,8 +574,8 @@ class _Loader:
     def budget(self, raw: Any) -> BudgetConfig:
         r = self.r
         m = r.mapping(raw, "budget", {"daily_mb", "monthly_mb"}, set())
-        daily = r.get(m, "daily_mb", "budget", _number(0, 10_000_000), "megabytes, 0..10000000")
-        monthly = r.get(m, "monthly_mb", "budget", _number(0, 10_000_000), "megabytes, 0..10000000")
+        daily = r.get(m, "daily_mb", "budget", number(0, 10_000_000), "megabytes, 0..10000000")
+        monthly = r.get(m, "monthly_mb", "budget", number(0, 10_000_000), "megabytes, 0..10000000")
         return BudgetConfig(daily, monthly)
 
     def quiet_windows(self, raw: Any) -> tuple[QuietWindow, ...]:
@@ -724,7 +583,7 @@ class _Loader:
         if raw is None:
             return ()
         if not isinstance(raw, list):
-            r.error("quiet_windows", _show(raw), "a list of windows {start, end, days, dates}")
+            r.error("quiet_windows", show(raw), "a list of windows {start, end, days, dates}")
             return ()
         out: list[QuietWindow] = []
         clock = "a local time in quotes, 'HH:MM' such as '07:00'"
@@ -746,17 +605,17 @@ class _Loader:
         shorthand for {shorthand: string}."""
         raw = m.get(key)
         if key in m and (not isinstance(raw, list) or not raw):
-            self.r.error(f"{p}.{key}", _show(raw), f"a non-empty list of {what}")
+            self.r.error(f"{p}.{key}", show(raw), f"a non-empty list of {what}")
             return
         for i, item in enumerate(raw if isinstance(raw, list) else []):
-            ip = f"{p}.{key}[{i}]"
+            item_path = f"{p}.{key}[{i}]"
             if isinstance(item, str):
                 item = {shorthand: item}
-            yield i, ip, self.r.mapping(item, ip, keys, {shorthand})
+            yield i, item_path, self.r.mapping(item, item_path, keys, {shorthand})
 
     def _label(self, m: dict[str, Any], p: str) -> str | None:
         return self.r.get(
-            m, "name", p, _string(_NAME_RE), "a label of 1..64 letters, digits, '.', '_', ':', '-'"
+            m, "name", p, string(NAME_RE), "a label of 1..64 letters, digits, '.', '_', ':', '-'"
         )
 
     def _unique(self, names: list[str], indices: list[int], path: str, what: str) -> None:
@@ -765,7 +624,7 @@ class _Loader:
             if n in seen:
                 self.r.error(
                     f"{path}[{i}].name",
-                    _show(n),
+                    show(n),
                     f"a {what} not used twice (set name: to tell them apart)",
                 )
             seen.add(n)
@@ -831,60 +690,13 @@ _TOP_KEYS = {
 }
 
 
-def _apply_env(
-    doc: Any, environ: Mapping[str, str], top_keys: set[str] | None = None
-) -> tuple[Any, dict[str, str]]:
-    """Overlay SINYAL_A__B=value onto doc["a"]["b"]; returns the doc and path->var sources."""
-    sources: dict[str, str] = {}
-    if not isinstance(doc, dict):
-        return doc, sources
-    for var, text in sorted(environ.items()):
-        if not var.startswith(ENV_PREFIX) or var in ("SINYAL_CONFIG",):
-            continue
-        parts = [s.lower() for s in var[len(ENV_PREFIX) :].split("__")]
-        if parts[0] not in (_TOP_KEYS if top_keys is None else top_keys):
-            continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        if parts[-1] in _SECRET_KEYS or parts[-1].endswith(("id", "name")):
-            value = text  # never reinterpret tokens or ids (a TPS code is all digits)
-        node = doc
-        for key in parts[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                child = {}
-                node[key] = child
-            node = child
-        node[parts[-1]] = value
-        sources[".".join(parts)] = var
-    return doc, sources
-
-
-def read_yaml(path: Path, missing_hint: str = "") -> Any:
-    """Parse a YAML file; every failure is a one-line ConfigError naming the file."""
-    name = str(path)
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{name}: file not found{missing_hint}"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{name}: cannot read: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
-        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
-
-
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Load and validate an agent config; raises ConfigError listing every problem."""
     p = Path(path)
     name = str(path)
     doc = read_yaml(p, " (give one with -c FILE or SINYAL_CONFIG)")
-    doc, sources = _apply_env(doc, os.environ if environ is None else environ)
-    r = _Reader(name, sources)
+    doc, sources = apply_env(doc, os.environ if environ is None else environ, _TOP_KEYS)
+    r = Reader(name, sources)
     top = r.mapping(doc, "", _TOP_KEYS, {"station"})
     if not isinstance(doc, dict):  # nothing else can be checked
         raise ConfigError(r.errors)
@@ -909,12 +721,12 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     quiet = loader.quiet_windows(top.get("quiet_windows"))
 
     sm = r.mapping(top.get("schedule"), "schedule", {"jitter_fraction", "max_jitter_s"}, set())
-    jf = r.get(sm, "jitter_fraction", "schedule", _number(0, 0.5), "a fraction, 0..0.5", 0.1)
-    mj = r.get(sm, "max_jitter_s", "schedule", _number(0, 600), "seconds, 0..600", 30.0)
+    jf = r.get(sm, "jitter_fraction", "schedule", number(0, 0.5), "a fraction, 0..0.5", 0.1)
+    mj = r.get(sm, "max_jitter_s", "schedule", number(0, 600), "seconds, 0..600", 30.0)
 
     spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
     max_mb = r.get(
-        spm, "max_mb", "spool", _number(0.05, 1_000_000), "megabytes, 0.05..1000000", 256.0
+        spm, "max_mb", "spool", number(0.05, 1_000_000), "megabytes, 0.05..1000000", 256.0
     )
 
     cm = r.mapping(top.get("clock"), "clock", {"trust"}, set())

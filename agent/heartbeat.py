@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.clock import clock_info
-from agent.record import FieldValue, Record, utcnow
+from agent.contract.record import FieldValue, Record, utcnow
 from agent.spool import Spool, oldest_age_s
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")

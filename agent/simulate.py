@@ -47,9 +47,9 @@ from typing import IO, Any
 
 import httpx
 
-from agent import __version__
+from agent.contract.record import ClockInfo, FieldValue, Record, new_id
+from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.probes.icmp import RoundResult, summarise
-from agent.record import ClockInfo, FieldValue, Record, new_id
 from agent.scheduler import next_slot, station_offset
 from agent.stats import percentile
 from agent.timekeeper import TimeKeeper
@@ -681,7 +681,7 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
                         timeout=cfg.timeout_s,
                         verify=verify,
                         limits=limits,
-                        headers={"User-Agent": f"sinyal-agent/{__version__} (simulate)"},
+                        headers={"User-Agent": f"{AGENT_USER_AGENT} (simulate)"},
                     )
                 )
                 for _ in range(pools)

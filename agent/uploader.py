@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 
 import httpx
 
-from agent import __version__
 from agent.clock import boot_id
 from agent.config import Collector
-from agent.record import SCHEMA_VERSION, format_time, parse_time
+from agent.contract.record import SCHEMA_VERSION, format_time, parse_time
+from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.spool import Spool
 from agent.timekeeper import TimeKeeper
 
@@ -151,7 +151,7 @@ class Uploader:
             timeout=collector.timeout_s,
             verify=verify,
             transport=transport,
-            headers={"User-Agent": f"sinyal-agent/{__version__}"},
+            headers={"User-Agent": AGENT_USER_AGENT},
         )
 
     async def aclose(self) -> None:

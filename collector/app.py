@@ -29,9 +29,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.record import ContractError, decode_envelope_header, format_time
-from agent.thresholds import load as load_thresholds
-from collector import __version__
+from agent.contract import __version__
+from agent.contract.record import ContractError, decode_envelope_header, format_time
+from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.ingest import FastPath, Prepared, Rejection, prepare_raw

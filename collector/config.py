@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config import (
+from agent.contract.configkit import (
     ConfigError,
-    _apply_env,
-    _boolean,
-    _http_url,
-    _integer,
-    _Reader,
-    _show,
-    _string,
+    Reader,
+    apply_env,
+    boolean,
+    http_url,
+    integer,
+    number,
     read_yaml,
+    show,
+    string,
 )
-from agent.config import _number as number
 
 DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
 SINK_KINDS = ("v1", "v2")
@@ -119,10 +119,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     doc = read_yaml(p, " (give one with -c FILE)")
     if doc is None:
         doc = {}
-    doc, sources = _apply_env(doc, os.environ if environ is None else environ, _TOP)
-    r = _Reader(name, sources)
+    doc, sources = apply_env(doc, os.environ if environ is None else environ, _TOP)
+    r = Reader(name, sources)
     if not isinstance(doc, dict):
-        raise ConfigError([f"{name}: (top level): got {_show(doc)}, expected a mapping"])
+        raise ConfigError([f"{name}: (top level): got {show(doc)}, expected a mapping"])
     top = r.mapping(doc, "", _TOP, {"sink"})
     base = p.resolve().parent
 
@@ -137,8 +137,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         return q if q is not None and q.is_file() else None
 
     lm = r.mapping(top.get("listen"), "listen", {"host", "port"}, set())
-    host = r.get(lm, "host", "listen", _string(), "an address to listen on", "127.0.0.1")
-    port = r.get(lm, "port", "listen", _integer(1, 65535), "a port, 1..65535", 8080)
+    host = r.get(lm, "host", "listen", string(), "an address to listen on", "127.0.0.1")
+    port = r.get(lm, "port", "listen", integer(1, 65535), "a port, 1..65535", 8080)
 
     sink: SinkConfig | None = None
     sk = {
@@ -157,14 +157,14 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     }
     sm = r.mapping(top.get("sink"), "sink", sk, {"kind", "url"})
     kind = r.get(sm, "kind", "sink", lambda v: v if v in SINK_KINDS else None, "v1 or v2")
-    url = r.get(sm, "url", "sink", _http_url, "the database's http(s) base URL")
-    database = r.get(sm, "database", "sink", _string(), "a database name", "sinyal")
-    rp = r.get(sm, "retention_policy", "sink", _string(), "a retention policy name")
-    bucket = r.get(sm, "bucket", "sink", _string(), "a bucket name")
-    org = r.get(sm, "org", "sink", _string(), "an organisation name", "sinyal")
-    user = r.get(sm, "username", "sink", _string(), "a user name")
-    password = r.get(sm, "password", "sink", _string(), "a password")
-    token = r.get(sm, "token", "sink", _string(), "an API token")
+    url = r.get(sm, "url", "sink", http_url, "the database's http(s) base URL")
+    database = r.get(sm, "database", "sink", string(), "a database name", "sinyal")
+    rp = r.get(sm, "retention_policy", "sink", string(), "a retention policy name")
+    bucket = r.get(sm, "bucket", "sink", string(), "a bucket name")
+    org = r.get(sm, "org", "sink", string(), "an organisation name", "sinyal")
+    user = r.get(sm, "username", "sink", string(), "a user name")
+    password = r.get(sm, "password", "sink", string(), "a password")
+    token = r.get(sm, "token", "sink", string(), "an API token")
     if token is not None and (user is not None or password is not None):
         r.error("sink.token", "'***'", "either token or username/password, not both")
     if (user is None) != (password is None):
@@ -174,7 +174,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             "username and password together",
         )
     timeout = r.get(sm, "timeout_s", "sink", number(0, 600, lo_open=True), "seconds, 0..600", 10.0)
-    retry = r.get(sm, "retry_after_s", "sink", _integer(1, 3600), "seconds, 1..3600", 10)
+    retry = r.get(sm, "retry_after_s", "sink", integer(1, 3600), "seconds, 1..3600", 10)
     gz = r.get(
         sm,
         "gzip",
@@ -217,21 +217,21 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         {"breach_m", "window_n", "silent_after_s", "sweeper", "sweep_interval_s"},
         set(),
     )
-    m = r.get(st, "breach_m", "status", _integer(1, 100), "rounds, 1..100", 3)
-    n = r.get(st, "window_n", "status", _integer(1, 100), "rounds, 1..100", 5)
+    m = r.get(st, "breach_m", "status", integer(1, 100), "rounds, 1..100", 3)
+    n = r.get(st, "window_n", "status", integer(1, 100), "rounds, 1..100", 5)
     if m is not None and n is not None and m > n:
-        r.error("status.breach_m", _show(m), f"at most window_n ({n})")
+        r.error("status.breach_m", show(m), f"at most window_n ({n})")
     silent = r.get(st, "silent_after_s", "status", number(10, 86400), "seconds, 10..86400", 300.0)
-    sweeper = r.get(st, "sweeper", "status", _boolean, "true or false", True)
+    sweeper = r.get(st, "sweeper", "status", boolean, "true or false", True)
     sweep_iv = r.get(st, "sweep_interval_s", "status", number(1, 3600), "seconds, 1..3600", 30.0)
 
     li = r.mapping(
         top.get("limits"), "limits", {"max_body_bytes", "max_records", "past_s", "future_s"}, set()
     )
     max_body = r.get(
-        li, "max_body_bytes", "limits", _integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
+        li, "max_body_bytes", "limits", integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
     )
-    max_rec = r.get(li, "max_records", "limits", _integer(1, 100_000), "1..100000", 5000)
+    max_rec = r.get(li, "max_records", "limits", integer(1, 100_000), "1..100000", 5000)
     past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
     future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
 

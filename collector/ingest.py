@@ -4,7 +4,7 @@ The HTTP layer (collector/app.py) only routes; everything a record must pass liv
 here and is testable without a server. A record is rejected individually, with a
 stable reason code, never silently dropped:
 
-  invalid             the record does not follow the contract (agent/record.py); detail says where
+  invalid             the record breaks the contract (agent/contract/record.py); detail says where
   out_of_scope        the token may not write for this record's station
   unknown_station     the station is not in the registry
   time_unknown        the agent says measured_at could not be established (clock.source unknown)
@@ -27,10 +27,10 @@ from typing import Annotated, Any, Literal, Protocol
 import msgspec
 import orjson
 
-from agent.record import (
-    _TAG_VALUE_MAX,
+from agent.contract.record import (
     MEASUREMENTS,
     SEQ_MAX,
+    TAG_VALUE_MAX,
     TIME_SOURCES,
     ClockInfo,
     ContractError,
@@ -582,7 +582,7 @@ class FastPath:
 
     def _check_tags(self, kind: str, values: tuple[str, ...]) -> bool:
         for v in values:
-            if type(v) is not str or not 0 < len(v) <= _TAG_VALUE_MAX or not _no_control(v):
+            if type(v) is not str or not 0 < len(v) <= TAG_VALUE_MAX or not _no_control(v):
                 return False
             try:
                 escape_tag(v)

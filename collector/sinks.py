@@ -51,6 +51,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from starlette.concurrency import run_in_threadpool
 
+from agent.contract.version import COLLECTOR_USER_AGENT
 from collector.config import SinkConfig
 
 log = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ def _auth_headers(cfg: SinkConfig) -> dict[str, str]:
 def _http_client(cfg: SinkConfig) -> httpx.Client:
     return httpx.Client(
         base_url=cfg.url,
-        headers={"User-Agent": "sinyal-collector", **_auth_headers(cfg)},
+        headers={"User-Agent": COLLECTOR_USER_AGENT, **_auth_headers(cfg)},
         timeout=httpx.Timeout(cfg.timeout_s),
         trust_env=False,  # no proxy or netrc from the environment: the config says where
     )
@@ -414,7 +415,7 @@ class V1Sink:
     def _new_session(self) -> aiohttp.ClientSession:
         """Made in the event loop that uses it (aiohttp binds a session to its loop)."""
         return aiohttp.ClientSession(
-            headers={"User-Agent": "sinyal-collector", **_auth_headers(self.cfg)},
+            headers={"User-Agent": COLLECTOR_USER_AGENT, **_auth_headers(self.cfg)},
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
             trust_env=False,  # no proxy or netrc from the environment: the config says where
             auto_decompress=False,

@@ -63,7 +63,7 @@ Reasons
     i.e. `kind[series@uplink]` followed by the breaching fields of the series' latest round at
     that level: `field=value` then the threshold it crossed (`>`/`>=`, or `<`/`<=` for
     lower-is-worse metrics; `>=` where the metric is `inclusive`). Failed rounds show
-    `error=<code>` (agent.record.ErrorCode) or `ok=0`. `causes` is the compact code list for
+    `error=<code>` (contract.record.ErrorCode) or `ok=0`. `causes` is the compact code list for
     tables and alert titles: threshold metric names and error codes, sorted, comma-separated,
     e.g. `loss,mos,timeout`; a silent station has the cause `silent`. The point's `reasons`
     field joins the strings with "; ".
@@ -135,8 +135,8 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Protocol
 
-from agent.record import MEASUREMENTS, FieldValue, Record, utcnow
-from agent.thresholds import Grade, Threshold, Thresholds
+from agent.contract.record import MEASUREMENTS, FieldValue, Record, utcnow
+from agent.contract.thresholds import Grade, Threshold, Thresholds
 from collector.config import StatusConfig
 
 MEASUREMENT = "station_status"

@@ -31,13 +31,11 @@ import h11  # noqa: F401
 import httpcore  # noqa: F401
 import httpx
 
-from agent import __version__
 from agent.config import HttpProbeConfig, HttpTarget, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
+from agent.contract.version import AGENT_USER_AGENT
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
-
-USER_AGENT = f"sinyal-agent/{__version__}"
 
 
 def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -161,7 +159,7 @@ class HttpProbe:
                     url,
                     headers={
                         "Host": parts.netloc.rpartition("@")[2],
-                        "User-Agent": USER_AGENT,
+                        "User-Agent": AGENT_USER_AGENT,
                         "Accept-Encoding": "identity",
                         "Connection": "close",
                     },

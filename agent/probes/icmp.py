@@ -41,9 +41,9 @@ from icmplib.utils import unique_identifier
 
 from agent import stats
 from agent.config import IcmpProbeConfig, IcmpTarget, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
 
 _ECHO_REPLY = {4: 0, 6: 129}
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) on Linux x86, arm and arm64; Python does not export it.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent import cli
-from agent.record import Record
+from agent.contract.record import Record
 from agent.spool import SPOOL_FILE, Spool
 from tests.conftest import base_config, require, require_root, require_tool, write_config
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent import thresholds as agent_thresholds
-from agent.record import Record
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.record import Record
 from collector.config import StatusConfig
 from collector.lineproto import encode_point, record_to_point
 from collector.registry import Registry, Station

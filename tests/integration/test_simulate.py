@@ -18,7 +18,7 @@ import pytest
 
 from agent import simulate
 from agent.cli import main
-from agent.record import Record
+from agent.contract.record import Record
 from collector.config import CollectorConfig
 from collector.registry import Registry
 from tests.harness.collector_stack import Stack, collector_config_file, free_port, running_collector

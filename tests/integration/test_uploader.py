@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Collector
-from agent.record import Record
+from agent.contract.record import Record
 from agent.spool import Spool
 from agent.uploader import Backoff, Outcome, Uploader
 from tests.harness.collector_stack import (

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.record import (
+from agent.contract.record import (
     MEASUREMENTS,
     ContractError,
     decode_envelope_header,

@@ -1,4 +1,4 @@
-"""agent.record: the wire contract, checked against the golden records.
+"""agent.contract.record: the wire contract, checked against the golden records.
 
 tests/fixtures/records/*.json are read by the collector's tests too: a change that
 breaks one of these files breaks the contract between agent and collector.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.record import (
+from agent.contract.record import (
     MEASUREMENTS,
     SCHEMA_VERSION,
     ContractError,

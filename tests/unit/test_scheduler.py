@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agent.contract.record import Record
 from agent.probes.base import Probe
-from agent.record import Record
 from agent.scheduler import (
     OnRecords,
     ProbeState,

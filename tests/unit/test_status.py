@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import thresholds as agent_thresholds
-from agent.record import MEASUREMENTS, ErrorCode, Record, new_id
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.record import MEASUREMENTS, ErrorCode, Record, new_id
 from collector.config import StatusConfig
 from collector.status import (
     _GOOD_ROUND,

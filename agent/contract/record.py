@@ -251,7 +251,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     ),
 }
 
-_TAG_VALUE_MAX = 256
+TAG_VALUE_MAX = 256
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|z|[+-]\d\d:\d\d)$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -404,9 +404,9 @@ def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
             raise ContractError(
                 f"{path}.{key}", f"unknown tag, expected one of {', '.join(spec.tags)}"
             )
-        if not isinstance(value, str) or not value or len(value) > _TAG_VALUE_MAX:
+        if not isinstance(value, str) or not value or len(value) > TAG_VALUE_MAX:
             raise ContractError(
-                f"{path}.{key}", f"got {value!r}, expected a string of 1..{_TAG_VALUE_MAX} chars"
+                f"{path}.{key}", f"got {value!r}, expected a string of 1..{TAG_VALUE_MAX} chars"
             )
         if _CONTROL_RE.search(value):
             raise ContractError(
