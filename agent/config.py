@@ -26,6 +26,7 @@ from agent.contract.configkit import (
     NAME_RE,
     STATION_ID_RE,
     ConfigError,
+    Key,
     Reader,
     apply_env,
     boolean,
@@ -34,6 +35,7 @@ from agent.contract.configkit import (
     integer,
     ip_address,
     number,
+    one_of,
     read_yaml,
     show,
     string,
@@ -43,6 +45,7 @@ from agent.contract.configkit import (
 __all__ = ["ENV_PREFIX", "ConfigError", "read_yaml"]
 
 DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
+DEFAULT_DATA_DIR = Path("/var/lib/sinyal")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Station:
 
 
 @dataclass(frozen=True)
-class Collector:
+class CollectorEndpoint:
     url: str
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
@@ -72,7 +75,7 @@ class Collector:
 @dataclass(frozen=True)
 class Uplink:
     name: str
-    operator: str
+    operator: str = "unknown"
     source: str | None = None  # local IP address to bind
     interface: str | None = None  # or an interface whose address is bound at probe time
 
@@ -85,62 +88,63 @@ class IcmpTarget:
 
 @dataclass(frozen=True)
 class IcmpProbeConfig:
-    enabled: bool
-    interval_s: float
-    count: int
-    spacing_s: float
-    timeout_s: float
-    payload_bytes: int
-    targets: tuple[IcmpTarget, ...]
+    enabled: bool = True
+    interval_s: float = 60.0
+    count: int = 10
+    spacing_s: float = 0.2
+    timeout_s: float = 2.0
+    payload_bytes: int = 56
+    targets: tuple[IcmpTarget, ...] = ()
 
 
 @dataclass(frozen=True)
 class Resolver:
     address: str
-    port: int
-    name: str
+    port: int = 53
+    name: str = ""
 
 
 @dataclass(frozen=True)
 class DnsProbeConfig:
-    enabled: bool
-    interval_s: float
-    timeout_s: float
-    resolvers: tuple[Resolver, ...]
-    names: tuple[str, ...]
-    qtype: str
+    enabled: bool = True
+    interval_s: float = 300.0
+    timeout_s: float = 2.0
+    resolvers: tuple[Resolver, ...] = ()
+    names: tuple[str, ...] = ()
+    qtype: str = "A"
 
 
 @dataclass(frozen=True)
 class HttpTarget:
     url: str
     name: str
-    expect_status: tuple[int, ...]
+    expect_status: tuple[int, ...] = (200,)
 
 
 @dataclass(frozen=True)
 class HttpProbeConfig:
-    enabled: bool
-    interval_s: float
-    timeout_s: float
-    max_bytes: int
-    ca_bundle: Path | None
-    targets: tuple[HttpTarget, ...]
+    enabled: bool = True
+    interval_s: float = 300.0
+    timeout_s: float = 10.0
+    max_bytes: int = 2**20
+    ca_bundle: Path | None = None
+    targets: tuple[HttpTarget, ...] = ()
 
 
 @dataclass(frozen=True)
 class ThroughputProbeConfig:
-    enabled: bool
-    interval_s: float
-    timeout_s: float  # hard deadline for the whole test
-    backend: str  # "mini" (a self-hosted endpoint) or "ookla" (speedtest.net servers)
-    url: str | None  # mini: the endpoint's base URL
-    server_id: int | None  # ookla: pin this server id instead of the best of the nearest
-    name: str | None  # mini: the server tag (default: the URL's host)
-    secure: bool  # ookla: HTTPS to speedtest.net and the servers
-    duration_s: float  # per direction
-    ping_interval_s: float  # spacing of the latency probes under load
-    first_estimate_mb: float  # budget estimate before a test has run
+    enabled: bool = True
+    interval_s: float = 21_600.0
+    # Hard deadline for the whole test; at least one whole test (2 * duration_s + set-up).
+    timeout_s: float = 60.0
+    backend: str = "mini"  # "mini" (a self-hosted endpoint) or "ookla" (speedtest.net servers)
+    url: str | None = None  # mini: the endpoint's base URL
+    server_id: int | None = None  # ookla: pin this server id instead of the best of the nearest
+    name: str | None = None  # mini: the server tag (default: the URL's host)
+    secure: bool = False  # ookla: HTTPS to speedtest.net and the servers
+    duration_s: float = 10.0  # per direction
+    ping_interval_s: float = 0.2  # spacing of the latency probes under load
+    first_estimate_mb: float = 50.0  # budget estimate before a test has run
 
 
 @dataclass(frozen=True)
@@ -151,12 +155,12 @@ class UploadTarget:
 
 @dataclass(frozen=True)
 class UploadProbeConfig:
-    enabled: bool
-    interval_s: float
-    timeout_s: float
-    payload_bytes: int
-    ca_bundle: Path | None
-    targets: tuple[UploadTarget, ...]
+    enabled: bool = True
+    interval_s: float = 1800.0
+    timeout_s: float = 120.0
+    payload_bytes: int = 2_000_000  # a tally-sheet photo
+    ca_bundle: Path | None = None
+    targets: tuple[UploadTarget, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,13 +196,13 @@ class QuietWindow:
 
 @dataclass(frozen=True)
 class Schedule:
-    jitter_fraction: float
-    max_jitter_s: float
+    jitter_fraction: float = 0.1
+    max_jitter_s: float = 30.0
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    max_mb: float
+    max_mb: float = 256.0
 
 
 CLOCK_TRUST = ("kernel", "collector", "system")
@@ -215,7 +219,7 @@ class ClockConfig:
 class AgentConfig:
     path: Path
     station: Station
-    collector: Collector | None
+    collector: CollectorEndpoint | None
     uplinks: tuple[Uplink, ...]
     probes: Probes
     schedule: Schedule
@@ -225,6 +229,128 @@ class AgentConfig:
     clock: ClockConfig = ClockConfig()
     budget: BudgetConfig = BudgetConfig()
     quiet_windows: tuple[QuietWindow, ...] = ()
+
+
+_CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _clock_time(v: Any) -> time | None:
+    # Unquoted 07:00 is a base-60 integer to YAML 1.1, so only strings are accepted.
+    m = _CLOCK_RE.match(v) if isinstance(v, str) else None
+    return time(int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _weekdays(v: Any) -> tuple[int, ...] | None:
+    if not isinstance(v, list) or not v:
+        return None
+    days = [
+        _WEEKDAYS.index(d.lower()) if isinstance(d, str) and d.lower() in _WEEKDAYS else -1
+        for d in v
+    ]
+    return None if -1 in days else tuple(days)
+
+
+def _dates(v: Any) -> tuple[date, ...] | None:
+    if not isinstance(v, list) or not v:
+        return None
+    out: list[date] = []
+    for d in v:
+        if isinstance(d, str):
+            try:
+                d = date.fromisoformat(d)
+            except ValueError:
+                return None
+        if not isinstance(d, date):
+            return None
+        out.append(d)
+    return tuple(out)
+
+
+def _status_list(v: Any) -> tuple[int, ...] | None:
+    items = v if isinstance(v, list) else [v]
+    if not items or any(
+        isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599 for x in items
+    ):
+        return None
+    return tuple(items)
+
+
+# One key table per section: each key's checker and what it expects. Defaults are stated
+# once, on the section's dataclass above; list-valued keys (targets, resolvers) are read by
+# the loader's methods.
+TIMEOUT = "seconds, > 0 and <= {:g}"
+
+
+def _probe_keys(max_timeout: float) -> dict[str, Key]:
+    return {
+        "enabled": Key(boolean, "true or false"),
+        "interval_s": Key(number(10, 86_400), "seconds, 10..86400"),
+        "timeout_s": Key(number(0, max_timeout, lo_open=True), TIMEOUT.format(max_timeout)),
+    }
+
+
+LABEL = Key(string(NAME_RE), "a label of 1..64 letters, digits, '.', '_', ':', '-'")
+COLLECTOR_KEYS = {
+    "url": Key(http_url, "an http:// or https:// URL"),
+    "token": Key(string(), "a non-empty token string"),
+    "timeout_s": Key(number(0, 600, lo_open=True), TIMEOUT.format(600)),
+}
+UPLINK_KEYS = {
+    "name": Key(string(NAME_RE), "a name of 1..64 letters, digits, '.', '_', ':', '-'"),
+    "operator": Key(string(NAME_RE), "an operator label such as telkomsel, indosat, xlsmart"),
+    "source": Key(ip_address, "a local IP address"),
+    "interface": Key(string(IFNAME_RE), "a network interface name"),
+}
+ICMP_KEYS = {
+    **_probe_keys(10.0),
+    "count": Key(integer(1, 1000), "an integer, 1..1000"),
+    "spacing_s": Key(number(0.01, 60), "seconds, 0.01..60"),
+    "payload_bytes": Key(integer(0, 1472), "bytes, 0..1472"),
+}
+DNS_KEYS = {**_probe_keys(30.0), "qtype": Key(one_of("A", "AAAA"), "A or AAAA")}
+RESOLVER_KEYS = {
+    "address": Key(ip_address, "the IP address of a resolver"),
+    "port": Key(integer(1, 65535), "a port, 1..65535"),
+    "name": LABEL,
+}
+HTTP_KEYS = {
+    **_probe_keys(120.0),
+    "max_bytes": Key(integer(0, 100 * 2**20), "bytes, 0..104857600"),
+}
+HTTP_TARGET_KEYS = {
+    "url": Key(http_url, "an http:// or https:// URL"),
+    "name": LABEL,
+    "expect_status": Key(_status_list, "an HTTP status (100..599) or a list of them"),
+}
+THROUGHPUT_KEYS = {
+    **_probe_keys(600.0),
+    "backend": Key(one_of("mini", "ookla"), "mini or ookla"),
+    "url": Key(http_url, "the http:// or https:// URL of a Speedtest Mini"),
+    "server_id": Key(integer(1, 2**31 - 1), "an Ookla server id"),
+    "name": LABEL,
+    "secure": Key(boolean, "true or false"),
+    "duration_s": Key(number(1, 60), "seconds per direction, 1..60"),
+    "ping_interval_s": Key(number(0.05, 5), "seconds, 0.05..5"),
+    "first_estimate_mb": Key(number(0, 100_000), "megabytes, 0..100000"),
+}
+UPLOAD_KEYS = {
+    **_probe_keys(600.0),
+    "payload_bytes": Key(
+        integer(1, 100_000_000), "bytes, 1..100000000 (a tally-sheet photo is about 2000000)"
+    ),
+}
+UPLOAD_TARGET_KEYS = {"url": Key(http_url, "an http:// or https:// URL"), "name": LABEL}
+BUDGET_KEYS = {
+    "daily_mb": Key(number(0, 10_000_000), "megabytes, 0..10000000"),
+    "monthly_mb": Key(number(0, 10_000_000), "megabytes, 0..10000000"),
+}
+SCHEDULE_KEYS = {
+    "jitter_fraction": Key(number(0, 0.5), "a fraction, 0..0.5"),
+    "max_jitter_s": Key(number(0, 600), "seconds, 0..600"),
+}
+SPOOL_KEYS = {"max_mb": Key(number(0.05, 1_000_000), "megabytes, 0.05..1000000")}
+CLOCK_KEYS = {"trust": Key(one_of(*CLOCK_TRUST), "kernel, collector or system")}
 
 
 class _Loader:
@@ -274,18 +400,18 @@ class _Loader:
             return None
         return Station(sid, name or sid, lat, lon, tz)
 
-    def collector(self, raw: Any) -> Collector | None:
+    def collector(self, raw: Any) -> CollectorEndpoint | None:
         if raw is None:
             return None
         r = self.r
-        keys = {"url", "token", "token_file", "ca_bundle", "timeout_s"}
-        m = r.mapping(raw, "collector", keys, {"url"})
-        url = r.get(m, "url", "collector", http_url, "an http:// or https:// URL")
-        token = r.get(m, "token", "collector", string(), "a non-empty token string")
-        token_file = r.get(
-            m, "token_file", "collector", self.existing_file, "a readable file holding the token"
-        )
-        if token is not None and token_file is not None:
+        keys = {
+            **COLLECTOR_KEYS,
+            "token_file": Key(self.existing_file, "a readable file holding the token"),
+            "ca_bundle": Key(self.existing_file, "a readable PEM file"),
+        }
+        values = r.section(raw, "collector", CollectorEndpoint, keys, frozenset({"url"}))
+        m = raw if isinstance(raw, dict) else {}
+        if values["token"] is not None and values["token_file"] is not None:
             r.error(
                 "collector.token_file",
                 show(m["token_file"]),
@@ -293,18 +419,9 @@ class _Loader:
             )
         if m and m.get("token") is None and m.get("token_file") is None:
             r.error("collector.token", "nothing", "token or token_file (required with url)")
-        ca = r.get(m, "ca_bundle", "collector", self.existing_file, "a readable PEM file")
-        timeout = r.get(
-            m,
-            "timeout_s",
-            "collector",
-            number(0, 600, lo_open=True),
-            "seconds, > 0 and <= 600",
-            10.0,
-        )
-        if url is None:
+        if values["url"] is None:
             return None
-        return Collector(url, token, token_file, ca, timeout or 10.0)
+        return CollectorEndpoint(**values)
 
     def uplinks(self, raw: Any) -> tuple[Uplink, ...]:
         r = self.r
@@ -317,67 +434,36 @@ class _Loader:
         seen: set[str] = set()
         for i, item in enumerate(raw):
             p = f"uplinks[{i}]"
-            m = r.mapping(item, p, {"name", "operator", "source", "interface"}, {"name"})
-            name = r.get(
-                m,
-                "name",
-                p,
-                string(NAME_RE),
-                "a name of 1..64 letters, digits, '.', '_', ':', '-'",
-            )
-            operator = r.get(
-                m,
-                "operator",
-                p,
-                string(NAME_RE),
-                "an operator label such as telkomsel, indosat, xlsmart",
-                "unknown",
-            )
-            source = r.get(m, "source", p, ip_address, "a local IP address")
-            iface = r.get(m, "interface", p, string(IFNAME_RE), "a network interface name")
-            if source is not None and iface is not None:
+            values = r.section(item, p, Uplink, UPLINK_KEYS, frozenset({"name"}))
+            name, iface = values["name"], values["interface"]
+            if values["source"] is not None and iface is not None:
                 r.error(f"{p}.interface", show(iface), "either source or interface, not both")
             if name is not None:
                 if name in seen:
                     r.error(f"{p}.name", show(name), "a name not used by another uplink")
                 seen.add(name)
-                out.append(Uplink(name, operator or "unknown", source, iface))
+                out.append(Uplink(**values))
         return tuple(out)
 
-    def _common(
-        self, m: dict[str, Any], p: str, interval: float, timeout: float, max_timeout: float
-    ) -> tuple[bool, float, float]:
-        r = self.r
-        enabled = r.get(m, "enabled", p, boolean, "true or false", True)
-        iv = r.get(m, "interval_s", p, number(10, 86_400), "seconds, 10..86400", interval)
-        to = r.get(
-            m,
-            "timeout_s",
-            p,
-            number(0, max_timeout, lo_open=True),
-            f"seconds, > 0 and <= {max_timeout:g}",
-            timeout,
-        )
-        return bool(enabled), iv or interval, to or timeout
+    def _probe(
+        self,
+        raw: Any,
+        kind: str,
+        model: type[Any],
+        keys: dict[str, Key],
+        required: frozenset[str] = frozenset({"targets"}),
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(path, the scalar values by the key table, the raw mapping for the list keys)."""
+        p = f"probes.{kind}"
+        lists = required - set(keys)
+        values = self.r.section(raw, p, model, keys, required, extra=lists)
+        return p, values, raw if isinstance(raw, dict) else {}
 
     def icmp(self, raw: Any) -> IcmpProbeConfig | None:
         if raw is None:
             return None
-        r, p = self.r, "probes.icmp"
-        keys = {
-            "enabled",
-            "interval_s",
-            "count",
-            "spacing_s",
-            "timeout_s",
-            "payload_bytes",
-            "targets",
-        }
-        m = r.mapping(raw, p, keys, {"targets"})
-        enabled, interval, timeout = self._common(m, p, 60.0, 2.0, 10.0)
-        count = r.get(m, "count", p, integer(1, 1000), "an integer, 1..1000", 10)
-        spacing = r.get(m, "spacing_s", p, number(0.01, 60), "seconds, 0.01..60", 0.2)
-        payload = r.get(m, "payload_bytes", p, integer(0, 1472), "bytes, 0..1472", 56)
+        r = self.r
+        p, v, m = self._probe(raw, "icmp", IcmpProbeConfig, ICMP_KEYS)
         targets: list[IcmpTarget] = []
         indices: list[int] = []  # position of each target in the YAML list, for errors
         for i, tp, tm in self._entries(m, "targets", p, "targets", "host", {"host", "name"}):
@@ -387,43 +473,31 @@ class _Loader:
                 targets.append(IcmpTarget(host, name or host))
                 indices.append(i)
         self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
-        if count is not None and spacing is not None and interval is not None and timeout:
-            round_s = (count - 1) * spacing + count * timeout
-            if round_s > interval:
-                r.error(
-                    f"{p}.interval_s",
-                    show(interval),
-                    f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
-                    f" = {round_s:g} s",
-                )
-        return IcmpProbeConfig(
-            enabled,
-            interval,
-            count or 10,
-            spacing or 0.2,
-            timeout,
-            56 if payload is None else payload,
-            tuple(targets),
-        )
+        count, spacing, timeout = v["count"], v["spacing_s"], v["timeout_s"]
+        round_s = (count - 1) * spacing + count * timeout
+        if round_s > v["interval_s"]:
+            r.error(
+                f"{p}.interval_s",
+                show(v["interval_s"]),
+                f"at least one worst-case round, (count-1)*spacing_s + count*timeout_s"
+                f" = {round_s:g} s",
+            )
+        return IcmpProbeConfig(**v, targets=tuple(targets))
 
     def dns(self, raw: Any) -> DnsProbeConfig | None:
         if raw is None:
             return None
-        r, p = self.r, "probes.dns"
-        keys = {"enabled", "interval_s", "timeout_s", "resolvers", "names", "qtype"}
-        m = r.mapping(raw, p, keys, {"resolvers", "names"})
-        enabled, interval, timeout = self._common(m, p, 300.0, 2.0, 30.0)
-        qtype = r.get(m, "qtype", p, lambda v: v if v in ("A", "AAAA") else None, "A or AAAA", "A")
+        r = self.r
+        lists = frozenset({"resolvers", "names"})
+        p, v, m = self._probe(raw, "dns", DnsProbeConfig, DNS_KEYS, lists)
         resolvers: list[Resolver] = []
         indices: list[int] = []
-        res_keys = {"address", "port", "name"}
-        for i, rp, rm in self._entries(m, "resolvers", p, "resolvers", "address", res_keys):
-            addr = r.get(rm, "address", rp, ip_address, "the IP address of a resolver")
-            port = r.get(rm, "port", rp, integer(1, 65535), "a port, 1..65535", 53)
-            name = self._label(rm, rp)
+        for i, rp, rm in self._entries(m, "resolvers", p, "resolvers", "address", set()):
+            res = r.section(rm, rp, Resolver, RESOLVER_KEYS, frozenset({"address"}))
+            addr, port = res["address"], res["port"]
             if addr is not None:
                 default_name = addr if port == 53 else f"{addr}:{port}"
-                resolvers.append(Resolver(addr, port or 53, name or default_name))
+                resolvers.append(Resolver(addr, port, res["name"] or default_name))
                 indices.append(i)
         self._unique([x.name for x in resolvers], indices, f"{p}.resolvers", "resolver name")
         names: list[str] = []
@@ -436,73 +510,31 @@ class _Loader:
                     r.error(f"{p}.names[{i}]", show(n), "a host name such as kpu.go.id")
                 else:
                     names.append(n)
-        return DnsProbeConfig(
-            enabled, interval, timeout, tuple(resolvers), tuple(names), qtype or "A"
-        )
+        return DnsProbeConfig(**v, resolvers=tuple(resolvers), names=tuple(names))
 
     def http(self, raw: Any) -> HttpProbeConfig | None:
         if raw is None:
             return None
-        r, p = self.r, "probes.http"
-        keys = {"enabled", "interval_s", "timeout_s", "max_bytes", "ca_bundle", "targets"}
-        m = r.mapping(raw, p, keys, {"targets"})
-        enabled, interval, timeout = self._common(m, p, 300.0, 10.0, 120.0)
-        max_bytes = r.get(m, "max_bytes", p, integer(0, 100 * 2**20), "bytes, 0..104857600", 2**20)
-        ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
+        keys = {**HTTP_KEYS, "ca_bundle": Key(self.existing_file, "a readable PEM file")}
+        p, v, m = self._probe(raw, "http", HttpProbeConfig, keys)
         targets: list[HttpTarget] = []
         indices: list[int] = []
-        t_keys = {"url", "name", "expect_status"}
-        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", t_keys):
-            url = r.get(tm, "url", tp, http_url, "an http:// or https:// URL")
-            name = self._label(tm, tp)
-            expect = r.get(
-                tm, "expect_status", tp, _status_list, "an HTTP status (100..599) or a list of them"
-            )
-            if url is not None:
-                default = urlsplit(url).hostname or url
-                targets.append(HttpTarget(url, name or default, expect or (200,)))
+        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", set()):
+            t = self.r.section(tm, tp, HttpTarget, HTTP_TARGET_KEYS, frozenset({"url"}))
+            if t["url"] is not None:
+                t["name"] = t["name"] or urlsplit(t["url"]).hostname or t["url"]
+                targets.append(HttpTarget(**t))
                 indices.append(i)
         self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
-        return HttpProbeConfig(
-            enabled,
-            interval,
-            timeout,
-            2**20 if max_bytes is None else max_bytes,
-            ca,
-            tuple(targets),
-        )
+        return HttpProbeConfig(**v, targets=tuple(targets))
 
     def throughput(self, raw: Any) -> ThroughputProbeConfig | None:
         if raw is None:
             return None
-        r, p = self.r, "probes.throughput"
-        keys = {
-            "enabled",
-            "interval_s",
-            "timeout_s",
-            "backend",
-            "url",
-            "server_id",
-            "name",
-            "secure",
-            "duration_s",
-            "ping_interval_s",
-            "first_estimate_mb",
-        }
-        m = r.mapping(raw, p, keys, {"backend"})
-        enabled, interval, timeout = self._common(m, p, 21_600.0, 60.0, 600.0)
-        backend = r.get(
-            m, "backend", p, lambda v: v if v in ("mini", "ookla") else None, "mini or ookla"
-        )
-        url = r.get(m, "url", p, http_url, "the http:// or https:// URL of a Speedtest Mini")
-        server_id = r.get(m, "server_id", p, integer(1, 2**31 - 1), "an Ookla server id")
-        name = self._label(m, p)
-        secure = r.get(m, "secure", p, boolean, "true or false", False)
-        duration = r.get(m, "duration_s", p, number(1, 60), "seconds per direction, 1..60", 10.0)
-        ping = r.get(m, "ping_interval_s", p, number(0.05, 5), "seconds, 0.05..5", 0.2)
-        estimate = r.get(
-            m, "first_estimate_mb", p, number(0, 100_000), "megabytes, 0..100000", 50.0
-        )
+        r = self.r
+        required = frozenset({"backend"})
+        p, v, m = self._probe(raw, "throughput", ThroughputProbeConfig, THROUGHPUT_KEYS, required)
+        backend = v["backend"]
         if backend == "mini" and "url" not in m:
             r.error(f"{p}.url", "nothing", "the Speedtest Mini URL (required with backend mini)")
         if backend == "ookla":
@@ -513,70 +545,44 @@ class _Loader:
             for key in ("server_id", "secure"):
                 if key in m:
                     r.error(f"{p}.{key}", show(m[key]), f"no {key} with backend mini (ookla only)")
-        duration = duration or 10.0
         # Two timed phases plus start-up and idle latency; Ookla also fetches its
         # configuration and server list and pings the nearest servers.
         setup = 15 if backend == "ookla" else 5
-        need = 2 * duration + setup
-        if "timeout_s" in m and timeout < need:
+        need = 2 * v["duration_s"] + setup
+        if "timeout_s" in m and v["timeout_s"] < need:
             r.error(
                 f"{p}.timeout_s",
                 show(m["timeout_s"]),
                 f"at least 2 * duration_s + {setup} = {need:g} s (one whole {backend} test)",
             )
         elif "timeout_s" not in m:
-            timeout = max(timeout, need)
-        if interval is not None and timeout > interval:
-            r.error(f"{p}.interval_s", show(interval), f"at least timeout_s ({timeout:g} s)")
-        return ThroughputProbeConfig(
-            enabled,
-            interval,
-            timeout,
-            backend or "mini",
-            url,
-            server_id,
-            name,
-            bool(secure),
-            duration,
-            ping or 0.2,
-            50.0 if estimate is None else estimate,
-        )
+            v["timeout_s"] = max(v["timeout_s"], need)
+        if v["timeout_s"] > v["interval_s"]:
+            r.error(
+                f"{p}.interval_s",
+                show(v["interval_s"]),
+                f"at least timeout_s ({v['timeout_s']:g} s)",
+            )
+        return ThroughputProbeConfig(**v)
 
     def upload(self, raw: Any) -> UploadProbeConfig | None:
         if raw is None:
             return None
-        r, p = self.r, "probes.upload"
-        keys = {"enabled", "interval_s", "timeout_s", "payload_bytes", "ca_bundle", "targets"}
-        m = r.mapping(raw, p, keys, {"targets"})
-        enabled, interval, timeout = self._common(m, p, 1800.0, 120.0, 600.0)
-        payload = r.get(
-            m,
-            "payload_bytes",
-            p,
-            integer(1, 100_000_000),
-            "bytes, 1..100000000 (a tally-sheet photo is about 2000000)",
-            2_000_000,
-        )
-        ca = r.get(m, "ca_bundle", p, self.existing_file, "a readable PEM file")
+        keys = {**UPLOAD_KEYS, "ca_bundle": Key(self.existing_file, "a readable PEM file")}
+        p, v, m = self._probe(raw, "upload", UploadProbeConfig, keys)
         targets: list[UploadTarget] = []
         indices: list[int] = []
-        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", {"url", "name"}):
-            url = r.get(tm, "url", tp, http_url, "an http:// or https:// URL")
-            name = self._label(tm, tp)
-            if url is not None:
-                targets.append(UploadTarget(url, name or urlsplit(url).hostname or url))
+        for i, tp, tm in self._entries(m, "targets", p, "targets", "url", set()):
+            t = self.r.section(tm, tp, UploadTarget, UPLOAD_TARGET_KEYS, frozenset({"url"}))
+            if t["url"] is not None:
+                t["name"] = t["name"] or urlsplit(t["url"]).hostname or t["url"]
+                targets.append(UploadTarget(**t))
                 indices.append(i)
         self._unique([t.name for t in targets], indices, f"{p}.targets", "target name")
-        return UploadProbeConfig(
-            enabled, interval, timeout, payload or 2_000_000, ca, tuple(targets)
-        )
+        return UploadProbeConfig(**v, targets=tuple(targets))
 
     def budget(self, raw: Any) -> BudgetConfig:
-        r = self.r
-        m = r.mapping(raw, "budget", {"daily_mb", "monthly_mb"}, set())
-        daily = r.get(m, "daily_mb", "budget", number(0, 10_000_000), "megabytes, 0..10000000")
-        monthly = r.get(m, "monthly_mb", "budget", number(0, 10_000_000), "megabytes, 0..10000000")
-        return BudgetConfig(daily, monthly)
+        return BudgetConfig(**self.r.section(raw, "budget", BudgetConfig, BUDGET_KEYS))
 
     def quiet_windows(self, raw: Any) -> tuple[QuietWindow, ...]:
         r = self.r
@@ -598,11 +604,20 @@ class _Loader:
                 out.append(QuietWindow(start, end, days or (), dates or ()))
         return tuple(out)
 
+    def thresholds_file(self, top: dict[str, Any]) -> Path:
+        default = self.base / "thresholds.yaml"
+        expected = "a readable thresholds YAML file"
+        path = self.r.get(top, "thresholds_file", "", self.existing_file, expected, default)
+        if "thresholds_file" not in top and not path.is_file():
+            self.r.error("thresholds_file", "nothing", f"a thresholds file (none at {path})")
+        return path
+
     def _entries(
         self, m: dict[str, Any], key: str, p: str, what: str, shorthand: str, keys: set[str]
-    ) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    ) -> Iterator[tuple[int, str, Any]]:
         """(index, path, mapping) of each entry of the list m[key]; a bare string is
-        shorthand for {shorthand: string}."""
+        shorthand for {shorthand: string}. With no keys the entry is given as it is, for the
+        caller to read by its key table."""
         raw = m.get(key)
         if key in m and (not isinstance(raw, list) or not raw):
             self.r.error(f"{p}.{key}", show(raw), f"a non-empty list of {what}")
@@ -611,7 +626,7 @@ class _Loader:
             item_path = f"{p}.{key}[{i}]"
             if isinstance(item, str):
                 item = {shorthand: item}
-            yield i, item_path, self.r.mapping(item, item_path, keys, {shorthand})
+            yield i, item_path, self.r.mapping(item, item_path, keys, {shorthand}) if keys else item
 
     def _label(self, m: dict[str, Any], p: str) -> str | None:
         return self.r.get(
@@ -628,51 +643,6 @@ class _Loader:
                     f"a {what} not used twice (set name: to tell them apart)",
                 )
             seen.add(n)
-
-
-_CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def _clock_time(v: Any) -> time | None:
-    # Unquoted 07:00 is a base-60 integer to YAML 1.1, so only strings are accepted.
-    m = _CLOCK_RE.match(v) if isinstance(v, str) else None
-    return time(int(m.group(1)), int(m.group(2))) if m else None
-
-
-def _weekdays(v: Any) -> tuple[int, ...] | None:
-    if not isinstance(v, list) or not v:
-        return None
-    days = [
-        _WEEKDAYS.index(d.lower()) if isinstance(d, str) and d.lower() in _WEEKDAYS else -1
-        for d in v
-    ]
-    return None if -1 in days else tuple(days)
-
-
-def _dates(v: Any) -> tuple[date, ...] | None:
-    if not isinstance(v, list) or not v:
-        return None
-    out: list[date] = []
-    for d in v:
-        if isinstance(d, str):
-            try:
-                d = date.fromisoformat(d)
-            except ValueError:
-                return None
-        if not isinstance(d, date):
-            return None
-        out.append(d)
-    return tuple(out)
-
-
-def _status_list(v: Any) -> tuple[int, ...] | None:
-    items = v if isinstance(v, list) else [v]
-    if not items or any(
-        isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599 for x in items
-    ):
-        return None
-    return tuple(items)
 
 
 _TOP_KEYS = {
@@ -706,67 +676,38 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     uplinks = loader.uplinks(top.get("uplinks"))
 
     kinds = {"icmp", "dns", "http", "throughput", "upload"}
-    pm = r.mapping(top.get("probes"), "probes", kinds, set())
+    probe_sections = r.mapping(top.get("probes"), "probes", kinds, set())
     probes = Probes(
-        loader.icmp(pm.get("icmp")),
-        loader.dns(pm.get("dns")),
-        loader.http(pm.get("http")),
-        loader.throughput(pm.get("throughput")),
-        loader.upload(pm.get("upload")),
+        loader.icmp(probe_sections.get("icmp")),
+        loader.dns(probe_sections.get("dns")),
+        loader.http(probe_sections.get("http")),
+        loader.throughput(probe_sections.get("throughput")),
+        loader.upload(probe_sections.get("upload")),
     )
     every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload)
     if not any(x is not None and x.enabled for x in every):
         r.error("probes", "no enabled probe", f"at least one of {', '.join(sorted(kinds))}")
     budget = loader.budget(top.get("budget"))
     quiet = loader.quiet_windows(top.get("quiet_windows"))
-
-    sm = r.mapping(top.get("schedule"), "schedule", {"jitter_fraction", "max_jitter_s"}, set())
-    jf = r.get(sm, "jitter_fraction", "schedule", number(0, 0.5), "a fraction, 0..0.5", 0.1)
-    mj = r.get(sm, "max_jitter_s", "schedule", number(0, 600), "seconds, 0..600", 30.0)
-
-    spm = r.mapping(top.get("spool"), "spool", {"max_mb"}, set())
-    max_mb = r.get(
-        spm, "max_mb", "spool", number(0.05, 1_000_000), "megabytes, 0.05..1000000", 256.0
-    )
-
-    cm = r.mapping(top.get("clock"), "clock", {"trust"}, set())
-    trust = r.get(
-        cm,
-        "trust",
-        "clock",
-        lambda v: v if v in CLOCK_TRUST else None,
-        "kernel, collector or system",
-        "kernel",
-    )
-
-    data_dir = r.get(
-        top, "data_dir", "", loader.path_value, "a directory path", Path("/var/lib/sinyal")
-    )
-    thresholds = r.get(
-        top,
-        "thresholds_file",
-        "",
-        loader.existing_file,
-        "a readable thresholds YAML file",
-        loader.path_value("thresholds.yaml"),
-    )
-    if "thresholds_file" not in top and thresholds is not None and not thresholds.is_file():
-        r.error("thresholds_file", "nothing", f"a thresholds file (none at {thresholds})")
+    schedule = Schedule(**r.section(top.get("schedule"), "schedule", Schedule, SCHEDULE_KEYS))
+    spool = SpoolConfig(**r.section(top.get("spool"), "spool", SpoolConfig, SPOOL_KEYS))
+    clock = ClockConfig(**r.section(top.get("clock"), "clock", ClockConfig, CLOCK_KEYS))
+    data_dir = r.get(top, "data_dir", "", loader.path_value, "a directory path", DEFAULT_DATA_DIR)
+    thresholds = loader.thresholds_file(top)
 
     if r.errors or station is None:
         raise ConfigError(r.errors or [f"{name}: station: invalid"])
-    assert data_dir is not None and thresholds is not None
     return AgentConfig(
         path=p,
         station=station,
         collector=collector,
         uplinks=uplinks,
         probes=probes,
-        schedule=Schedule(0.1 if jf is None else jf, 30.0 if mj is None else mj),
-        spool=SpoolConfig(max_mb or 256.0),
+        schedule=schedule,
+        spool=spool,
         data_dir=data_dir,
         thresholds_file=thresholds,
-        clock=ClockConfig(trust or "kernel"),
+        clock=clock,
         budget=budget,
         quiet_windows=quiet,
     )

@@ -665,8 +665,7 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
     report.profiles = dict(Counter(s.profile for s in fleet.stations))
     verify: str | bool = str(cfg.ca_bundle) if cfg.ca_bundle else True
     # Several small connection pools rather than one large one: httpcore's pool does work
-    # proportional to its connections for every request, so one client with 64 connections
-    # spends ~10 ms of CPU a request where eight clients of 8 spend ~1.4 ms (measured here).
+    # proportional to its connections for every request (benchmarks/results/load.md).
     per_pool = min(cfg.concurrency, POOL_SIZE)
     pools = math.ceil(cfg.concurrency / per_pool)
     limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)

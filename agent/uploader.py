@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import logging
 import math
 import random
@@ -37,8 +36,8 @@ from datetime import UTC, datetime
 import httpx
 
 from agent.clock import boot_id
-from agent.config import Collector
-from agent.contract.record import SCHEMA_VERSION, format_time, parse_time
+from agent.config import CollectorEndpoint
+from agent.contract.record import encode_envelope_records, format_time, parse_time
 from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.spool import Spool
 from agent.timekeeper import TimeKeeper
@@ -94,21 +93,12 @@ class Backoff:
 
 
 def envelope_bytes(station: str, bodies: list[str], boot: str | None = None) -> bytes:
-    """The upload envelope built around the spooled JSON bodies as they are. `boot` is the
+    """The upload envelope around the spooled JSON bodies as they are. `boot` is the
     sender's boot id (default: this machine's; the fleet simulator gives each station its own)."""
-    head = json.dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "agent": {
-                "station": station,
-                "version": __version__,
-                "boot_id": boot if boot is not None else boot_id(),
-            },
-            "sent_at": format_time(datetime.now(UTC)),
-        },
-        separators=(",", ":"),
+    sent_at = datetime.now(UTC)
+    return encode_envelope_records(
+        station, __version__, sent_at, bodies, boot if boot is not None else boot_id()
     )
-    return (head[:-1] + ',"records":[' + ",".join(bodies) + "]}").encode()
 
 
 def upload_body(station: str, bodies: list[str], boot: str | None = None) -> bytes:
@@ -128,7 +118,7 @@ class Uploader:
     def __init__(
         self,
         spool: Spool,
-        collector: Collector,
+        collector: CollectorEndpoint,
         station: str,
         batch_size: int = 500,
         backoff: Backoff | None = None,

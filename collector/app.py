@@ -30,11 +30,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.contract import __version__
-from agent.contract.record import ContractError, decode_envelope_header, format_time
+from agent.contract.record import (
+    ContractError,
+    decode_envelope_header,
+    envelope_json_schema,
+    format_time,
+)
 from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
-from collector.ingest import FastPath, Prepared, Rejection, prepare_raw
+from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
 from collector.sinks import Sink, SinkUnavailable, make_sink
@@ -43,39 +48,7 @@ from collector.status import StationInfo, StatusEngine
 
 log = logging.getLogger("sinyal.collector")
 
-ENVELOPE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["schema", "agent", "sent_at", "records"],
-    "properties": {
-        "schema": {"type": "integer", "enum": [1]},
-        "agent": {
-            "type": "object",
-            "required": ["station", "version"],
-            "properties": {
-                "station": {"type": "string"},
-                "version": {"type": "string"},
-                "boot_id": {"type": ["string", "null"]},
-            },
-        },
-        "sent_at": {"type": "string", "format": "date-time"},
-        "records": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "kind", "measured_at", "tags", "fields"],
-                "properties": {
-                    "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                    "kind": {"type": "string"},
-                    "measured_at": {"type": "string", "format": "date-time"},
-                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "fields": {"type": "object"},
-                    "error": {"type": ["string", "null"]},
-                    "clock": {"type": ["object", "null"]},
-                },
-            },
-        },
-    },
-}
+ENVELOPE_SCHEMA: dict[str, Any] = envelope_json_schema()
 
 
 class Metrics:
@@ -110,7 +83,7 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
-class Collector:
+class IngestService:
     """The ingest pipeline with its collaborators; one per process."""
 
     def __init__(
@@ -188,8 +161,9 @@ class Collector:
         if not scope.allows(header.station):
             raise HttpError(403, f"token may not write for station {header.station}")
         now = datetime.now(UTC)
-        prepared = prepare_raw(
-            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
+        prepare = prepare_decoded if decoded else prepare_raw
+        prepared = prepare(
+            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast
         )
         accepted = await self.write(prepared)
         for rej in prepared.rejected:
@@ -284,7 +258,7 @@ class IngestRoute:
 
     PATH = "/api/v1/measurements"
 
-    def __init__(self, app: ASGIApp, collector: Collector) -> None:
+    def __init__(self, app: ASGIApp, collector: IngestService) -> None:
         self.app = app
         self.collector = collector
 
@@ -321,8 +295,8 @@ def _bearer(header: str) -> str | None:
     return None
 
 
-def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> FastAPI:
-    c = collector or Collector(cfg)
+def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> FastAPI:
+    c = collector or IngestService(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -334,9 +308,7 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
             stop.set()
             if task is not None:
                 await task
-            aclose = getattr(c.sink, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await c.sink.aclose()
             c.sink.close()
 
     app = FastAPI(

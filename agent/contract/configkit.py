@@ -12,6 +12,7 @@ Environment variables override scalar keys: ``SINYAL_`` + the dotted path in upp
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -59,6 +60,31 @@ def show(value: Any, secret: bool = False) -> str:
         return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One key of a section's table: its checker and what it expects, in words."""
+
+    check: Callable[[Any], Any]
+    expected: str
+
+
+def _defaults(model: type[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(model):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return v if isinstance(v, str) and v in choices else None
+
+    return check
 
 
 class Reader:
@@ -132,6 +158,26 @@ class Reader:
             self.error(full, show(value, key in SECRET_KEYS), expected)
             return default
         return result
+
+    def section(
+        self,
+        raw: Any,
+        path: str,
+        model: type[Any],
+        table: Mapping[str, Key],
+        required: frozenset[str] = frozenset(),
+        extra: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """Read one section by its key table: each key's checked value, or the default stated
+        on the section's dataclass (`model`) when the key is absent or bad (error recorded).
+        `extra` keys (lists the caller reads itself) are allowed but not read. The caller
+        checks what spans keys, then builds `model(**values)`."""
+        m = self.mapping(raw, path, set(table) | extra, set(required))
+        defaults = _defaults(model)
+        return {
+            key: self.get(m, key, path, spec.check, spec.expected, defaults.get(key))
+            for key, spec in table.items()
+        }
 
 
 def string(pattern: re.Pattern[str] | None = None) -> Callable[[Any], str | None]:

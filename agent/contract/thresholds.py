@@ -47,6 +47,14 @@ class Threshold:
         v, warn = (value, self.warn) if self.higher_is_worse else (-value, -self.warn)
         return v > warn or (self.inclusive and v == warn)
 
+    def within_operator(self) -> str:
+        """The comparison `value OP warn` that holds exactly when the value does not breach:
+        `breaches` written for a query language (InfluxQL, SQL), so dashboards and reports
+        draw the same line the status engine does, `inclusive` included."""
+        if self.higher_is_worse:
+            return "<" if self.inclusive else "<="
+        return ">" if self.inclusive else ">="
+
     def grade(self, value: float) -> Grade:
         # Mirror lower-is-worse metrics so one set of comparisons serves both directions.
         if self.higher_is_worse:
