@@ -47,6 +47,7 @@ log = logging.getLogger("sinyal.uploader")
 PATH = "/api/v1/measurements"
 TIME_PATH = "/api/v1/time"
 CLOCK_SYNC_EVERY_S = 600.0
+BATCH_SIZE = 500  # records per upload (a 413 halves it)
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Uploader:
         spool: Spool,
         collector: CollectorEndpoint,
         station: str,
-        batch_size: int = 500,
+        batch_size: int = BATCH_SIZE,
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timekeeper: TimeKeeper | None = None,
