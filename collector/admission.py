@@ -21,17 +21,9 @@ from typing import Protocol
 from agent.contract.record import Record
 from collector.config import Limits
 from collector.lineproto import record_to_point
+from collector.station import Station
 
 RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_ms")
-
-
-class StationLike(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def province(self) -> str: ...
-    @property
-    def regency(self) -> str: ...
 
 
 class ScopeLike(Protocol):
@@ -39,7 +31,7 @@ class ScopeLike(Protocol):
 
 
 class RegistryLike(Protocol):
-    def get_station(self, station_id: str) -> StationLike | None: ...
+    def get_station(self, station_id: str) -> Station | None: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class Prepared:
     """What survived the checks: one line per record, in the same order."""
 
     records: list[Record] = field(default_factory=list)
-    stations: list[StationLike] = field(default_factory=list)
+    stations: list[Station] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
@@ -98,11 +90,11 @@ class Admission:
         self.registry = registry
         self.oldest = now - timedelta(seconds=limits.past_s)
         self.newest = now + timedelta(seconds=limits.future_s)
-        self.station: StationLike | None = None  # of the previous record: uploads are per station
+        self.station: Station | None = None  # of the previous record: uploads are per station
 
     def admit(
         self, record: Record, rejected: list[Rejection], plausible: bool = False
-    ) -> StationLike | None:
+    ) -> Station | None:
         """The record's registry station, or None after appending why it is rejected.
         plausible: the caller knows plausibility() would find nothing."""
         station_id = record.tags["station"]
@@ -148,9 +140,7 @@ class Admission:
         return station
 
     @staticmethod
-    def reference_line(
-        record: Record, station: StationLike, rejected: list[Rejection]
-    ) -> str | None:
+    def reference_line(record: Record, station: Station, rejected: list[Rejection]) -> str | None:
         extra = {"province": station.province, "regency": station.regency}
         try:
             return record_to_point(record, extra)

@@ -44,7 +44,8 @@ from collector.lineproto import encode_point
 from collector.registry import Registry
 from collector.sinks import Sink, SinkUnavailable, make_sink
 from collector.speedtest import SpeedtestEndpoint
-from collector.status import StationInfo, StatusEngine
+from collector.station import Station
+from collector.status import StatusEngine
 
 log = logging.getLogger("sinyal.collector")
 
@@ -205,9 +206,9 @@ class IngestService:
         return accepted
 
     async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
-        changed: list[StationInfo] = []
+        changed: list[Station] = []
         for station, records in by_station.values():
-            info = _station_info(station)
+            info = station
             records.sort(key=lambda r: r.measured_at)
             first = not self.engine.knows(info.id)  # the map learns of a new station at once
             if self.engine.observe(info, records) or first:
@@ -215,7 +216,7 @@ class IngestService:
         if changed:
             await self.write_status(changed)
 
-    async def write_status(self, stations: list[StationInfo]) -> None:
+    async def write_status(self, stations: list[Station]) -> None:
         """Status points are derived data: a failed write is logged and rewritten later."""
         points = self.engine.status_points(stations, datetime.now(UTC))
         lines = [encode_point(m, tags, fields, t) for m, tags, fields, t in points]
@@ -236,7 +237,7 @@ class IngestService:
                 await asyncio.wait_for(stop.wait(), interval)
                 return
             try:
-                known = [_station_info(s) for s in self.registry.stations()]
+                known = self.registry.stations()
                 changes = self.engine.sweep(known)
                 if time.monotonic() - last_refresh >= refresh_every:
                     await self.write_status(known)
@@ -274,18 +275,6 @@ class IngestRoute:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _station_info(station: Any) -> StationInfo:
-    return StationInfo(
-        id=station.id,
-        province=station.province,
-        regency=station.regency,
-        lat=station.lat,
-        lon=station.lon,
-        operator=station.expected_operator,
-        tz=station.tz,
-    )
 
 
 def _bearer(header: str) -> str | None:

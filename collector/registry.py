@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.contract.configkit import NAME_RE, STATION_ID_RE, show, timezone
+from collector.station import Station
 
 log = logging.getLogger("sinyal.collector.registry")
 
@@ -126,21 +127,6 @@ class RegistryError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True, slots=True)
-class Station:
-    id: str
-    name: str
-    province: str
-    regency: str
-    lat: float
-    lon: float
-    tz: str
-    expected_operator: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import yaml
 
-from collector.registry import Station
+from collector.station import Station
 from tests.drill import fleet
 from tests.drill.plan import CLEAR, STATUS_NAMES, Problem, Timing, timeline
 from tests.harness.dbs import InfluxServer, influxd
