@@ -69,12 +69,29 @@ class Collector:
         return self.token_file.read_text().strip()
 
 
+SIGNAL_SOURCES = ("modemmanager", "hilink")
+HILINK_DEFAULT_URL = "http://192.168.8.1"
+
+
+@dataclass(frozen=True)
+class SignalSource:
+    """Where an uplink's radio is read (docs/agent.md, Cellular signal)."""
+
+    source: str  # modemmanager or hilink
+    modem: str | None = None  # modemmanager: IMEI, port, device or path number; None: first
+    bus: str = "system"  # modemmanager: system, session or a D-Bus address
+    # hilink: the device's web address; None: the uplink interface's gateway, else
+    # HILINK_DEFAULT_URL
+    url: str | None = None
+
+
 @dataclass(frozen=True)
 class Uplink:
     name: str
     operator: str
     source: str | None = None  # local IP address to bind
     interface: str | None = None  # or an interface whose address is bound at probe time
+    signal: SignalSource | None = None  # the uplink's modem, when its radio is read
 
 
 @dataclass(frozen=True)
@@ -160,12 +177,21 @@ class UploadProbeConfig:
 
 
 @dataclass(frozen=True)
+class SignalProbeConfig:
+    enabled: bool = True
+    interval_s: float = 30.0
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Probes:
     icmp: IcmpProbeConfig | None
     dns: DnsProbeConfig | None
     http: HttpProbeConfig | None
     throughput: ThroughputProbeConfig | None = None
     upload: UploadProbeConfig | None = None
+    # Present when an uplink has `signal:` (defaults) or probes.signal is given.
+    signal: SignalProbeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -458,7 +484,7 @@ class _Loader:
         seen: set[str] = set()
         for i, item in enumerate(raw):
             p = f"uplinks[{i}]"
-            m = r.mapping(item, p, {"name", "operator", "source", "interface"}, {"name"})
+            m = r.mapping(item, p, {"name", "operator", "source", "interface", "signal"}, {"name"})
             name = r.get(
                 m,
                 "name",
@@ -482,8 +508,42 @@ class _Loader:
                 if name in seen:
                     r.error(f"{p}.name", _show(name), "a name not used by another uplink")
                 seen.add(name)
-                out.append(Uplink(name, operator or "unknown", source, iface))
+                signal = self.signal_source(m.get("signal"), f"{p}.signal")
+                out.append(Uplink(name, operator or "unknown", source, iface, signal))
         return tuple(out)
+
+    def signal_source(self, raw: Any, p: str) -> SignalSource | None:
+        if raw is None:
+            return None
+        r = self.r
+        if isinstance(raw, str):
+            raw = {"source": raw}
+        m = r.mapping(raw, p, {"source", "modem", "bus", "url"}, {"source"})
+        source = r.get(
+            m, "source", p, lambda v: v if v in SIGNAL_SOURCES else None, "modemmanager or hilink"
+        )
+        modem = r.get(m, "modem", p, _string(_MODEM_RE), "an IMEI, port, device path or number")
+        bus = r.get(m, "bus", p, _bus_address, "system, session or a D-Bus address", "system")
+        url = r.get(m, "url", p, _http_url, "the device's http:// URL")
+        wrong = ("url",) if source == "modemmanager" else ("modem", "bus")
+        for key in wrong:
+            if key in m and source is not None:
+                r.error(f"{p}.{key}", _show(m[key]), f"no {key} with source {source}")
+        if source is None:
+            return None
+        return SignalSource(source, modem, bus or "system", url)
+
+    def signal(self, raw: Any, wanted: bool) -> SignalProbeConfig | None:
+        if raw is None:
+            return SignalProbeConfig() if wanted else None
+        r, p = self.r, "probes.signal"
+        m = r.mapping(raw, p, {"enabled", "interval_s", "timeout_s"}, set())
+        enabled = r.get(m, "enabled", p, _boolean, "true or false", True)
+        iv = r.get(m, "interval_s", p, _number(5, 86_400), "seconds, 5..86400", 30.0)
+        to = r.get(m, "timeout_s", p, _number(0, 60, lo_open=True), "seconds, > 0 and <= 60", 5.0)
+        if not wanted and enabled:
+            r.error(p, "a signal probe", "an uplink with signal: {source: ...} to read")
+        return SignalProbeConfig(bool(enabled), iv or 30.0, to or 5.0)
 
     def _common(
         self, m: dict[str, Any], p: str, interval: float, timeout: float, max_timeout: float
@@ -771,6 +831,17 @@ class _Loader:
             seen.add(n)
 
 
+_MODEM_RE = re.compile(r"^[0-9A-Za-z/._:-]{1,128}$")
+
+
+def _bus_address(v: Any) -> str | None:
+    if v in ("system", "session"):
+        return str(v)
+    if isinstance(v, str) and re.fullmatch(r"(unix|tcp):[^\s]{1,200}", v):
+        return v
+    return None
+
+
 _CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -893,7 +964,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     collector = loader.collector(top.get("collector"))
     uplinks = loader.uplinks(top.get("uplinks"))
 
-    kinds = {"icmp", "dns", "http", "throughput", "upload"}
+    kinds = {"icmp", "dns", "http", "throughput", "upload", "signal"}
     pm = r.mapping(top.get("probes"), "probes", kinds, set())
     probes = Probes(
         loader.icmp(pm.get("icmp")),
@@ -901,8 +972,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         loader.http(pm.get("http")),
         loader.throughput(pm.get("throughput")),
         loader.upload(pm.get("upload")),
+        loader.signal(pm.get("signal"), any(u.signal is not None for u in uplinks)),
     )
-    every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload)
+    every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload, probes.signal)
     if not any(x is not None and x.enabled for x in every):
         r.error("probes", "no enabled probe", f"at least one of {', '.join(sorted(kinds))}")
     budget = loader.budget(top.get("budget"))
