@@ -321,7 +321,7 @@ class ModemManagerSource:
         reading = Reading(modem=m.path)
         reading.access_tech = access_tech(_int(props.get("AccessTechnologies"), 0))
         quality = props.get("SignalQuality")
-        if isinstance(quality, list) and quality and isinstance(quality[0], int):
+        if isinstance(quality, list | tuple) and quality and isinstance(quality[0], int):
             # 0 with "recent" false is what ModemManager shows before its first reading
             recent = len(quality) < 2 or bool(quality[1])
             if 0 < quality[0] <= 100 or (quality[0] == 0 and recent):
