@@ -243,6 +243,30 @@ class ModemManagerSource:
         body = await self._call(path, PROPERTIES, "GetAll", "s", [interface])
         return _plain(body[0]) if body and isinstance(body[0], dict) else {}
 
+    async def service_running(self) -> str | None:
+        """None when ModemManager owns its name on the bus, else what is wrong (for doctor)."""
+        try:
+            bus = await self._connect()
+        except SourceError as exc:
+            return exc.message
+        msg = Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="NameHasOwner",
+            signature="s",
+            body=[SERVICE],
+        )
+        try:
+            reply = await asyncio.wait_for(bus.call(msg), self.timeout_s)
+        except (TimeoutError, OSError, EOFError) as exc:
+            return f"the D-Bus daemon did not answer ({exc or 'timeout'})"
+        if reply.message_type == MessageType.ERROR:
+            return f"D-Bus refused the question: {reply.error_name}"
+        if not reply.body or reply.body[0] is not True:
+            return f"ModemManager ({SERVICE}) is not running on the {self.bus_name} bus"
+        return None
+
     # -- modems ------------------------------------------------------------------------------
 
     async def modems(self) -> list[ModemInfo]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent import cli
 from agent.config import AgentConfig
 from agent.probes.base import ProbeEnv
 from agent.probes.signal import SignalProbe
 from agent.record import Record
-from tests.conftest import require_tool
+from tests.conftest import base_config, require_tool, write_config
 from tests.harness.hilink_mock import HiLinkDevice, hilink_device
 from tests.harness.modemmanager_mock import (
     REG_ROAMING,
@@ -330,3 +332,72 @@ def test_hilink_unreachable(make_config: MakeConfig) -> None:
         pass  # stopped: nothing listens there any more
     r = read(make_probe(make_config, {"source": "hilink", "url": url}))
     assert r.error == "no_modem"
+
+
+# -- doctor ----------------------------------------------------------------------------------
+
+
+def doctor(tmp_path: Path, capsys: pytest.CaptureFixture[str], signal: dict[str, Any]) -> list[str]:
+    doc = base_config(tmp_path)
+    doc["uplinks"] = [{"name": "modem0", "operator": "telkomsel", "signal": signal}]
+    cli.main(["doctor", "-c", str(write_config(tmp_path, doc))])
+    out: list[str] = []
+    keep = False
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith("       fix:"):
+            keep = line[7:].startswith("modem ")
+        if keep:  # the modem checks and their fixes
+            out.append(line)
+    return out
+
+
+def test_doctor_modem_ok_then_disabled_then_denied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mm: MockModemManager
+) -> None:
+    modem = mm.add_modem()
+    lines = doctor(tmp_path, capsys, {"source": "modemmanager", "bus": mm.address})
+    assert lines[0] == f"[ok  ] modem modem0 ModemManager: running on the {mm.address} bus"
+    assert lines[1].startswith("[ok  ] modem modem0: modemmanager: enabled, registered on ")
+    assert "telkomsel (51010), 4G, RSRP -95" in lines[1]
+    modem.state = STATE_DISABLED
+    lines = doctor(tmp_path, capsys, {"source": "modemmanager", "bus": mm.address})
+    assert lines[1].startswith("[FAIL] modem modem0: modem_disabled: ")
+    assert "mmcli -m 0 -e" in lines[2]
+    modem.state, modem.deny_setup = 8, True
+    lines = doctor(tmp_path, capsys, {"source": "modemmanager", "bus": mm.address})
+    assert lines[1].startswith("[FAIL] modem modem0: permission: ")
+    assert "50-sinyal-modemmanager.rules" in lines[2]
+    modem.deny_setup = False
+    modem.operator_code, modem.operator_name = "51011", "XL"
+    modem.tech = TECH_UMTS
+    modem.signal = {"umts": {"rscp": -95.0, "ecio": -8.0}}
+    lines = doctor(tmp_path, capsys, {"source": "modemmanager", "bus": mm.address})
+    assert any(
+        ln.startswith("[WARN] modem modem0 operator: the modem is on xlsmart") for ln in lines
+    )
+    assert any(ln.startswith("[WARN] modem modem0 technology: on 3G") for ln in lines)
+
+
+def test_doctor_modemmanager_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("dbus-daemon")
+    bus = PrivateBus()
+    try:
+        lines = doctor(tmp_path, capsys, {"source": "modemmanager", "bus": bus.address})
+    finally:
+        bus.close()
+    assert lines[0].startswith("[FAIL] modem modem0 ModemManager: ModemManager (")
+    assert "systemctl enable --now ModemManager" in lines[1]
+
+
+def test_doctor_hilink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hilink: tuple[HiLinkDevice, str]
+) -> None:
+    device, url = hilink
+    lines = doctor(tmp_path, capsys, {"source": "hilink", "url": url})
+    assert lines[0].startswith("[ok  ] modem modem0: hilink: enabled, registered on telkomsel")
+    device.login_required = True
+    lines = doctor(tmp_path, capsys, {"source": "hilink", "url": url})
+    assert lines[0].startswith("[FAIL] modem modem0: permission: ")
+    assert "login" in lines[1]
