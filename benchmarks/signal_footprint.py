@@ -143,6 +143,7 @@ def main() -> None:
         raise SystemExit(f"run too short for steady-state figures ({len(samples)} samples)")
     span = steady[-1][0] - steady[0][0]
     cpu_pct = 100 * (steady[-1][1] - steady[0][1]) / span
+    unix = len(sockets_seen) - len(inet_seen)
     report = f"""{SECTION}
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; the machine was
@@ -160,7 +161,7 @@ share is at most this.
 | CPU time, whole run incl. start-up | {samples[-1][1]:.2f} s | |
 | steady RSS, max | {max(s[2] for s in steady):.1f} MB | |
 | signal records | {len(lines)} ({ok} ok) | one per {args.interval:.0f} s |
-| sockets held by the agent | {len(sockets_seen)}: {len(sockets_seen) - len(inet_seen)} Unix (D-Bus, the event loop's own pair) | |
+| sockets held by the agent | {len(sockets_seen)}: {unix} Unix (D-Bus, the event loop's pair) | |
 | INET sockets held by the agent | {len(inet_seen)} | 0: no network traffic |
 """
     RESULTS.mkdir(parents=True, exist_ok=True)
