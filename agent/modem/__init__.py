@@ -102,6 +102,11 @@ def operator_label(plmn: str | None, name: str | None) -> str | None:
     return plmn or None
 
 
+def printable(text: str, limit: int = 64) -> str:
+    """A name from the modem as a field value: no control characters, at most `limit`."""
+    return "".join(c for c in text if c.isprintable()).strip()[:limit]
+
+
 def bounded_int(value: object, hi: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
         return None
@@ -120,4 +125,5 @@ __all__ = [
     "clean",
     "clean_values",
     "operator_label",
+    "printable",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from agent.modem import UNKNOWN, Reading, SourceError, bounded_int, clean
+from agent.modem import UNKNOWN, Reading, SourceError, bounded_int, clean, printable
 from agent.record import ErrorCode
 
 TOKEN_ERRORS = {"125001", "125002", "125003"}
@@ -115,7 +115,15 @@ class HiLinkSource:
         if auth and self._token is not None:
             headers["__RequestVerificationToken"] = self._token
         try:
-            resp = await self._http().get(f"{self.url}/{path}", headers=headers)
+            # Streamed, so a device that sends without end costs at most _MAX_BODY bytes.
+            async with self._http().stream("GET", f"{self.url}/{path}", headers=headers) as resp:
+                body = b""
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_BODY:
+                        raise SourceError(
+                            ErrorCode.NO_MODEM, f"{path}: answer larger than {_MAX_BODY} bytes"
+                        )
         except httpx.TimeoutException:
             raise SourceError(ErrorCode.NO_MODEM, f"{self.url}: no answer (timeout)") from None
         except httpx.HTTPError as exc:
@@ -132,7 +140,7 @@ class HiLinkSource:
         cookie = resp.headers.get("Set-Cookie")
         if cookie and cookie.startswith("SessionID="):
             self._cookie = cookie.split(";", 1)[0]
-        return parse_xml(resp.content, path)
+        return parse_xml(body, path)
 
     async def handshake(self) -> None:
         self._cookie = self._token = None
@@ -195,8 +203,8 @@ class HiLinkSource:
         if code.isdigit() and 5 <= len(code) <= 6:
             reading.plmn = code
         name = plmn.get("FullName") or plmn.get("ShortName")
-        if name:
-            reading.operator_name = name[:64]
+        if name and printable(name):
+            reading.operator_name = printable(name)
 
         sig = await self.api("api/device/signal")
         values: dict[str, float] = {}

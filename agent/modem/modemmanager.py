@@ -32,6 +32,7 @@ from agent.modem import (
     bounded_int,
     clean,
     clean_values,
+    printable,
 )
 from agent.record import ErrorCode
 
@@ -361,8 +362,8 @@ class ModemManagerSource:
             if isinstance(code, str) and code.isdigit() and 5 <= len(code) <= 6:
                 reading.plmn = code
             name = g.get("OperatorName")
-            if isinstance(name, str) and name.strip():
-                reading.operator_name = name.strip()[:64]
+            if isinstance(name, str) and printable(name):
+                reading.operator_name = printable(name)
         else:
             reading.registered = state >= STATE_REGISTERED
         if not reading.registered and state < STATE_REGISTERED:

@@ -401,3 +401,11 @@ def test_doctor_hilink(
     lines = doctor(tmp_path, capsys, {"source": "hilink", "url": url})
     assert lines[0].startswith("[FAIL] modem modem0: permission: ")
     assert "login" in lines[1]
+
+
+def test_hilink_answer_without_end_is_cut_off(
+    make_config: MakeConfig, hilink: tuple[HiLinkDevice, str]
+) -> None:
+    device, url = hilink
+    device.status["padding"] = "x" * 100_000  # more than any real answer
+    assert read(make_probe(make_config, {"source": "hilink", "url": url})).error == "no_modem"
