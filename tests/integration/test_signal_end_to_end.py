@@ -133,3 +133,36 @@ def test_weak_signal_flags_the_station_within_the_debounce(
     text = interpolate(query.text, [], {}, now_ms - window * 1000, now_ms)
     # The window still holds the -95 dBm reading: not sustained yet, so the rule is quiet.
     assert influxdb.query(text, db) == []
+
+
+def test_collector_stores_signal_records_and_rejects_out_of_range(
+    stack: Stack, influxdb: InfluxServer
+) -> None:
+    import httpx
+
+    from tests.harness.collector_stack import envelope, golden
+
+    good, failed = golden("signal-ok"), golden("signal-not-registered")
+    too_strong = golden("signal-ok")
+    too_strong["fields"]["rsrp_dbm"] = -20.0  # above the 3GPP range: a bug or garbage
+    r = httpx.post(
+        f"{stack.url}/api/v1/measurements",
+        json=envelope([good, failed, too_strong]),
+        headers={"Authorization": f"Bearer {stack.token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert sorted(body["accepted"]) == sorted([good["id"], failed["id"]])
+    (rejected,) = body["rejected"]
+    assert rejected["reason"] == "invalid"
+    assert rejected["detail"] == "records[2].fields.rsrp_dbm: got -20.0, expected -156..-31 dBm"
+    db = stack.cfg.sink.database
+    (row,) = influxdb.query(f'SELECT * FROM "signal" WHERE "id" = \'{good["id"]}\'', db)
+    assert row["rsrp_dbm"] == -97.0 and row["plmn"] == "51010" and row["tac"] == 23918
+    assert row["province"] == "DKI Jakarta" and row["access_tech"] == "lte"
+    (row,) = influxdb.query(f'SELECT * FROM "signal" WHERE "id" = \'{failed["id"]}\'', db)
+    assert row["error"] == "not_registered" and row["rsrp_dbm"] is None
+    types = influxdb.field_types(db, "signal")
+    assert types["rsrp_dbm"] == "float" and types["operator_mismatch"] == "integer"
+    assert types["plmn"] == "string"
