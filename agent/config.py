@@ -72,12 +72,29 @@ class CollectorEndpoint:
         return self.token_file.read_text().strip()
 
 
+SIGNAL_SOURCES = ("modemmanager", "hilink")
+HILINK_DEFAULT_URL = "http://192.168.8.1"
+
+
+@dataclass(frozen=True)
+class SignalSource:
+    """Where an uplink's radio is read (docs/agent.md, Cellular signal)."""
+
+    source: str  # modemmanager or hilink
+    modem: str | None = None  # modemmanager: IMEI, port, device or path number; None: first
+    bus: str = "system"  # modemmanager: system, session or a D-Bus address
+    # hilink: the device's web address; None: the uplink interface's gateway, else
+    # HILINK_DEFAULT_URL
+    url: str | None = None
+
+
 @dataclass(frozen=True)
 class Uplink:
     name: str
     operator: str = "unknown"
     source: str | None = None  # local IP address to bind
     interface: str | None = None  # or an interface whose address is bound at probe time
+    signal: SignalSource | None = None  # the uplink's modem, when its radio is read
 
 
 @dataclass(frozen=True)
@@ -164,12 +181,21 @@ class UploadProbeConfig:
 
 
 @dataclass(frozen=True)
+class SignalProbeConfig:
+    enabled: bool = True
+    interval_s: float = 30.0
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Probes:
     icmp: IcmpProbeConfig | None
     dns: DnsProbeConfig | None
     http: HttpProbeConfig | None
     throughput: ThroughputProbeConfig | None = None
     upload: UploadProbeConfig | None = None
+    # Present when an uplink has `signal:` (defaults) or probes.signal is given.
+    signal: SignalProbeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +327,28 @@ UPLINK_KEYS = {
     "operator": Key(string(NAME_RE), "an operator label such as telkomsel, indosat, xlsmart"),
     "source": Key(ip_address, "a local IP address"),
     "interface": Key(string(IFNAME_RE), "a network interface name"),
+}
+_MODEM_RE = re.compile(r"^[0-9A-Za-z/._:-]{1,128}$")
+
+
+def _bus_address(v: Any) -> str | None:
+    if v in ("system", "session"):
+        return str(v)
+    if isinstance(v, str) and re.fullmatch(r"(unix|tcp):[^\s]{1,200}", v):
+        return v
+    return None
+
+
+SIGNAL_SOURCE_KEYS = {
+    "source": Key(one_of(*SIGNAL_SOURCES), "modemmanager or hilink"),
+    "modem": Key(string(_MODEM_RE), "an IMEI, port, device path or number"),
+    "bus": Key(_bus_address, "system, session or a D-Bus address"),
+    "url": Key(http_url, "the device's http:// URL"),
+}
+SIGNAL_KEYS = {
+    "enabled": Key(boolean, "true or false"),
+    "interval_s": Key(number(5, 86_400), "seconds, 5..86400"),
+    "timeout_s": Key(number(0, 60, lo_open=True), TIMEOUT.format(60)),
 }
 ICMP_KEYS = {
     **_probe_keys(10.0),
@@ -434,7 +482,9 @@ class _Loader:
         seen: set[str] = set()
         for i, item in enumerate(raw):
             p = f"uplinks[{i}]"
-            values = r.section(item, p, Uplink, UPLINK_KEYS, frozenset({"name"}))
+            values = r.section(
+                item, p, Uplink, UPLINK_KEYS, frozenset({"name"}), frozenset({"signal"})
+            )
             name, iface = values["name"], values["interface"]
             if values["source"] is not None and iface is not None:
                 r.error(f"{p}.interface", show(iface), "either source or interface, not both")
@@ -442,8 +492,36 @@ class _Loader:
                 if name in seen:
                     r.error(f"{p}.name", show(name), "a name not used by another uplink")
                 seen.add(name)
-                out.append(Uplink(**values))
+                m = item if isinstance(item, dict) else {}
+                signal = self.signal_source(m.get("signal"), f"{p}.signal")
+                out.append(Uplink(**values, signal=signal))
         return tuple(out)
+
+    def signal_source(self, raw: Any, p: str) -> SignalSource | None:
+        if raw is None:
+            return None
+        r = self.r
+        if isinstance(raw, str):
+            raw = {"source": raw}
+        v = r.section(raw, p, SignalSource, SIGNAL_SOURCE_KEYS, frozenset({"source"}))
+        source = v["source"]
+        m = raw if isinstance(raw, dict) else {}
+        wrong = ("url",) if source == "modemmanager" else ("modem", "bus")
+        for key in wrong:
+            if key in m and source is not None:
+                r.error(f"{p}.{key}", show(m[key]), f"no {key} with source {source}")
+        if source is None:
+            return None
+        return SignalSource(**v)
+
+    def signal(self, raw: Any, wanted: bool) -> SignalProbeConfig | None:
+        if raw is None:
+            return SignalProbeConfig() if wanted else None
+        p = "probes.signal"
+        v = self.r.section(raw, p, SignalProbeConfig, SIGNAL_KEYS)
+        if not wanted and v["enabled"]:
+            self.r.error(p, "a signal probe", "an uplink with signal: {source: ...} to read")
+        return SignalProbeConfig(**v)
 
     def _probe(
         self,
@@ -675,7 +753,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     collector = loader.collector(top.get("collector"))
     uplinks = loader.uplinks(top.get("uplinks"))
 
-    kinds = {"icmp", "dns", "http", "throughput", "upload"}
+    kinds = {"icmp", "dns", "http", "throughput", "upload", "signal"}
     probe_sections = r.mapping(top.get("probes"), "probes", kinds, set())
     probes = Probes(
         loader.icmp(probe_sections.get("icmp")),
@@ -683,8 +761,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         loader.http(probe_sections.get("http")),
         loader.throughput(probe_sections.get("throughput")),
         loader.upload(probe_sections.get("upload")),
+        loader.signal(probe_sections.get("signal"), any(u.signal is not None for u in uplinks)),
     )
-    every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload)
+    every = (probes.icmp, probes.dns, probes.http, probes.throughput, probes.upload, probes.signal)
     if not any(x is not None and x.enabled for x in every):
         r.error("probes", "no enabled probe", f"at least one of {', '.join(sorted(kinds))}")
     budget = loader.budget(top.get("budget"))

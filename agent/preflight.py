@@ -236,6 +236,10 @@ def run_checks(config: AgentConfig) -> list[Check]:
         checks.append(icmp_mode()[1])
     checks += [clock_check(), data_dir_check(config.data_dir), disk_check(config.data_dir)]
     checks += uplink_checks(config)
+    if any(u.signal is not None for u in config.uplinks):
+        from agent.modem.doctor import signal_checks
+
+        checks += signal_checks(config)
     checks += collector_checks(config)
     return checks
 

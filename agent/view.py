@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
 SPARK = "▁▂▃▄▅▆▇█"
+BARS = "_bars"  # not a field: the signal row's bars, from the graded radio values
+_BAR_GLYPHS = "▂▄▆█"
+_BARS_BY_GRADE = {Grade.GOOD: 4, Grade.FAIR: 3, Grade.WARN: 2, Grade.ALERT: 1}
 HISTORY = 20
 GRADE_STYLE = {
     Grade.GOOD: "green",
@@ -58,6 +61,15 @@ SUMMARY: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("rate_mbps", "rate", "Mbit/s"),
         ("skip_reason", "skipped", ""),
     ),
+    "signal": (
+        (BARS, "bars", ""),
+        ("rsrp_dbm", "rsrp", "dBm"),
+        ("rsrq_db", "rsrq", "dB"),
+        ("sinr_db", "sinr", "dB"),
+        ("rssi_dbm", "rssi", "dBm"),
+        ("rscp_dbm", "rscp", "dBm"),
+        ("ecio_db", "ec/io", "dB"),
+    ),
 }
 # The field whose history the sparkline draws.
 SPARK_FIELD = {
@@ -67,12 +79,15 @@ SPARK_FIELD = {
     "throughput": "download_mbps",
     "upload": "duration_s",
     "agent": "spool_records",
+    "signal": "rsrp_dbm",
 }
 
 
 def series_key(r: Record) -> tuple[str, str, str]:
     if r.kind == "agent":
         return (r.kind, "-", "self")
+    if r.kind == "signal":  # one row per uplink's modem, whatever technology it is on
+        return (r.kind, r.tags.get("uplink", ""), "modem")
     target = (
         r.tags.get("target")
         or r.tags.get("server")
@@ -97,6 +112,8 @@ def format_line(r: Record) -> str:
         f"target={target}",
         "ok" if r.error is None else f"error={r.error}",
     ]
+    if kind == "signal":
+        parts.append(f"tech={r.tags.get('access_tech')} network={r.tags.get('operator')}")
     for fld, label, unit in SUMMARY.get(kind, ()):
         if fld in r.fields:
             parts.append(f"{label}={_num(r.fields[fld])}{unit}")
@@ -114,6 +131,24 @@ def sparkline(values: Sequence[float | None]) -> str:
         "·" if v is None else SPARK[min(len(SPARK) - 1, int((v - lo) / span * len(SPARK)))]
         for v in values
     )
+
+
+def signal_bars(r: Record, thresholds: Thresholds) -> tuple[int, Grade | None]:
+    """0..4 bars: the worst grade of the graded radio values (RSRP, RSRQ, SINR), else the
+    modem's own quality (3G and 2G have no thresholds); 0 when nothing is known."""
+    worst: Grade | None = None
+    order = list(_BARS_BY_GRADE)
+    for name, v in r.fields.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            g = thresholds.grade("signal", name, float(v))
+            if g is not None and (worst is None or order.index(g) > order.index(worst)):
+                worst = g
+    if worst is not None:
+        return _BARS_BY_GRADE[worst], worst
+    q = r.fields.get("quality_pct")
+    if isinstance(q, int | float) and q > 0:
+        return min(4, max(1, round(float(q) / 25))), None
+    return 0, None
 
 
 @dataclass
@@ -155,6 +190,10 @@ class BoardView:
         self.status_line = status_line  # e.g. spool depth and next runs
 
     def cell(self, r: Record, fld: str) -> str:
+        if fld == BARS:
+            n, grade = signal_bars(r, self.thresholds)
+            text = _BAR_GLYPHS[:n] + "·" * (4 - n)
+            return f"[{GRADE_STYLE[grade]}]{text}[/]" if grade else text
         v = r.fields.get(fld)
         if v is None:
             return "[dim]–[/]"
@@ -185,6 +224,11 @@ class BoardView:
                     continue
                 r = row.latest
                 result = "[green]ok[/]" if r.error is None else f"[bold red]{r.error}[/]"
+                if kind == "signal":  # the technology and the network in the target column
+                    tech = r.tags.get("access_tech", "unknown")
+                    if tech in ("umts", "gsm"):  # fallen back from 4G
+                        tech = f"[yellow]{tech}[/]"
+                    target = f"{tech} {r.tags.get('operator', '')}".strip()
                 cells = [self.cell(r, fld) for fld, _label, _unit in summary]
                 age = f"{now - r.measured_at.timestamp():.0f}s"
                 table.add_row(uplink, target, result, *cells, sparkline(list(row.history)), age)

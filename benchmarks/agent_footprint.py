@@ -88,7 +88,11 @@ Agent installed from `{args.bin.parent}` ({install}).
 Benchmarks are not timed tests: the machine is shared and noisy; rerun to compare.
 """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "agent-footprint.md").write_text(report)
+    path = RESULTS / "agent-footprint.md"
+    # Sections other benchmarks add (## Signal probe: signal_footprint.py) are kept.
+    old = path.read_text() if path.exists() else ""
+    later = old[old.index("\n## ") :] if "\n## " in old else ""
+    path.write_text(report + later)
     print(report)
 
 

@@ -68,6 +68,18 @@ Reasons
     e.g. `loss,mos,timeout`; a silent station has the cause `silent`. The point's `reasons`
     field joins the strings with "; ".
 
+    Signal rounds (kind `signal`, one series per uplink whatever its network, technology or
+    band) are worded for the control room instead: "weak coverage: RSRP -118 dBm on
+    telkomsel/modem0" (rsrp_dbm, lte_rsrp threshold), "poor quality (load or interference):
+    RSRQ ..." (rsrq_db), "interference: SINR ..." (sinr_db), "fell back to 3G on ..." or "2G"
+    (access_tech umts or gsm: degraded-level, causes fallback_3g / fallback_2g), "operator
+    mismatch: indosat/modem0, configured telkomsel" (degraded-level, cause
+    operator_mismatch), "signal error=not_registered on ..." (critical-level). Rounds with
+    error permission or unsupported are not counted: they say nothing of the link. When a
+    signal series and a link series (icmp, dns, http, upload, throughput) are both not ok,
+    the first reason is "latency and signal both bad (radio on modem0)" and the signal
+    series' explanation follows it, whatever its level.
+
 Silence
     Silence is judged by receive time at the collector (this engine's clock when `observe` is
     called), not by measured_at: arrival is what tells the control room the link is up now,
@@ -143,7 +155,20 @@ MEASUREMENT = "station_status"
 MAX_REASONS = 3
 MAX_REASON_LEN = 100
 UNKNOWN_GAP_S = 3600.0  # assumed interval of a series seen once (covers hourly probes)
-_SERIES_EXCLUDED_TAGS = ("station", "operator")
+# A signal series is the uplink's modem whatever network, technology or band it is on now:
+# a fall back to 3G or a roaming SIM must not start a fresh, undebounced series.
+_SERIES_EXCLUDED_TAGS = ("station", "operator", "access_tech", "band")
+# Signal rounds that say nothing of the link: the agent may not read the modem, or the modem
+# cannot report (doctor shows these; the control room cannot act on them).
+_SIGNAL_UNREADABLE = ("permission", "unsupported")
+_SIGNAL_WORDS = {
+    "rsrp_dbm": ("weak coverage", "RSRP", "dBm"),
+    "rsrq_db": ("poor quality (load or interference)", "RSRQ", "dB"),
+    "sinr_db": ("interference", "SINR", "dB"),
+}
+_FALLBACK = {"umts": "3G", "gsm": "2G"}
+# Kinds that measure the link itself; "latency and signal both bad" pairs them with signal.
+_LINK_KINDS = ("icmp", "dns", "http", "upload", "throughput")
 _MAP_FIELDS = ("rtt_p50_ms", "loss_pct", "jitter_ms", "mos")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -363,6 +388,8 @@ class StatusEngine:
         return limits
 
     def _grade(self, record: Record) -> _Round:
+        if record.kind == "signal":
+            return self._grade_signal(record)
         fields = record.fields
         if record.error is None and fields.get("ok") != 0:
             # The common case, kept cheap: no field reaches its warn limit (good and fair
@@ -403,9 +430,47 @@ class StatusEngine:
                 causes.add(t.name)
         return _Round(level, (*alerts, *warns), tuple(sorted(causes)))
 
+    def _grade_signal(self, record: Record) -> _Round:
+        """A signal round, worded for the control room: "weak coverage: RSRP -118 dBm on
+        telkomsel/modem0", "fell back to 3G on ...", "operator mismatch: ..."."""
+        tags, fields = record.tags, record.fields
+        where = f"{tags.get('operator', '')}/{tags.get('uplink', '')}"
+        if record.error is not None:
+            return _Round(_CRITICAL, (f"signal error={record.error} on {where}",), (record.error,))
+        level = _GOOD
+        alerts: list[str] = []
+        warns: list[str] = []
+        causes: set[str] = set()
+        for name, t in self._graded("signal"):
+            value = fields.get(name)
+            if type(value) is not float and type(value) is not int:
+                continue
+            g = t.grade(float(value))
+            if g is Grade.ALERT or g is Grade.WARN:
+                what, label, unit = _SIGNAL_WORDS.get(name, (t.name, name, t.unit))
+                text = f"{what}: {label} {_num(float(value))} {unit} on {where}"
+                (alerts if g is Grade.ALERT else warns).append(text)
+                level = max(level, _CRITICAL if g is Grade.ALERT else _DEGRADED)
+                causes.add(t.name)
+        generation = _FALLBACK.get(tags.get("access_tech", ""))
+        if generation is not None:
+            level = max(level, _DEGRADED)
+            warns.append(f"fell back to {generation} on {where}")
+            causes.add(f"fallback_{generation.lower()}")
+        if fields.get("operator_mismatch") == 1:
+            level = max(level, _DEGRADED)
+            configured = fields.get("configured_operator", "?")
+            warns.append(f"operator mismatch: {where}, configured {configured}")
+            causes.add("operator_mismatch")
+        if level == _GOOD:
+            return _GOOD_ROUND
+        return _Round(level, (*alerts, *warns), tuple(sorted(causes)))
+
     def _round(self, st: _Station, record: Record) -> None:
         if record.fields.get("skipped") == 1:
             return  # a heavy test skipped for budget or quiet hours says nothing of the link
+        if record.kind == "signal" and record.error in _SIGNAL_UNREADABLE:
+            return
         at = record.measured_at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
@@ -484,13 +549,22 @@ class StatusEngine:
         hit = sorted((s for s in st.series.values() if s.status == worst), key=lambda s: s.label)
         reasons: list[str] = []
         causes: set[str] = set()
+        bad = [s for s in st.series.values() if s.status is not Status.OK]
+        bad_signal = sorted((s for s in bad if s.kind == "signal"), key=lambda s: s.label)
+        bad_link = [s for s in bad if s.kind in _LINK_KINDS]
+        if bad_signal and bad_link:
+            # Said together: the radio is the likely cause of the link's trouble.
+            uplinks = ", ".join(sorted({s.uplink for s in bad_signal}))
+            reasons.append(_clip(f"latency and signal both bad (radio on {uplinks})"))
+            hit = [*bad_signal, *(s for s in hit if s.kind != "signal")]
         for s in hit:
             rnd = _explaining_round(s)
             if rnd is None:
                 continue
             causes.update(rnd.causes)
             if len(reasons) < MAX_REASONS:
-                reasons.append(_clip(f"{s.label} {', '.join(rnd.items)}"))
+                items = ", ".join(rnd.items)
+                reasons.append(_clip(items if s.kind == "signal" else f"{s.label} {items}"))
         if len(hit) > MAX_REASONS:
             reasons.append(f"+{len(hit) - MAX_REASONS} more")
         st.reasons, st.causes = tuple(reasons), tuple(sorted(causes))

@@ -193,6 +193,48 @@ CLOCK_ALERT_QUERY = (
 )
 
 
+# -- cellular signal ----------------------------------------------------------------------------
+
+SIGNAL_TAGS = ("station", "province", "regency", "operator", "uplink")
+SIGNAL_WINDOW_S = 600  # weak-signal alert: every reading of the last 10 minutes below alert
+
+
+def signal_limits(field: str = "rsrp_dbm") -> tuple[float, float]:
+    """(warn, alert) of a signal field in config/thresholds.yaml."""
+    doc = yaml.safe_load(THRESHOLDS.read_text())
+    for metric in doc["metrics"].values():
+        if f"signal.{field}" in metric["fields"]:
+            return float(metric["warn"]), float(metric["alert"])
+    raise KeyError(f"no threshold for signal.{field} in {THRESHOLDS}")
+
+
+def weak_coverage_query(filters: Sequence[str]) -> str:
+    """Per operator (the network the modem is on) and province: stations whose latest RSRP
+    is below the warn level (weak coverage)."""
+    warn, _ = signal_limits()
+    inner = latest("signal", ("rsrp_dbm",), filters, ("station", "operator", "province"))
+    return (
+        f"SELECT count({q('rsrp_dbm')}) AS {q('weak_stations')}, "
+        f"min({q('rsrp_dbm')}) AS {q('worst_rsrp_dbm')} FROM ({inner}) "
+        f"WHERE {q('rsrp_dbm')} < {warn:g} GROUP BY {tags(('operator', 'province'))}"
+    )
+
+
+def signal_alert_query() -> str:
+    """One series per uplink with the best RSRP of the rule's window: below the alert level
+    means every reading of the window was (sustained weak signal, not one bad reading)."""
+    _, alert = signal_limits()
+    inner = (
+        f"SELECT max({q('rsrp_dbm')}) AS {q('best_rsrp_dbm')} FROM {q('signal')} "
+        f"WHERE {where()} GROUP BY {tags(SIGNAL_TAGS)}"
+    )
+    # Only the uplinks in trouble get a series, as for the other station rules.
+    return (
+        f"SELECT {q('best_rsrp_dbm')} FROM ({inner}) WHERE {q('best_rsrp_dbm')} < {alert:g} "
+        f"GROUP BY {tags(SIGNAL_TAGS)}"
+    )
+
+
 # -- panels ---------------------------------------------------------------------------------
 
 
@@ -651,6 +693,21 @@ def overview() -> dict[str, Any]:
         12,
         10,
     )
+    warn, alert = signal_limits()
+    b.add(
+        table(
+            "Weak coverage per operator and province",
+            f"Stations whose latest RSRP is below {warn:g} dBm (the warn level of "
+            f"config/thresholds.yaml; alert below {alert:g}), per network operator and "
+            "province, with the worst RSRP. The operator is the network the modem is on.",
+            [target(weak_coverage_query((F_PROVINCE, F_REGENCY, F_OPERATOR, F_SEARCH)))],
+            sort="weak_stations",
+            overrides=[unit_column("worst_rsrp_dbm", "dBm", "worst RSRP")],
+            transformations=[hidden("time")],
+        ),
+        24,
+        8,
+    )
     b.add(silent_table(), 24, 10)
     return dashboard(
         OVERVIEW_UID,
@@ -785,6 +842,25 @@ def station() -> dict[str, Any]:
             icmp,
             by_target,
             "none",
+        ),
+        (
+            "Signal power per uplink",
+            "RSRP (LTE/5G), RSSI and RSCP (3G) of each uplink's modem; gaps: not measured "
+            "or not on that technology. Weak below -105 dBm RSRP, poor below -115.",
+            "signal",
+            (("rsrp_dbm", "RSRP dBm"), ("rssi_dbm", "RSSI dBm"), ("rscp_dbm", "RSCP dBm")),
+            icmp,
+            ("uplink",),
+            "dBm",
+        ),
+        (
+            "Signal quality per uplink",
+            "RSRQ and SINR (LTE/5G), Ec/Io (3G): interference and cell load.",
+            "signal",
+            (("rsrq_db", "RSRQ dB"), ("sinr_db", "SINR dB"), ("ecio_db", "Ec/Io dB")),
+            icmp,
+            ("uplink",),
+            "dB",
         ),
         (
             "Agent spool backlog",
@@ -946,6 +1022,30 @@ def operators() -> dict[str, Any]:
         ),
         24,
         12,
+    )
+    signal_medians = (
+        f"SELECT median({q('rsrp_dbm')}) AS {q('rsrp_dbm')}, median({q('rsrq_db')}) AS "
+        f"{q('rsrq_db')}, median({q('sinr_db')}) AS {q('sinr_db')}, count({q('rsrp_dbm')}) "
+        f"AS {q('readings')} FROM {q('signal')} WHERE {where(*filters)} GROUP BY {tags(by)}"
+    )
+    b.add(
+        table(
+            "Signal per operator and province: medians and stations with weak coverage",
+            "Medians over every signal reading in the range (LTE/5G), and the stations whose "
+            "latest RSRP is below the warn level. The operator is the network the modem is "
+            "on (a roaming SIM counts for the network it roams on).",
+            refs((signal_medians, weak_coverage_query(filters))),
+            sort="readings",
+            overrides=[
+                unit_column("rsrp_dbm", "dBm", "RSRP (median)"),
+                unit_column("rsrq_db", "dB", "RSRQ (median)"),
+                unit_column("sinr_db", "dB", "SINR (median)"),
+                unit_column("worst_rsrp_dbm", "dBm", "worst RSRP"),
+            ],
+            transformations=[{"id": "merge", "options": {}}, hidden("time")],
+        ),
+        24,
+        10,
     )
     for title, field, unit in (
         ("Median latency per operator", "rtt_p50_ms", "ms"),
@@ -1250,6 +1350,24 @@ def alert_rules() -> dict[str, Any]:
             f"`sinyal-agent doctor`); measured times may be off. {AGENT_URL}",
         ),
     ]
+    _, rsrp_alert = signal_limits()
+    rules.append(
+        rule(
+            "sinyal-signal-weak",
+            "Sustained weak signal",
+            signal_alert_query(),
+            "lt",
+            rsrp_alert,
+            "5m",
+            {"severity": "warning", "scope": "station"},
+            f"Weak signal at {STATION_WHERE} on {{{{ $labels.operator }}}}/"
+            "{{ $labels.uplink }}",
+            f"Every RSRP reading of the last {SIGNAL_WINDOW_S // 60} minutes was below "
+            f"{rsrp_alert:g} dBm (best {{{{ $values.B }}}} dBm): weak coverage, move the "
+            f"modem or antenna, or use another operator. {STATION_URL}",
+            window_s=SIGNAL_WINDOW_S,
+        )
+    )
     return {
         "apiVersion": 1,
         "groups": [

@@ -62,6 +62,12 @@ class ErrorCode(StrEnum):
         "no_server"  # no test server: server list unavailable, or the pinned id is not in it
     )
     INTERNAL_ERROR = "internal_error"  # a bug in the probe; the message is logged
+    # signal: the modem could not give a reading
+    NO_MODEM = "no_modem"  # no modem (or no ModemManager / HiLink device answering)
+    MODEM_DISABLED = "modem_disabled"  # the modem is there but disabled, locked or failed
+    NOT_REGISTERED = "not_registered"  # enabled, but not registered on a network
+    PERMISSION = "permission"  # the agent may not read the modem (D-Bus policy, polkit, login)
+    UNSUPPORTED = "unsupported"  # the modem cannot report signal values
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +213,42 @@ MEASUREMENTS: dict[str, Measurement] = {
             "skipped": FieldSpec(int, "0/1", "1 when the upload did not run", 0, 1),
             "skip_reason": FieldSpec(str, "text", "daily_budget, monthly_budget or quiet_window"),
             "ok": _OK,
+        },
+    ),
+    "signal": Measurement(
+        "signal",
+        "One reading of the cellular radio of one uplink's modem (no network traffic).",
+        (*COMMON_TAGS, "access_tech", "band"),
+        {
+            # Ranges: 3GPP TS 36.133 / 38.133 reporting ranges (extended), 25.133, 45.008.
+            "rsrp_dbm": FieldSpec(
+                float, "dBm", "LTE/NR reference signal received power", -156, -31
+            ),
+            "rsrq_db": FieldSpec(float, "dB", "LTE/NR reference signal received quality", -43, 20),
+            "sinr_db": FieldSpec(
+                float, "dB", "LTE/NR signal to interference and noise ratio", -23, 40
+            ),
+            "rssi_dbm": FieldSpec(
+                float, "dBm", "received signal strength (LTE wideband, GSM carrier)", -120, -20
+            ),
+            "rscp_dbm": FieldSpec(float, "dBm", "UMTS received signal code power", -120, -24),
+            "ecio_db": FieldSpec(float, "dB", "UMTS Ec/Io of the pilot", -24.5, 0),
+            "quality_pct": FieldSpec(
+                float, "%", "the modem's own signal quality (ModemManager, HiLink bars)", 0, 100
+            ),
+            "plmn": FieldSpec(str, "text", "MCC-MNC of the serving network, e.g. 51010"),
+            "operator_name": FieldSpec(str, "text", "network name as the modem reports it"),
+            "configured_operator": FieldSpec(
+                str, "text", "the uplink's operator in the agent config"
+            ),
+            "operator_mismatch": FieldSpec(
+                int, "0/1", "1 when the network is not the uplink's configured operator", 0, 1
+            ),
+            "roaming": FieldSpec(int, "0/1", "1 when registered roaming", 0, 1),
+            "cell_id": FieldSpec(int, "id", "serving cell identity (LTE ECI, NR NCI)", 0, 2**36),
+            "tac": FieldSpec(int, "code", "tracking area code (LTE/NR)", 0, 2**24 - 1),
+            "lac": FieldSpec(int, "code", "location area code (GSM/UMTS)", 0, 2**16 - 1),
+            "earfcn": FieldSpec(int, "channel", "downlink channel number (EARFCN)", 0, 3_279_165),
         },
     ),
     "agent": Measurement(

@@ -8,6 +8,7 @@ from agent.probes.base import Probe, ProbeEnv
 from agent.probes.dns import DnsProbe
 from agent.probes.http import HttpProbe
 from agent.probes.icmp import IcmpProbe
+from agent.probes.signal import SignalProbe
 from agent.probes.throughput import ThroughputProbe
 from agent.probes.upload import UploadProbe
 
@@ -21,6 +22,7 @@ REGISTRY: dict[str, Factory] = {
     "http": HttpProbe.from_env,
     "throughput": ThroughputProbe.from_env,
     "upload": UploadProbe.from_env,
+    "signal": SignalProbe.from_env,
 }
 
 

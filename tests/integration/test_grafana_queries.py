@@ -71,6 +71,10 @@ UPLINK = "modem0"
 ROUNDS = 30  # one a minute, the last a minute ago
 SILENT_AFTER_ROUND = 5  # B5's last upload
 DETAIL = "J1"  # the station the station dashboard is checked with (it has every measurement)
+# Signal readings (every round, not fed to the status engine so the statuses above hold): the
+# latest RSRP per station; B4 weak all along (the weak-signal alert fires), P3 weak but above
+# the alert level, J4 on indosat weak in its latest reading only. Others -90 dBm.
+RSRP = {"B4": -118.0, "P3": -108.0}
 
 
 def icmp_fields(role: str, target: str) -> tuple[dict[str, int | float], str | None]:
@@ -137,6 +141,17 @@ def agent_fields(name: str, minute: int) -> tuple[str, dict[str, int | float]]:
     return version, f
 
 
+def signal_record(sid: str, name: str, operator: str, at: datetime, minute: int) -> Record:
+    rsrp = RSRP.get(name, -90.0)
+    if name == "J4" and minute == ROUNDS - 1:
+        rsrp = -110.0
+    tags = {"station": sid, "uplink": UPLINK, "operator": operator, "access_tech": "lte",
+            "band": "B3"}  # fmt: skip
+    fields: dict[str, int | float | str] = {"rsrp_dbm": rsrp, "rsrq_db": -10.0, "sinr_db": 8.0,
+                                            "rssi_dbm": rsrp + 30, "plmn": "51010"}  # fmt: skip
+    return Record("signal", at, tags, fields)
+
+
 @pytest.fixture(scope="module")
 def scenario(influxdb: InfluxServer, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     tmp = tmp_path_factory.mktemp("grafana")
@@ -185,6 +200,8 @@ def scenario(influxdb: InfluxServer, tmp_path_factory: pytest.TempPathFactory) -
                                       "operator": st.expected_operator or "", "target": tgt},
                                       fields, error))  # fmt: skip
                 sc.icmp_rounds.append((sid, tgt, fields))
+            records.append(signal_record(sid, name, st.expected_operator or "", measured,
+                                         minute))  # fmt: skip
             version, hb = agent_fields(name, minute)
             records.append(Record("agent", measured, {"station": sid, "version": version}, hb))
             lines += [record_to_point(r, region) for r in records]
@@ -556,3 +573,56 @@ def test_scenario_is_what_the_collector_writes(scenario: Scenario) -> None:
     changed = sorted(names([s])[0] for s, _ in scenario.status_changes)
     twice = ["B4", "B5", "J3", "J4", "P3"]  # first seen as ok, then their problem
     assert changed == sorted([n for n in SID if n != "P2"] + ["P2"] + twice)
+
+
+# -- cellular signal ------------------------------------------------------------------------
+
+
+def weak_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, float]]:
+    return {(r["operator"], r["province"]): (r["weak_stations"], r["worst_rsrp_dbm"])
+            for r in rows}  # fmt: skip
+
+
+WEAK = {
+    ("telkomsel", "Bali"): (1, -118.0),
+    ("telkomsel", "Papua"): (1, -108.0),
+    ("indosat", "DKI Jakarta"): (1, -110.0),
+}
+
+
+def test_overview_weak_coverage_per_operator_and_province(
+    influxdb: InfluxServer, scenario: Scenario
+) -> None:
+    rows = run(influxdb, scenario, one("sinyal-overview: panel 'Weak coverage per operator"))
+    assert weak_rows(rows) == WEAK
+    only_bali = run(influxdb, scenario, one("sinyal-overview: panel 'Weak coverage"),
+                    {"province": "Bali"})  # fmt: skip
+    assert weak_rows(only_bali) == {("telkomsel", "Bali"): (1, -118.0)}
+
+
+def test_operators_signal_medians_and_weak_stations(
+    influxdb: InfluxServer, scenario: Scenario
+) -> None:
+    medians, weak = find("sinyal-operators: panel 'Signal per operator and province")
+    got = {(r["operator"], r["province"]): r for r in run(influxdb, scenario, medians)}
+    # Bali telkomsel: B2, B6 at -90 and B4 at -118 over 30 rounds each -> median -90
+    assert got[("telkomsel", "Bali")]["rsrp_dbm"] == -90.0
+    assert got[("telkomsel", "Bali")]["readings"] == 90
+    assert got[("telkomsel", "Papua")]["rsrp_dbm"] == pytest.approx(-99.0)  # P1 -90, P3 -108
+    assert weak_rows(run(influxdb, scenario, weak)) == WEAK
+
+
+def test_station_dashboard_signal_over_time(influxdb: InfluxServer, scenario: Scenario) -> None:
+    rows = run(influxdb, scenario, one("panel 'Signal power per uplink'"), {"station": SID["B4"]})
+    assert {r["uplink"] for r in rows} == {UPLINK}
+    assert {r["RSRP dBm"] for r in rows if r["RSRP dBm"] is not None} == {-118.0}
+    quality = run(influxdb, scenario, one("panel 'Signal quality per uplink'"))
+    assert {r["SINR dB"] for r in quality if r["SINR dB"] is not None} == {8.0}
+
+
+def test_alert_sustained_weak_signal(influxdb: InfluxServer, scenario: Scenario) -> None:
+    (r,) = [x for x in rules() if x["uid"] == "sinyal-signal-weak"]
+    rows = run(influxdb, scenario, one("rule sinyal-signal-weak A"))
+    # fires() takes the station labels; the rule's series are per uplink too
+    assert fires(r, rows) == station_labels("B4")  # not P3 (-108 > -115), not J4 (one reading)
+    assert {row["uplink"] for row in rows} == {UPLINK}

@@ -165,7 +165,7 @@ def test_alert_rules() -> None:
     (group,) = doc["groups"]
     assert group["folder"] == "Sinyal" and group["interval"] == "1m"
     uids = [r["uid"] for r in rules()]
-    assert len(uids) == len(set(uids)) == 5
+    assert len(uids) == len(set(uids)) == 6
     for r in rules():
         refs = {d["refId"] for d in r["data"]}
         assert r["condition"] in refs, r["uid"]
