@@ -45,6 +45,7 @@ TPS_FORMAT = (
 
 _TPS_LIKE_RE = re.compile(r"[0-9][0-9._ -]*")
 _SEPARATORS_RE = re.compile(r"[._ -]")
+_SUGGESTION_CACHE = 10_000
 _VILLAGE_KINDS = "123"  # 1 kelurahan, 2 desa, 3 desa adat (Permendagri 58/2021)
 
 # What people write instead of a province's name: suggested, never accepted.
@@ -197,6 +198,8 @@ class Wilayah:
         self._province_by: dict[str, Region] = {}
         self._regency_by: dict[str, Region] = {}
         self._bare: dict[str, list[Region]] = {}  # "bandung" -> both Bandungs
+        # A national file repeats the same wrong value on thousands of rows: look it up once.
+        self._suggested: dict[tuple[str, str, str], list[str]] = {}
         for r in regions:
             if r.level == "provinsi" and len(r.code) == 2:
                 self.provinces[r.code] = r
@@ -226,6 +229,19 @@ class Wilayah:
 
     def province_of(self, regency: Region) -> Region:
         return self.provinces[regency.province_code]
+
+    def _cached(self, kind: str, text: str, province: Region | None) -> list[str]:
+        key = (kind, text, province.code if province is not None else "")
+        found = self._suggested.get(key)
+        if found is None:
+            if len(self._suggested) >= _SUGGESTION_CACHE:
+                self._suggested.clear()
+            if kind == "province":
+                found = self.province_suggestions(text)
+            else:
+                found = self.regency_suggestions(text, province)
+            self._suggested[key] = found
+        return found
 
     def province_suggestions(self, text: str) -> list[str]:
         k = _key(text)
@@ -271,7 +287,7 @@ class Wilayah:
                 Problem(
                     "province",
                     "a province of the Kemendagri table (its name or 2-digit code, e.g."
-                    " DKI Jakarta or 31)" + _did_you_mean(self.province_suggestions(province)),
+                    " DKI Jakarta or 31)" + _did_you_mean(self._cached("province", province, None)),
                 )
             )
         reg = self.regency(regency) if regency else None
@@ -282,7 +298,7 @@ class Wilayah:
                 Problem(
                     "regency",
                     f"a regency or city {where} (its name or 4-digit code, e.g. {example})"
-                    + _did_you_mean(self.regency_suggestions(regency, prov)),
+                    + _did_you_mean(self._cached("regency", regency, prov)),
                 )
             )
         elif reg is not None and prov is not None and reg.province_code != prov.code:
