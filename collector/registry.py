@@ -17,13 +17,17 @@ has semicolons and no commas, as spreadsheets in Indonesian locales save it, is 
                               3-digit TPS number, e.g. ``3171011001001``), or another stable
                               id of 1..64 letters, digits, ``.``, ``_``, ``-`` (a lab laptop)
 ``name``                      display name, e.g. ``TPS 001 Gambir``
-``province``                  the province NAME, e.g. ``DKI Jakarta`` (an InfluxDB tag)
-``regency``                   the regency or city NAME, e.g. ``Kota Jakarta Pusat`` (a tag)
+``province``                  a province of the Kemendagri table by name or code, e.g.
+                              ``DKI Jakarta`` or ``31``; stored as the table's name (a tag)
+``regency``                   a regency or city of that province by name or code, e.g.
+                              ``Kota Jakarta Pusat`` or ``3171`` (a tag); a TPS code must
+                              start with it (collector/regions.py has every check)
 ``lat``, ``lon``              WGS84 degrees with a ``.`` decimal point; -90..90, -180..180
 ``tz``                        IANA time zone: ``Asia/Jakarta`` (WIB), ``Asia/Makassar``
                               (WITA), ``Asia/Jayapura`` (WIT)
 ``expected_operator``         the operator that should serve the station (``telkomsel``,
-                              ``indosat``, ``xlsmart``), or empty when none is expected
+                              ``indosat``, ``xlsmart``, ``smartfren`` or a configured
+                              extra label, any case), or empty when none is expected
 ============================  ===============================================================
 
 Values are trimmed; blank lines are skipped. Every problem is reported at once as
