@@ -45,7 +45,10 @@ TPS_FORMAT = (
 
 _TPS_LIKE_RE = re.compile(r"[0-9][0-9._ -]*")
 _SEPARATORS_RE = re.compile(r"[._ -]")
-_SUGGESTION_CACHE = 10_000
+# Suggestions cost milliseconds (difflib over hundreds of names), so each distinct bad value
+# is looked up once, and after this many distinct ones a file gets no more "did you mean"
+# (its errors are still all reported): a file of a million different typos stays fast.
+_SUGGESTIONS_MAX = 2_000
 _VILLAGE_KINDS = "123"  # 1 kelurahan, 2 desa, 3 desa adat (Permendagri 58/2021)
 
 # What people write instead of a province's name: suggested, never accepted.
@@ -200,6 +203,7 @@ class Wilayah:
         self._bare: dict[str, list[Region]] = {}  # "bandung" -> both Bandungs
         # A national file repeats the same wrong value on thousands of rows: look it up once.
         self._suggested: dict[tuple[str, str, str], list[str]] = {}
+        self._names: dict[str, dict[str, Region]] = {}
         for r in regions:
             if r.level == "provinsi" and len(r.code) == 2:
                 self.provinces[r.code] = r
@@ -230,12 +234,16 @@ class Wilayah:
     def province_of(self, regency: Region) -> Region:
         return self.provinces[regency.province_code]
 
+    def forget_suggestions(self) -> None:
+        """Start a new file: its own budget of suggestions."""
+        self._suggested = {}
+
     def _cached(self, kind: str, text: str, province: Region | None) -> list[str]:
         key = (kind, text, province.code if province is not None else "")
         found = self._suggested.get(key)
         if found is None:
-            if len(self._suggested) >= _SUGGESTION_CACHE:
-                self._suggested.clear()
+            if len(self._suggested) >= _SUGGESTIONS_MAX:
+                return []
             if kind == "province":
                 found = self.province_suggestions(text)
             else:
@@ -256,20 +264,20 @@ class Wilayah:
 
     def regency_suggestions(self, text: str, province: Region | None) -> list[str]:
         k = _key(text)
+        for prefix in ("kabupaten administrasi ", "kota administrasi ", "kab adm ", "kota adm "):
+            k = k.removeprefix(prefix)
         for prefix in ("kabupaten ", "kab ", "kota "):
             k = k.removeprefix(prefix)
-        if k.startswith("kota adm "):
-            k = k.removeprefix("kota adm ")
-        pool = [
-            r
-            for r in self.regencies.values()
-            if province is None or r.province_code == province.code
-        ]
-        bare = [r for r in self._bare.get(k, []) if r in pool]
+        code = province.code if province is not None else ""
+        bare = [r for r in self._bare.get(k, []) if r.code.startswith(code)]
         if bare:
             return [r.label() for r in bare]
-        names = {_key(r.name): r for r in pool}
-        names.update({_key(r.name).split(" ", 1)[1]: r for r in pool})
+        names = self._names.get(code)
+        if names is None:  # full and bare names of the regencies of a province (or all)
+            pool = [r for r in self.regencies.values() if r.code.startswith(code)]
+            names = {_key(r.name): r for r in pool}
+            names.update({_key(r.name).split(" ", 1)[1]: r for r in pool})
+            self._names[code] = names
         found: list[str] = []
         for m in difflib.get_close_matches(k, names, n=3, cutoff=0.75):
             if names[m].label() not in found:

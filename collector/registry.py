@@ -215,6 +215,7 @@ class _CsvReader:
         self.errors: list[str] = []
         self.operators = operators or Operators()
         self.wilayah = wilayah()
+        self.wilayah.forget_suggestions()
 
     def error(self, line: int, column: str, got: str, expected: str) -> None:
         self.errors.append(f"{self.name}:{line}: {column}: got {got}, expected {expected}")

@@ -286,6 +286,20 @@ def test_an_unknown_province_without_a_likely_answer(tmp_path: Path) -> None:
     assert errors_of(p) == [f"{p}:2: column province: got 'Atlantis', expected {PROVINCE}"]
 
 
+def test_suggestions_have_a_budget_per_file() -> None:
+    w = read_table(TABLE_PATH)  # its own instance: the budget is used up here
+    for n in range(2_000):
+        [problem] = w.check_place("lab-1", f"Jawa Barat {n}", "Kota Bandung").problems
+        assert problem.expected.endswith("; did you mean 'Jawa Barat'?")
+    [problem] = w.check_place("lab-1", "Jawa Barat -2", "Kota Bandung").problems
+    assert problem.expected == PROVINCE  # no more suggestions: the errors stay cheap
+    [problem] = w.check_place("lab-1", "Jawa Barat 7", "Kota Bandung").problems
+    assert "did you mean" in problem.expected  # looked up already
+    w.forget_suggestions()  # what each file read does
+    [problem] = w.check_place("lab-1", "Jawa Barat -2", "Kota Bandung").problems
+    assert problem.expected.endswith("; did you mean 'Jawa Barat'?")
+
+
 def test_a_bare_regency_name_suggests_both_kabupaten_and_kota(tmp_path: Path) -> None:
     p = write(tmp_path, row("3273011001001", "Jawa Barat", "Bandung"))
     assert errors_of(p) == [
