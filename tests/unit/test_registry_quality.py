@@ -4,6 +4,8 @@ checking provinces, regencies, TPS codes and operators against it, every mismatc
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -130,6 +132,42 @@ def test_the_table_file_and_its_source() -> None:
     # shipped with the package, not only in the source tree
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert 'collector = ["data/*.csv", "data/README.md"]' in pyproject
+
+
+def derive(source: Path) -> subprocess.CompletedProcess[str]:
+    script = TABLE_PATH.parent / "derive_wilayah.py"
+    return subprocess.run(
+        [sys.executable, str(script), str(source)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_derivation_gives_the_shipped_rows(tmp_path: Path) -> None:
+    """derive_wilayah.py (how the table was made) on an excerpt of the source data set."""
+    source = {
+        "31": "Daerah Khusus Ibukota Jakarta",
+        "31.01": "Kabupaten Administrasi Kepulauan Seribu",
+        "31.71": "Kota Administrasi Jakarta Pusat",
+        "31.71.01": "Gambir",  # a district: not in the table
+        "61": "Kalimantan Barat",
+        "61.01": "Kabupaten Sambas",
+        "94": "Papua Tengah",
+        "94.04": "Kabupaten Mimika",
+    }
+    src = tmp_path / "wilayah.json.gz"
+    with gzip.open(src, "wt", encoding="utf-8") as f:
+        json.dump(source, f)
+    proc = derive(src)
+    assert proc.returncode == 0, proc.stderr
+    shipped = {r[0]: r for r in csv.reader(TABLE_PATH.read_text(encoding="utf-8").splitlines())}
+    got = list(csv.reader(proc.stdout.splitlines()))
+    assert got[0] == list(TABLE_COLUMNS)
+    assert [r[0] for r in got[1:]] == ["31", "3101", "3171", "61", "6101", "94", "9404"]
+    assert all(r == shipped[r[0]] for r in got[1:])
+    src.write_bytes(gzip.compress(json.dumps({"31": "X", "31.71": "Kabupaten X"}).encode()))
+    proc = derive(src)
+    assert proc.returncode == 1 and "31.71 'Kabupaten X': name does not match a kota code" in (
+        proc.stderr
+    )
 
 
 def test_a_damaged_table_is_refused(tmp_path: Path) -> None:
