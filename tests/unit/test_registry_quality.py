@@ -541,8 +541,10 @@ def test_the_example_registry_is_real(tmp_path: Path) -> None:
 def test_the_drill_and_benchmark_registries_pass(tmp_path: Path) -> None:
     from tests.drill import fleet
 
-    fleet.write_csv(tmp_path / "drill.csv", fleet.real_fleet(30) + fleet.simulated_fleet(500))
-    assert len(read_stations_csv(tmp_path / "drill.csv")) == 530
+    stations = fleet.real_fleet(30) + fleet.simulated_fleet(20_000)  # past 99 districts
+    fleet.write_csv(tmp_path / "drill.csv", stations)
+    assert [s.id for s in read_stations_csv(tmp_path / "drill.csv")] == [s.id for s in stations]
+    assert len({s.id for s in stations}) == 20_030
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from ingest import stations_csv
