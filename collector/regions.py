@@ -6,7 +6,8 @@ Reports group by province, regency and operator, so these must be right in the r
   data (``collector/data/kemendagri_wilayah.csv``; its source and date are in the README next
   to it). A province is accepted by its name, its name as the decree writes it, or its
   2-digit code; a regency by its name (``Kabupaten``/``Kab.``, ``Kota``, ``Kota
-  Administrasi``/``Kota Adm.``), its decree name or its 4-digit code; case, dots and
+  Administrasi``/``Kota Adm.``), its decree name or its 4-digit code (``3171`` or the
+  decree's ``31.71``); case, dots and
   repeated spaces do not matter. The registry stores the table's ``name``. Anything else
   ("Jakarta", "Jabar", "Bandung") is refused, with a "did you mean" when there is a likely
   answer: a guess is never stored, because a report would then count the station in a
@@ -175,6 +176,8 @@ def _key(text: str) -> str:
 def _spellings(region: Region) -> set[str]:
     """Every accepted way to write a region (as `_key`s)."""
     out = {_key(region.name), _key(region.official_name), region.code}
+    if len(region.code) == 4:
+        out.add(_key(f"{region.code[:2]}.{region.code[2:]}"))  # the decree's dotted form, 31.71
     for full, short in (
         ("kabupaten administrasi ", "kab adm "),
         ("kota administrasi ", "kota adm "),
@@ -417,7 +420,9 @@ def read_table(path: Path) -> Wilayah:
             raise ValueError(f"{path}: header: expected {','.join(TABLE_COLUMNS)}")
         rows = [Region(**{c: row[c] for c in TABLE_COLUMNS}) for row in reader]
     for r in rows:
-        if ZONES.get(r.zone) is None or (r.tz != ZONES[r.zone] and r.tz != "Asia/Pontianak"):
+        # WIB has two IANA zones: West and Central Kalimantan use Asia/Pontianak.
+        allowed = {ZONES.get(r.zone), "Asia/Pontianak" if r.zone == "WIB" else None}
+        if r.zone not in ZONES or r.tz not in allowed:
             raise ValueError(f"{path}: {r.code}: zone {r.zone} with tz {r.tz}")
     return Wilayah(rows, str(path))
 

@@ -177,6 +177,8 @@ def test_a_damaged_table_is_refused(tmp_path: Path) -> None:
         "orphan": good + "9901,kabupaten,Kabupaten X,Kabupaten X,WIT,Asia/Jayapura\n",
         "level": good + "9902,provinsi,X,X,WIT,Asia/Jayapura\n",
         "zone": good.replace(",WIT,Asia/Jayapura", ",WIT,Asia/Makassar", 1),
+        "pontianak": good.replace(",WIT,Asia/Jayapura", ",WIT,Asia/Pontianak", 1),
+        "no zone": good.replace(",WIT,Asia/Jayapura", ",EST,Asia/Jayapura", 1),
         "twice": good + "3179,kota,Kota Bandung,Kota Bandung,WIB,Asia/Jakarta\n",
     }
     for what, text in cases.items():
@@ -244,6 +246,7 @@ def test_every_mismatch_of_a_row_is_reported(tmp_path: Path) -> None:
         ("DKI  Jakarta", "Kota Adm. Jakarta Pusat"),
         ("Dki Jakarta", "kota adm jakarta pusat"),
         ("31", "3171"),
+        ("31", "31.71"),
     ],
 )
 def test_official_names_and_codes_are_accepted_in_any_case(
