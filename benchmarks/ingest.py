@@ -39,6 +39,7 @@ from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample
 
 from agent.contract.record import Record, format_time
 from collector.lineproto import record_to_point
+from collector.regions import tps_code
 from collector.registry import Registry
 from tests.harness.dbs import free_port, influxd
 
@@ -47,7 +48,7 @@ TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json")
 
 
 def stations_csv(path: Path, n: int) -> list[str]:
-    ids = [f"3171{i // 1000:06d}{i % 1000:03d}" for i in range(n)]
+    ids = [tps_code("3171", i) for i in range(n)]  # well-formed TPS codes of Jakarta Pusat
     lines = ["id,name,province,regency,lat,lon,tz,expected_operator"]
     lines += [
         f"{s},TPS {s},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,telkomsel"

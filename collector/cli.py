@@ -26,6 +26,7 @@ from agent.contract import thresholds as agent_thresholds
 from agent.contract.configkit import ConfigError
 from collector import config as collector_config
 from collector.config import CollectorConfig
+from collector.regions import Operators
 from collector.registry import COLUMNS, Registry, RegistryError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -182,13 +183,17 @@ def _parser() -> argparse.ArgumentParser:
         "Add or update stations from a CSV file with the header\n"
         f"  {','.join(COLUMNS)}\n"
         "id: the 13-digit TPS code (10-digit village code + 3-digit TPS number) or another\n"
-        "id of 1..64 letters, digits, '.', '_', '-'; province and regency: NAMES, such as\n"
-        "'DKI Jakarta' and 'Kota Jakarta Pusat'; lat, lon: degrees; tz: Asia/Jakarta,\n"
-        "Asia/Makassar or Asia/Jayapura; expected_operator: telkomsel, indosat, xlsmart\n"
-        "or empty. Every problem is printed at once as FILE:LINE: column NAME: got VALUE,\n"
-        "expected WHAT, and nothing is imported then (exit 2). Stations already in the\n"
-        "registry are updated; stations not in the file are kept.\n"
-        "Example: config/stations.example.csv",
+        "id of 1..64 letters, digits, '.', '_', '-' with a letter in it (a lab laptop);\n"
+        "province and regency: as in the Kemendagri code table (collector/data/\n"
+        "kemendagri_wilayah.csv), by name or code, any case: 'DKI Jakarta' or 31,\n"
+        "'Kota Jakarta Pusat' or 3171; a TPS code must start with its regency's code;\n"
+        "lat, lon: degrees; tz: Asia/Jakarta, Asia/Makassar or Asia/Jayapura;\n"
+        "expected_operator: telkomsel, indosat, xlsmart, smartfren (plus the config's\n"
+        "registry.extra_operators) or empty. Names such as 'Jakarta', 'Jabar' or 'XL' are\n"
+        "refused with a 'did you mean'. Every problem is printed at once as\n"
+        "FILE:LINE: column NAME: got VALUE, expected WHAT, and nothing is imported then\n"
+        "(exit 2). Stations already in the registry are updated; stations not in the file\n"
+        "are kept. Example: config/stations.example.csv",
     )
     imp.add_argument("file", metavar="FILE.csv", help="the stations CSV")
     ls = _add(
@@ -412,7 +417,7 @@ def cmd_speedtest_server(args: argparse.Namespace) -> int:
 
 def cmd_stations_import(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     with _registry(cfg) as reg:
-        r = reg.import_stations_csv(args.file)
+        r = reg.import_stations_csv(args.file, Operators(cfg.registry.extra_operators))
     plural = "s" if r.total != 1 else ""
     print(
         f"imported {r.total} station{plural} ({r.added} added, {r.updated} updated, "

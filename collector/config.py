@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.contract.configkit import (
+    NAME_RE,
     ConfigError,
     Key,
     Reader,
@@ -99,6 +100,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """What ``stations import`` accepts (collector/regions.py): operator labels besides the
+    built-in telkomsel, indosat, xlsmart and smartfren."""
+
+    extra_operators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     path: Path
     listen: Listen
@@ -107,13 +116,14 @@ class CollectorConfig:
     thresholds_file: Path
     status: StatusConfig
     limits: Limits
+    registry: RegistryConfig = RegistryConfig()
 
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite3"
 
 
-_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
+_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "registry"}
 
 # One key table per section; each default is stated on the section's dataclass above.
 LISTEN_KEYS = {
@@ -214,6 +224,29 @@ class _Loader:
             r.error("thresholds_file", "nothing", f"a thresholds file (none at {path})")
         return path
 
+    def registry(self, raw: Any) -> RegistryConfig:
+        r = self.r
+        m = r.mapping(raw, "registry", {"extra_operators"}, set())
+        extra = m.get("extra_operators")
+        if extra is None:
+            return RegistryConfig()
+        if not isinstance(extra, list):
+            r.error("registry.extra_operators", show(extra), "a list of operator labels")
+            return RegistryConfig()
+        labels: list[str] = []
+        for i, label in enumerate(extra):
+            if not isinstance(label, str) or not NAME_RE.fullmatch(label) or label != label.lower():
+                r.error(
+                    f"registry.extra_operators[{i}]",
+                    show(label),
+                    "a lower-case operator label of 1..64 letters, digits, '.', '_', ':', '-'",
+                )
+            elif label in labels:
+                r.error(f"registry.extra_operators[{i}]", show(label), "each label once")
+            else:
+                labels.append(label)
+        return RegistryConfig(tuple(labels))
+
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
     """Load and validate a collector config; raises ConfigError listing every problem."""
@@ -234,9 +267,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     thresholds = loader.thresholds_file(top)
     status = loader.status(top.get("status"))
     limits = loader.limits(top.get("limits"))
+    registry = loader.registry(top.get("registry"))
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
-    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits)
+    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits, registry)
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> str:

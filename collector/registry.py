@@ -17,13 +17,17 @@ has semicolons and no commas, as spreadsheets in Indonesian locales save it, is 
                               3-digit TPS number, e.g. ``3171011001001``), or another stable
                               id of 1..64 letters, digits, ``.``, ``_``, ``-`` (a lab laptop)
 ``name``                      display name, e.g. ``TPS 001 Gambir``
-``province``                  the province NAME, e.g. ``DKI Jakarta`` (an InfluxDB tag)
-``regency``                   the regency or city NAME, e.g. ``Kota Jakarta Pusat`` (a tag)
+``province``                  a province of the Kemendagri table by name or code, e.g.
+                              ``DKI Jakarta`` or ``31``; stored as the table's name (a tag)
+``regency``                   a regency or city of that province by name or code, e.g.
+                              ``Kota Jakarta Pusat`` or ``3171`` (a tag); a TPS code must
+                              start with it (collector/regions.py has every check)
 ``lat``, ``lon``              WGS84 degrees with a ``.`` decimal point; -90..90, -180..180
 ``tz``                        IANA time zone: ``Asia/Jakarta`` (WIB), ``Asia/Makassar``
                               (WITA), ``Asia/Jayapura`` (WIT)
 ``expected_operator``         the operator that should serve the station (``telkomsel``,
-                              ``indosat``, ``xlsmart``), or empty when none is expected
+                              ``indosat``, ``xlsmart``, ``smartfren`` or a configured
+                              extra label, any case), or empty when none is expected
 ============================  ===============================================================
 
 Values are trimmed; blank lines are skipped. Every problem is reported at once as
@@ -69,7 +73,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.contract.configkit import NAME_RE, STATION_ID_RE, show, timezone
+from agent.contract.configkit import STATION_ID_RE, show, timezone
+from collector.regions import Operators, tps_shape_problem, wilayah
 from collector.station import Station
 
 log = logging.getLogger("sinyal.collector.registry")
@@ -89,7 +94,6 @@ _EXPECTED = {
     "province": "a province name such as DKI Jakarta",
     "regency": "a regency or city name such as Kota Jakarta Pusat",
     "tz": "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura",
-    "expected_operator": "an operator label such as telkomsel, indosat, xlsmart, or empty",
 }
 
 _SCHEMA = """
@@ -205,10 +209,13 @@ def _degrees(value: str, lo: float, hi: float) -> float | None:
 class _CsvReader:
     """Parses and validates a stations CSV, collecting every error."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, operators: Operators | None = None) -> None:
         self.path = path
         self.name = str(path)
         self.errors: list[str] = []
+        self.operators = operators or Operators()
+        self.wilayah = wilayah()
+        self.wilayah.forget_suggestions()
 
     def error(self, line: int, column: str, got: str, expected: str) -> None:
         self.errors.append(f"{self.name}:{line}: {column}: got {got}, expected {expected}")
@@ -303,9 +310,19 @@ class _CsvReader:
             if _SCIENTIFIC_RE.fullmatch(sid):
                 expected += " (a spreadsheet turned the code into a number: format it as text)"
             self.error(line, "column id", _got(sid), expected)
+        elif (shape := tps_shape_problem(sid)) is not None:
+            self.error(line, "column id", _got(sid), shape)
         for col in ("name", "province", "regency"):
             if _text(v[col]) is None:
                 self.error(line, f"column {col}", _got(v[col]), _EXPECTED[col])
+        place = self.wilayah.check_place(
+            sid,
+            v["province"] if _text(v["province"]) else "",
+            v["regency"] if _text(v["regency"]) else "",
+        )
+        for problem in place.problems:
+            column = problem.column
+            self.error(line, f"column {column}", _got(v[column]), problem.expected)
         coords: list[float] = []
         for col, limit, what in (("lat", 90.0, "latitude"), ("lon", 180.0, "longitude")):
             value = _degrees(v[col], -limit, limit)
@@ -321,22 +338,25 @@ class _CsvReader:
                 coords.append(value)
         if timezone(v["tz"]) is None:
             self.error(line, "column tz", _got(v["tz"]), _EXPECTED["tz"])
-        operator = v["expected_operator"].lower() or None
-        if operator is not None and not NAME_RE.fullmatch(operator):
-            self.error(
-                line,
-                "column expected_operator",
-                _got(v["expected_operator"]),
-                _EXPECTED["expected_operator"],
-            )
+        operator = None
+        if v["expected_operator"]:
+            operator = self.operators.resolve(v["expected_operator"])
+            if operator is None:
+                self.error(
+                    line,
+                    "column expected_operator",
+                    _got(v["expected_operator"]),
+                    self.operators.expected(v["expected_operator"]),
+                )
         if len(self.errors) > n:
             return None
+        assert place.province is not None and place.regency is not None
         intern = sys.intern  # provinces, regencies, zones repeat across many stations
         return Station(
             sid,
             v["name"],
-            intern(v["province"]),
-            intern(v["regency"]),
+            intern(place.province),
+            intern(place.regency),
             coords[0],
             coords[1],
             intern(v["tz"]),
@@ -344,9 +364,10 @@ class _CsvReader:
         )
 
 
-def read_stations_csv(path: str | Path) -> list[Station]:
-    """Parse and validate a stations CSV; raises RegistryError listing every problem."""
-    return _CsvReader(Path(path)).read()
+def read_stations_csv(path: str | Path, operators: Operators | None = None) -> list[Station]:
+    """Parse and validate a stations CSV; raises RegistryError listing every problem.
+    `operators`: the labels accepted in expected_operator (default: the built-in ones)."""
+    return _CsvReader(Path(path), operators).read()
 
 
 class Registry:
@@ -472,10 +493,12 @@ class Registry:
 
     # --- stations -----------------------------------------------------------------------
 
-    def import_stations_csv(self, path: str | Path) -> ImportResult:
+    def import_stations_csv(
+        self, path: str | Path, operators: Operators | None = None
+    ) -> ImportResult:
         """Validate the whole file, then upsert every station in one transaction.
         Raises RegistryError (nothing imported) listing every problem."""
-        stations = read_stations_csv(path)
+        stations = read_stations_csv(path, operators)
         added = updated = 0
         with self._write() as db:
             existing = {s.id: s for s in self._select_stations(db)}

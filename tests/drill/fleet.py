@@ -47,8 +47,12 @@ def label(station: Station) -> str:
 def _stations(region: Region, n: int) -> list[Station]:
     out = []
     for i in range(n):
-        # ten TPS per village (a dense kelurahan), ten villages per district
-        district, village, tps = 1 + i // 100, 1001 + i % 100 // 10, i % 10 + 1
+        # ten TPS per village (a dense kelurahan), ten villages per district; past 99
+        # districts (9,900 stations) the next ten villages of each district, so every code
+        # stays a well-formed 13-digit TPS code (collector/regions.py)
+        district = 1 + i // 100 % 99
+        village = 1001 + i % 100 // 10 + 10 * (i // 9900)
+        tps = i % 10 + 1
         sid = f"{region.regency_code}{district:02d}{village:04d}{tps:03d}"
         out.append(
             Station(

@@ -20,12 +20,13 @@ from agent.contract.record import Record
 from benchmarks import simulate
 from benchmarks.simulate import main
 from collector.config import CollectorConfig
+from collector.regions import tps_code
 from collector.registry import Registry
 from tests.harness.collector_stack import Stack, collector_config_file, free_port, running_collector
 from tests.harness.dbs import InfluxServer
 
 N = 40
-IDS = [f"3172{i // 1000:06d}{i % 1000:03d}" for i in range(1, N + 1)]
+IDS = [tps_code("3172", i) for i in range(1, N + 1)]  # Kota Jakarta Utara
 PROFILES = "good4g=0.3,congested=0.25,flapping=0.15,deadzone=0.15,clockwrong=0.15"
 
 

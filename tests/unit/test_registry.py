@@ -112,8 +112,8 @@ def test_every_error_is_reported_at_once_and_nothing_is_imported(tmp_path: Path)
         f"{f}:5: column lat: got '-91', expected a latitude in degrees, -90..90",
         f"{f}:5: column lon: got '181', expected a longitude in degrees, -180..180",
         f"{f}:5: column tz: got 'Asia/Tokyoo', expected {tz}",
-        f"{f}:5: column expected_operator: got 'Tel kom', expected an operator label such as"
-        " telkomsel, indosat, xlsmart, or empty",
+        f"{f}:5: column expected_operator: got 'Tel kom', expected one of telkomsel, indosat,"
+        " xlsmart, smartfren, or empty; did you mean 'telkomsel'?",
         f"{f}:6: column name: got 'TPS 004\\ntwo lines', expected a station name, 1..200"
         " printable characters",
         f"{f}:8: row: got 7 fields, expected 8, one per header column (quote values that hold"
