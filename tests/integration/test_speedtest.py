@@ -1,6 +1,7 @@
 """collector.speedtest: the Speedtest Mini endpoint and the upload sink, on a real uvicorn
 server, answered as speedtest-cli and the upload probe expect (the probes measuring against
-it: tests/integration/test_probe_throughput.py, and inside the collector: test_app.py)."""
+it: tests/integration/test_probe_throughput.py; mounted in the collector:
+tests/integration/test_app.py)."""
 
 from __future__ import annotations
 
