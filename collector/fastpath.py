@@ -6,7 +6,7 @@ actually send (canonical times, plain tags, numbers in range) it checks and enco
 JSON (or msgspec-decoded) record with per-kind tables built once and each series' escaped
 tag set cached; anything else returns None, and the caller takes the reference path for that
 record, so every error message and every unusual value is handled by the reference code.
-tests/unit/test_ingest_fastpath.py compares the two on generated inputs.
+tests/unit/test_fastpath.py compares the two on generated inputs.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def _values_text(values: tuple[Any, ...]) -> tuple[str, ...] | None:
     except in layout: repr() switches to an exponent below 1e-4 and from 1e16, where orjson
     writes "0.00001" or "1e16". Those (and any text with an exponent or four zeros after
     a point, which includes them) are left to repr(). At a dozen fields a record this is
-    half the time of repr(); tests/unit/test_ingest_fastpath.py checks it against repr()."""
+    half the time of repr(); tests/unit/test_fastpath.py checks it against repr()."""
     text = _dumps(values)
     if b"e" in text or b".0000" in text:
         return None

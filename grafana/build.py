@@ -4,10 +4,9 @@
                                       grafana/provisioning/alerting/rules.yaml
     python -m grafana.build --check   exit 1 when a committed file differs from what this builds
 
-Grafana provisions the committed files (docs/grafana.md); tests/unit/test_grafana.py proves they are
-what this module builds, and tests/integration/test_grafana_queries.py runs every query in them
-against
-InfluxDB 1.6.7 seeded with ok, degraded, critical and silent stations.
+Grafana provisions the committed files (docs/grafana.md); tests/unit/test_grafana_build.py
+proves they are what this module builds, and tests/integration/test_grafana_queries.py runs
+every query in them against InfluxDB 1.6.7 seeded with ok, degraded, critical and silent stations.
 
 Rules every query here follows (shared/reference/influxdb-grafana.md):
 

@@ -1,6 +1,6 @@
-"""Reads the committed Grafana files the way Grafana does, for tests/test_grafana*.py: the
-dashboards, their variables, annotations and panel queries, the alert rules, and Grafana's
-macro and variable substitution for InfluxQL.
+"""Reads the committed Grafana files the way Grafana does, for tests/unit/test_grafana_build.py
+and tests/integration/test_grafana_queries.py: the dashboards, their variables, annotations
+and panel queries, the alert rules, and Grafana's macro and variable substitution for InfluxQL.
 
 Substitution follows Grafana's InfluxDB datasource: `$timeFilter` is
 `time >= <from>ms and time <= <to>ms`; a multi-value or include-all variable inside a regex is

@@ -1,6 +1,6 @@
 """The reference ingest path, for tests: Record.from_dict validates (decode_envelope_lenient),
 admission checks, record_to_point encodes. collector.ingest's two entry points must give
-exactly its answer (tests/unit/test_ingest_fastpath.py)."""
+exactly its answer (tests/unit/test_fastpath.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The agent's heartbeat record, its upload through a real collector, and `doctor`'s checks of
-the collector, the token and the clock offset."""
+"""The agent's heartbeat record and its upload through a real collector (`doctor`'s checks of
+the collector: tests/integration/test_preflight.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as agent_config
 from agent.contract.record import Record
 from agent.heartbeat import Heartbeat, board_temp_c
-from agent.preflight import FAIL, OK, collector_checks
 from agent.spool import Spool
-from tests.conftest import base_config, write_config
 from tests.harness.collector_stack import (
     STATION,
     Stack,
@@ -23,7 +20,6 @@ from tests.harness.collector_stack import (
     running_collector,
 )
 from tests.harness.dbs import InfluxServer
-from tests.harness.servers import free_port
 from tests.integration.test_uploader import once, uploader
 
 
@@ -70,38 +66,3 @@ def test_heartbeat_is_accepted_and_stored(
     [row] = influxdb.query('SELECT * FROM "agent"', stack.cfg.sink.database)
     assert row["station"] == STATION and row["province"] == "DKI Jakarta"
     assert row["version"] == "0.1.0"
-
-
-def agent_cfg(tmp_path: Path, url: str, token: str) -> agent_config.AgentConfig:
-    token_file = tmp_path / "token"
-    token_file.write_text(token + "\n")
-    doc = base_config(tmp_path)
-    doc["collector"] = {"url": url, "token_file": str(token_file), "timeout_s": 3}
-    return agent_config.load(write_config(tmp_path, doc), environ={})
-
-
-def test_doctor_checks_collector_token_and_clock(tmp_path: Path, stack: Stack) -> None:
-    checks = {c.name: c for c in collector_checks(agent_cfg(tmp_path, stack.url, stack.token))}
-    assert checks["collector"].status == OK
-    assert checks["clock offset"].status == OK
-    assert checks["token"].status == OK
-
-
-def test_doctor_flags_a_wrong_token_and_another_station(tmp_path: Path, stack: Stack) -> None:
-    checks = {c.name: c for c in collector_checks(agent_cfg(tmp_path, stack.url, "sny_nope"))}
-    assert checks["token"].status == FAIL and "revoked" in checks["token"].detail
-    doc_dir = tmp_path / "other"
-    doc_dir.mkdir()
-    cfg = agent_cfg(doc_dir, stack.url, stack.token)
-    other = agent_config.load(
-        cfg.path, environ={"SINYAL_STATION__ID": "3273011001001"}
-    )  # a token for 3171011001001, a config for another station
-    checks = {c.name: c for c in collector_checks(other)}
-    assert checks["token"].status == FAIL and "3273011001001" in checks["token"].detail
-
-
-def test_doctor_flags_an_unreachable_collector(tmp_path: Path) -> None:
-    cfg = agent_cfg(tmp_path, f"http://127.0.0.1:{free_port()}", "sny_x")
-    [check] = collector_checks(cfg)
-    assert check.name == "collector" and check.status == FAIL
-    assert "not reachable" in check.detail and check.fix

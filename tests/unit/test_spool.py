@@ -25,8 +25,9 @@ import pytest
 
 from agent.contract.record import ContractError, Record
 from agent.spool import Spool, SpoolFullError
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT
 from tests.harness.spool_writer import sample_record
+from tests.harness.tmpfs import small_disk
 
 WRITER = Path(__file__).resolve().parents[1] / "harness" / "spool_writer.py"
 T0 = datetime(2026, 11, 22, 4, 13, tzinfo=UTC)
@@ -478,19 +479,8 @@ def test_sigkill_during_writes_loses_no_promised_record(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    require(done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "disk", "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.root

@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,46 +20,22 @@ from hypothesis import strategies as st
 from agent.contract.record import (
     MEASUREMENTS,
     ContractError,
+    Record,
     decode_envelope_header,
     decode_envelope_lenient,
     format_time,
 )
 from collector.admission import Prepared
 from collector.config import Limits
-from collector.fastpath import FastPath, _values_text
+from collector.fastpath import FastPath, Hit, _values_text
 from collector.ingest import prepare_decoded, prepare_raw
+from collector.lineproto import record_to_point
 from tests.conftest import FIXTURES
 from tests.harness.collector_stack import golden
+from tests.harness.fake_registry import STATIONS, Registry, Scope
 from tests.harness.reference_ingest import prepare
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Station:
-    id: str
-    province: str
-    regency: str
-
-
-STATIONS = {
-    s.id: s
-    for s in (
-        Station("3171011001001", "DKI Jakarta", "Kota Jakarta Pusat"),
-        Station("3171011001002", 'DKI, "Jakarta"', "Kota=Pusat\\x"),
-        Station("5171011001001", "Bali", ""),
-    )
-}
-
-
-class Registry:
-    def get_station(self, station_id: str) -> Station | None:
-        return STATIONS.get(station_id)
-
-
-class Scope:
-    def allows(self, station_id: str) -> bool:
-        return station_id.startswith("31")
 
 
 LIMITS = Limits()
@@ -382,3 +357,35 @@ def test_a_record_without_fields_is_its_id_alone() -> None:
     fast = FastPath()
     got = prepare_decoded(wire["records"], Scope(), Registry(), LIMITS, NOW, fast)
     assert got.lines == want.lines
+
+
+MINUTE_KINDS = {"icmp", "dns", "http"}  # what decode_envelope() takes whole
+
+
+def test_decode_envelope_of_the_golden_envelope_gives_hits() -> None:
+    """Each Hit of the golden envelope's minute records: the record Record.from_dict makes,
+    the tag values in the measurement's tag order, the line protocol of its fields (what
+    record_to_point writes between the tags and the time) and whether it is plausible."""
+    golden_env = orjson.loads((FIXTURES / "records" / "envelope.json").read_bytes())
+    golden_env["records"] = [r for r in golden_env["records"] if r["kind"] in MINUTE_KINDS]
+    wire = FastPath().decode_envelope(orjson.dumps(golden_env))
+    assert wire is not None
+    assert {k: wire[k] for k in ("schema", "agent", "sent_at")} == {
+        k: golden_env[k] for k in ("schema", "agent", "sent_at")
+    }
+    assert [type(h) for h in wire["records"]] == [Hit] * len(golden_env["records"])
+    for raw, hit in zip(golden_env["records"], wire["records"], strict=True):
+        want = Record.from_dict(raw)
+        assert hit.record.to_dict() == want.to_dict()
+        assert hit.record.clock == want.clock
+        assert hit.tag_values == tuple(raw["tags"][t] for t in MEASUREMENTS[raw["kind"]].tags)
+        line = record_to_point(want, {"province": "P", "regency": "R"})
+        assert line.split(" ")[1] == hit.encoded_fields
+        assert hit.plausible is True
+    # a plausible-looking icmp record whose loss does not match: decoded, left to admission
+    odd = copy.deepcopy(golden_env)
+    odd["records"] = [r for r in odd["records"] if r["kind"] == "icmp"][:1]
+    odd["records"][0]["fields"]["loss_pct"] = 50.0
+    wire = FastPath().decode_envelope(orjson.dumps(odd))
+    assert wire is not None and wire["records"][0].plausible is False
+    assert FastPath().decode(odd["records"][0]) == wire["records"][0]
