@@ -29,8 +29,8 @@ ENV_PREFIX = "SINYAL_"
 STATION_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._:-]{0,63}$")
 HOST_RE = re.compile(
-    r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?"
-    r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,62}[0-9A-Za-z_])?)*\.?$"
+    r"^(?=.{1,253}$)[0-9A-Za-z_]([0-9A-Za-z_-]{0,61}[0-9A-Za-z_])?"
+    r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]{0,61}[0-9A-Za-z_])?)*\.?$"
 )
 IFNAME_RE = re.compile(r"^[^\s/]{1,15}$")
 SECRET_KEYS = {"token", "password"}
