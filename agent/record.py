@@ -249,6 +249,7 @@ MEASUREMENTS: dict[str, Measurement] = {
             "tac": FieldSpec(int, "code", "tracking area code (LTE/NR)", 0, 2**24 - 1),
             "lac": FieldSpec(int, "code", "location area code (GSM/UMTS)", 0, 2**16 - 1),
             "earfcn": FieldSpec(int, "channel", "downlink channel number (EARFCN)", 0, 3_279_165),
+            "ok": _OK,
         },
     ),
     "agent": Measurement(
