@@ -35,11 +35,13 @@ MakeConfig = Callable[..., AgentConfig]
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address)
     try:
-        yield service
+        service = MockModemManager(bus.address)
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
-        service.close()
         bus.close()
 
 
@@ -206,12 +208,12 @@ def test_permission_denied_by_the_mock(make_config: MakeConfig, mm: MockModemMan
 def test_permission_denied_by_bus_policy(make_config: MakeConfig) -> None:
     require_tool("dbus-daemon")
     bus = PrivateBus(deny_signal_setup=True)
-    service = MockModemManager(bus.address)
     try:
+        service = MockModemManager(bus.address)
         service.add_modem()
         r = read(make_probe(make_config, {"source": "modemmanager", "bus": bus.address}))
-    finally:
         service.close()
+    finally:
         bus.close()
     assert r.error == "permission"
 
@@ -219,12 +221,12 @@ def test_permission_denied_by_bus_policy(make_config: MakeConfig) -> None:
 def test_modem_without_signal_interface(make_config: MakeConfig) -> None:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address, signal=False)
     try:
+        service = MockModemManager(bus.address, signal=False)
         service.add_modem()
         r = read(make_probe(make_config, {"source": "modemmanager", "bus": bus.address}))
-    finally:
         service.close()
+    finally:
         bus.close()
     assert r.error == "unsupported"
 

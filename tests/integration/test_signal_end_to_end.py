@@ -41,11 +41,13 @@ def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Itera
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address)
     try:
-        yield service
+        service = MockModemManager(bus.address)
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
-        service.close()
         bus.close()
 
 
