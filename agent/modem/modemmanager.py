@@ -396,7 +396,9 @@ class ModemManagerSource:
 
 
 def _signal_values(sig: Mapping[str, Any], tech: str) -> dict[str, float]:
-    """The radio values of the current access technology (else of the first that has any)."""
+    """The radio values of the current access technology, else of the first technology that
+    has any (5G NSA: the LTE anchor's when Nr5g is empty; ModemManager empties the
+    properties of technologies not in use)."""
     order = [tech] if tech in _SIGNAL_KEYS else []
     order += [t for t in _SIGNAL_KEYS if t not in order]
     for t in order:
@@ -405,7 +407,7 @@ def _signal_values(sig: Mapping[str, Any], tech: str) -> dict[str, float]:
         if not isinstance(raw, dict):
             continue
         values = clean_values({field: raw.get(key) for key, field in keys.items()})
-        if values or t == tech:
+        if values:
             return values
     return {}
 

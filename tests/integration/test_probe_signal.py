@@ -22,7 +22,9 @@ from tests.harness.modemmanager_mock import (
     REG_SEARCHING,
     STATE_DISABLED,
     STATE_SEARCHING,
+    TECH_5GNR,
     TECH_HSPA,
+    TECH_LTE,
     TECH_UMTS,
     MockModemManager,
     PrivateBus,
@@ -411,3 +413,14 @@ def test_hilink_answer_without_end_is_cut_off(
     device, url = hilink
     device.status["padding"] = "x" * 100_000  # more than any real answer
     assert read(make_probe(make_config, {"source": "hilink", "url": url})).error == "no_modem"
+
+
+def test_5g_nsa_reads_nr_then_the_lte_anchor(make_config: MakeConfig, mm: MockModemManager) -> None:
+    modem = mm.add_modem()
+    modem.tech = TECH_LTE | TECH_5GNR
+    modem.signal = {"nr5g": {"rsrp": -88.0, "rsrq": -11.0, "snr": 15.0}, "lte": {"rsrp": -99.0}}
+    r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
+    assert r.tags["access_tech"] == "nr5g" and r.fields["rsrp_dbm"] == -88.0
+    modem.signal = {"nr5g": {}, "lte": {"rsrp": -99.0, "rsrq": -12.0}}
+    r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
+    assert r.tags["access_tech"] == "nr5g" and r.fields["rsrp_dbm"] == -99.0
