@@ -86,10 +86,7 @@ def signal_fields(reading: Reading, uplink: Uplink) -> tuple[dict[str, str], dic
     if reading.quality_pct is not None:
         fields["quality_pct"] = reading.quality_pct
     if reading.plmn:
-        fields["plmn"] = reading.plmn
-    if reading.operator_name:
-        fields["operator_name"] = reading.operator_name
-    fields["configured_operator"] = uplink.operator
+        fields["plmn"] = int(reading.plmn)
     if network is not None and uplink.operator != "unknown":
         fields["operator_mismatch"] = int(network != uplink.operator)
     if reading.roaming is not None:
@@ -159,7 +156,7 @@ class SignalProbe:
             log.warning("signal %s: %s: %s", uplink.name, code.value, message)
         self.latest[uplink.name] = Outcome(uplink.name, None, code, message)
         tags = {"access_tech": UNKNOWN, "band": UNKNOWN}
-        fields: dict[str, FieldValue | None] = {"configured_operator": uplink.operator, "ok": 0}
+        fields: dict[str, FieldValue | None] = {"ok": 0}
         return make_record(self.kind, stamp, self.station, uplink, tags, fields, code)
 
     async def close(self) -> None:

@@ -65,7 +65,7 @@ def test_clean_drops_unknown_and_out_of_range(name: str, value: object, expected
 
 
 def test_collector_rejects_out_of_range_signal_values() -> None:
-    Record.from_dict(raw_signal(rsrp_dbm=-118.0, rsrq_db=-12.0, plmn="51010"))
+    Record.from_dict(raw_signal(rsrp_dbm=-118.0, rsrq_db=-12.0, plmn=51010))
     for field, bad in (("rsrp_dbm", -20.0), ("rsrp_dbm", -200.0), ("rsrq_db", 30.0),
                        ("ecio_db", 3.0), ("operator_mismatch", 2)):  # fmt: skip
         with pytest.raises(ContractError) as info:
@@ -181,3 +181,13 @@ def test_config_signal_per_uplink(tmp_path: Path) -> None:
         f"{tmp_path / 'agent.yaml'}: probes.signal: got a signal probe, expected an uplink "
         "with signal: {source: ...} to read"
     ]
+
+
+def test_signal_records_take_the_collectors_fast_path() -> None:
+    from collector.ingest import FastPath
+
+    for raw in (raw_signal(rsrp_dbm=-97.0, plmn=51010, ok=1),
+                {**raw_signal(ok=0), "error": "no_modem"}):  # fmt: skip
+        hit = FastPath().decode(raw)
+        assert hit is not None and hit[0] == Record.from_dict(raw)
+    assert FastPath().decode(raw_signal(rsrp_dbm=-20.0)) is None  # the reference path words it
