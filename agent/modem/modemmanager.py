@@ -177,14 +177,12 @@ class ModemManagerSource:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._bus: MessageBus | None = None
-        self._setup_done: set[str] = set()  # modem paths whose Signal.Setup succeeded
 
     # -- bus -------------------------------------------------------------------------------
 
     async def _connect(self) -> MessageBus:
         if self._bus is not None and self._bus.connected:
             return self._bus
-        self._setup_done.clear()
         if self.bus_name == "system":
             bus = MessageBus(bus_type=BusType.SYSTEM)
         elif self.bus_name == "session":
@@ -335,6 +333,16 @@ class ModemManagerSource:
         except DbusCallError as exc:
             raise self._translate(exc, m.path) from None
 
+    async def enable_refresh(self) -> None:
+        """Modem.Signal.Setup now, whatever the rate already is: doctor's permission check."""
+        m = self.pick(await self.modems())
+        if SIGNAL not in m.interfaces:
+            raise SourceError(ErrorCode.UNSUPPORTED, f"{m.path} has no Signal interface")
+        try:
+            await self._call(m.path, SIGNAL, "Setup", "u", [max(1, round(self.refresh_s))])
+        except DbusCallError as exc:
+            raise self._translate(exc, m.path) from None
+
     async def _read(self, m: ModemInfo) -> Reading:
         props = await self._props(m.path, MODEM)
         state = _int(props.get("State"), STATE_UNKNOWN)
@@ -374,11 +382,13 @@ class ModemManagerSource:
 
         if SIGNAL not in m.interfaces:
             raise SourceError(ErrorCode.UNSUPPORTED, f"{m.path} has no Signal interface")
-        if m.path not in self._setup_done:
-            rate = max(1, round(self.refresh_s))
-            await self._call(m.path, SIGNAL, "Setup", "u", [rate])
-            self._setup_done.add(m.path)
         sig = await self._props(m.path, SIGNAL)
+        rate = max(1, round(self.refresh_s))
+        if sig.get("Rate") != rate:
+            # Refresh off (a new modem, a restarted ModemManager) or at another rate: turn it
+            # on, then read the values it gives.
+            await self._call(m.path, SIGNAL, "Setup", "u", [rate])
+            sig = await self._props(m.path, SIGNAL)
         reading.values = _signal_values(sig, reading.access_tech)
 
         if LOCATION in m.interfaces:

@@ -120,6 +120,24 @@ def test_values_change_over_time_and_setup_once(
     assert modem.setup_calls == 1
 
 
+def test_refresh_turned_on_again_after_a_modemmanager_restart(
+    make_config: MakeConfig, mm: MockModemManager
+) -> None:
+    modem = mm.add_modem()
+    probe = make_probe(make_config, {"source": "modemmanager", "bus": mm.address})
+
+    async def rounds() -> list[Record]:
+        out = await probe.run()
+        modem.rate = 0  # ModemManager restarted: same path, refresh off, no values
+        out += await probe.run()
+        await probe.close()
+        return out
+
+    first, second = asyncio.run(rounds())
+    assert first.fields["rsrp_dbm"] == second.fields["rsrp_dbm"] == -95.0
+    assert modem.setup_calls == 2
+
+
 def test_fall_back_to_3g(make_config: MakeConfig, mm: MockModemManager) -> None:
     modem = mm.add_modem()
     modem.tech = TECH_UMTS | TECH_HSPA
