@@ -4,6 +4,10 @@ local HTTP server speaking the HiLink protocol."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from agent.config import AgentConfig
 from agent.probes.base import ProbeEnv
 from agent.probes.signal import SignalProbe
 from agent.record import Record
-from tests.conftest import base_config, require_tool, write_config
+from tests.conftest import base_config, require, require_tool, write_config
 from tests.harness.hilink_mock import HiLinkDevice, hilink_device
 from tests.harness.modemmanager_mock import (
     REG_ROAMING,
@@ -441,3 +445,83 @@ def test_5g_nsa_reads_nr_then_the_lte_anchor(make_config: MakeConfig, mm: MockMo
     modem.signal = {"nr5g": {}, "lte": {"rsrp": -99.0, "rsrq": -12.0}}
     r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
     assert r.tags["access_tech"] == "nr5g" and r.fields["rsrp_dbm"] == -99.0
+
+
+# -- python-dbusmock's ModemManager template -------------------------------------------------
+
+
+@pytest.fixture
+def dbusmock_mm() -> Iterator[tuple[str, str]]:
+    """python-dbusmock's modemmanager template (its own process, dbus-python) on a private
+    bus, with AddSimpleModem and a Signal interface added through its Mock API."""
+    require(importlib.util.find_spec("dbusmock") is not None, "needs python-dbusmock (dev extra)")
+    require_tool("dbus-daemon")
+    bus = PrivateBus()
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbusmock", "--system", "--template", "modemmanager"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        modem = asyncio.run(_add_simple_modem(bus.address))
+        yield bus.address, modem
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        bus.close()
+
+
+async def _mock_call(bus: Any, path: str, member: str, signature: str, body: list[Any]) -> Any:
+    from dbus_fast import Message, MessageType
+
+    reply = await bus.call(
+        Message(destination="org.freedesktop.ModemManager1", path=path,
+                interface="org.freedesktop.DBus.Mock", member=member, signature=signature,
+                body=body)
+    )  # fmt: skip
+    assert reply.message_type != MessageType.ERROR, reply.body
+    return reply.body
+
+
+async def _add_simple_modem(address: str) -> str:
+    from dbus_fast import Variant
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        for _ in range(200):  # the mock owns its name once dbus-python is up
+            try:
+                body = await _mock_call(bus, "/org/freedesktop/ModemManager1",
+                                        "AddSimpleModem", "", [])  # fmt: skip
+                break
+            except AssertionError:
+                await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("python-dbusmock did not start")
+        modem = str(body[0])
+        signal = "org.freedesktop.ModemManager1.Modem.Signal"
+        lte = {"rsrp": Variant("d", -101.0), "rsrq": Variant("d", -13.0),
+               "snr": Variant("d", -32768.0), "rssi": Variant("d", -71.0)}  # fmt: skip
+        props = {"Rate": Variant("u", 0), "Lte": Variant("a{sv}", lte)}
+        await _mock_call(bus, modem, "AddProperties", "sa{sv}", [signal, props])
+        setup = f"self.UpdateProperties('{signal}', {{'Rate': dbus.UInt32(args[0])}})"
+        await _mock_call(bus, modem, "AddMethod", "sssss", [signal, "Setup", "u", "", setup])
+        return modem
+    finally:
+        bus.disconnect()
+
+
+def test_python_dbusmock_modemmanager_template(
+    make_config: MakeConfig, dbusmock_mm: tuple[str, str]
+) -> None:
+    address, _modem = dbusmock_mm
+    probe = make_probe(make_config, {"source": "modemmanager", "bus": address})
+    r = read(probe)
+    assert r.error is None, r
+    assert r.tags["access_tech"] == "lte" and r.tags["operator"] == "theoperator"
+    assert r.fields["rsrp_dbm"] == -101.0 and r.fields["rsrq_db"] == -13.0
+    assert "sinr_db" not in r.fields  # -32768: unknown, not a figure
+    assert r.fields["quality_pct"] == 70.0
+    assert "plmn" not in r.fields  # 00101 is the test network (MCC 001): not a real PLMN
