@@ -73,7 +73,7 @@ Reasons
     telkomsel/modem0" (rsrp_dbm, lte_rsrp threshold), "poor quality (load or interference):
     RSRQ ..." (rsrq_db), "interference: SINR ..." (sinr_db), "fell back to 3G on ..." or "2G"
     (access_tech umts or gsm: degraded-level, causes fallback_3g / fallback_2g), "operator
-    mismatch: indosat/modem0, configured telkomsel" (degraded-level, cause
+    mismatch: on indosat/modem0, not the configured operator" (degraded-level, cause
     operator_mismatch), "signal error=not_registered on ..." (critical-level). Rounds with
     error permission or unsupported are not counted: they say nothing of the link. When a
     signal series and a link series (icmp, dns, http, upload, throughput) are both not ok,
@@ -459,8 +459,7 @@ class StatusEngine:
             causes.add(f"fallback_{generation.lower()}")
         if fields.get("operator_mismatch") == 1:
             level = max(level, _DEGRADED)
-            configured = fields.get("configured_operator", "?")
-            warns.append(f"operator mismatch: {where}, configured {configured}")
+            warns.append(f"operator mismatch: on {where}, not the configured operator")
             causes.add("operator_mismatch")
         if level == _GOOD:
             return _GOOD_ROUND

@@ -32,6 +32,8 @@ GOLDEN_RECORDS = [
     "throughput-skipped",
     "upload-ok",
     "upload-cut-off",
+    "signal-ok",
+    "signal-not-registered",
 ]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -236,10 +236,10 @@ MEASUREMENTS: dict[str, Measurement] = {
             "quality_pct": FieldSpec(
                 float, "%", "the modem's own signal quality (ModemManager, HiLink bars)", 0, 100
             ),
-            "plmn": FieldSpec(str, "text", "MCC-MNC of the serving network, e.g. 51010"),
-            "operator_name": FieldSpec(str, "text", "network name as the modem reports it"),
-            "configured_operator": FieldSpec(
-                str, "text", "the uplink's operator in the agent config"
+            # A number, so signal records take the collector's fast path (no string field);
+            # lossless: the MCC's first digit is never 0, so every digit of the MNC is kept.
+            "plmn": FieldSpec(
+                int, "code", "MCC-MNC of the serving network as digits, e.g. 51010", 20_000, 799_999
             ),
             "operator_mismatch": FieldSpec(
                 int, "0/1", "1 when the network is not the uplink's configured operator", 0, 1
@@ -249,6 +249,7 @@ MEASUREMENTS: dict[str, Measurement] = {
             "tac": FieldSpec(int, "code", "tracking area code (LTE/NR)", 0, 2**24 - 1),
             "lac": FieldSpec(int, "code", "location area code (GSM/UMTS)", 0, 2**16 - 1),
             "earfcn": FieldSpec(int, "channel", "downlink channel number (EARFCN)", 0, 3_279_165),
+            "ok": _OK,
         },
     ),
     "agent": Measurement(

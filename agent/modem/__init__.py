@@ -38,6 +38,8 @@ PLMN_OPERATORS = {
     "51028": "xlsmart",
 }
 _LABEL_RE = re.compile(r"[^0-9a-z._-]+")
+# MCC (3 digits, 2xx..7xx for real networks; 001 and 999 are test and private ones) + MNC
+_PLMN_RE = re.compile(r"[2-7][0-9]{4,5}")
 
 
 class SourceError(Exception):
@@ -102,6 +104,11 @@ def operator_label(plmn: str | None, name: str | None) -> str | None:
     return plmn or None
 
 
+def plmn_code(text: object) -> str | None:
+    """MCC-MNC of a real network ("51010"), else None (test networks, garbage)."""
+    return text if isinstance(text, str) and _PLMN_RE.fullmatch(text) else None
+
+
 def printable(text: str, limit: int = 64) -> str:
     """A name from the modem as a field value: no control characters, at most `limit`."""
     return "".join(c for c in text if c.isprintable()).strip()[:limit]
@@ -125,5 +132,6 @@ __all__ = [
     "clean",
     "clean_values",
     "operator_label",
+    "plmn_code",
     "printable",
 ]

@@ -8,6 +8,7 @@ import asyncio
 from agent.config import AgentConfig, SignalProbeConfig, Uplink
 from agent.contract.record import ErrorCode
 from agent.modem import GENERATION, SourceError, operator_label
+from agent.modem.modemmanager import ModemManagerSource
 from agent.preflight import FAIL, OK, WARN, Check
 
 POLKIT_FIX = (
@@ -48,10 +49,7 @@ async def _check_uplink(uplink: Uplink, cfg: SignalProbeConfig) -> list[Check]:
     out: list[Check] = []
     source = make_source(src, uplink, cfg)
     try:
-        if src.source == "modemmanager":
-            from agent.modem.modemmanager import ModemManagerSource
-
-            assert isinstance(source, ModemManagerSource)
+        if isinstance(source, ModemManagerSource):
             running = await source.service_running()
             if running is not None:
                 out.append(Check(f"{name} ModemManager", FAIL, running, _mm_fix(running)))
@@ -59,6 +57,10 @@ async def _check_uplink(uplink: Uplink, cfg: SignalProbeConfig) -> list[Check]:
             out.append(Check(f"{name} ModemManager", OK, f"running on the {src.bus} bus"))
         try:
             reading = await asyncio.wait_for(source.read(), 4 * cfg.timeout_s)
+            if isinstance(source, ModemManagerSource):
+                # read() skips Setup when the refresh is on already (another process, an
+                # earlier run as root): ask again, so a missing polkit rule shows now.
+                await asyncio.wait_for(source.enable_refresh(), 2 * cfg.timeout_s)
         except SourceError as exc:
             fix = _FIXES[src.source].get(exc.code, "")
             out.append(Check(name, FAIL, f"{exc.code.value}: {exc.message}", fix))

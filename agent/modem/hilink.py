@@ -24,7 +24,15 @@ from typing import Any
 import httpx
 
 from agent.contract.record import ErrorCode
-from agent.modem import UNKNOWN, Reading, SourceError, bounded_int, clean, printable
+from agent.modem import (
+    UNKNOWN,
+    Reading,
+    SourceError,
+    bounded_int,
+    clean,
+    plmn_code,
+    printable,
+)
 
 TOKEN_ERRORS = {"125001", "125002", "125003"}
 LOGIN_ERRORS = {"100003", "108003", "108007"}
@@ -199,9 +207,7 @@ class HiLinkSource:
             reading.quality_pct = round(100 * bars / most, 1)
 
         plmn = await self.api("api/net/current-plmn")
-        code = plmn.get("Numeric", "")
-        if code.isdigit() and 5 <= len(code) <= 6:
-            reading.plmn = code
+        reading.plmn = plmn_code(plmn.get("Numeric"))
         name = plmn.get("FullName") or plmn.get("ShortName")
         if name and printable(name):
             reading.operator_name = printable(name)

@@ -17,6 +17,7 @@ kept between readings and reopened when it breaks (ModemManager restarted, bus g
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from agent.modem import (
     bounded_int,
     clean,
     clean_values,
+    plmn_code,
     printable,
 )
 
@@ -51,6 +53,7 @@ STATE_ENABLED, STATE_SEARCHING, STATE_REGISTERED = 6, 7, 8
 # MMModem3gppRegistrationState: registered at home or roaming (also "SMS only", "CSFB not
 # preferred" variants, which still carry data)
 REG_HOME = {1, 6, 9}
+REG_UNKNOWN = 4
 REG_ROAMING = {5, 7, 10}
 # MMModemAccessTechnology bits -> the access_tech tag (the newest present wins)
 _TECH_BITS = (
@@ -70,6 +73,7 @@ _SIGNAL_KEYS: dict[str, tuple[str, dict[str, str]]] = {
     "gsm": ("Gsm", {"rssi": "rssi_dbm"}),
 }
 LOCATION_3GPP = 1  # MMModemLocationSource 3GPP_LAC_CI
+log = logging.getLogger(__name__)
 _DENIED = {
     "org.freedesktop.DBus.Error.AccessDenied",
     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
@@ -177,14 +181,12 @@ class ModemManagerSource:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._bus: MessageBus | None = None
-        self._setup_done: set[str] = set()  # modem paths whose Signal.Setup succeeded
 
     # -- bus -------------------------------------------------------------------------------
 
     async def _connect(self) -> MessageBus:
         if self._bus is not None and self._bus.connected:
             return self._bus
-        self._setup_done.clear()
         if self.bus_name == "system":
             bus = MessageBus(bus_type=BusType.SYSTEM)
         elif self.bus_name == "session":
@@ -335,6 +337,16 @@ class ModemManagerSource:
         except DbusCallError as exc:
             raise self._translate(exc, m.path) from None
 
+    async def enable_refresh(self) -> None:
+        """Modem.Signal.Setup now, whatever the rate already is: doctor's permission check."""
+        m = self.pick(await self.modems())
+        if SIGNAL not in m.interfaces:
+            raise SourceError(ErrorCode.UNSUPPORTED, f"{m.path} has no Signal interface")
+        try:
+            await self._call(m.path, SIGNAL, "Setup", "u", [max(1, round(self.refresh_s))])
+        except DbusCallError as exc:
+            raise self._translate(exc, m.path) from None
+
     async def _read(self, m: ModemInfo) -> Reading:
         props = await self._props(m.path, MODEM)
         state = _int(props.get("State"), STATE_UNKNOWN)
@@ -355,18 +367,21 @@ class ModemManagerSource:
 
         if MODEM_3GPP in m.interfaces:
             g = await self._props(m.path, MODEM_3GPP)
-            reg = _int(g.get("RegistrationState"), 4)
-            reading.registered = reg in REG_HOME or reg in REG_ROAMING
-            reading.roaming = reg in REG_ROAMING
+            reg = _int(g.get("RegistrationState"), REG_UNKNOWN)
             code = g.get("OperatorCode")
-            if isinstance(code, str) and code.isdigit() and 5 <= len(code) <= 6:
-                reading.plmn = code
+            reading.plmn = plmn_code(code)
+            if reg == REG_UNKNOWN:
+                # Not said: ModemManager sets the operator code only while registered.
+                reading.registered = state >= STATE_REGISTERED or bool(code)
+            else:
+                reading.registered = reg in REG_HOME or reg in REG_ROAMING
+                reading.roaming = reg in REG_ROAMING
             name = g.get("OperatorName")
             if isinstance(name, str) and printable(name):
                 reading.operator_name = printable(name)
         else:
             reading.registered = state >= STATE_REGISTERED
-        if not reading.registered and state < STATE_REGISTERED:
+        if not reading.registered:
             raise SourceError(
                 ErrorCode.NOT_REGISTERED,
                 f"{m.path} is enabled but not registered (state {state})",
@@ -374,11 +389,19 @@ class ModemManagerSource:
 
         if SIGNAL not in m.interfaces:
             raise SourceError(ErrorCode.UNSUPPORTED, f"{m.path} has no Signal interface")
-        if m.path not in self._setup_done:
-            rate = max(1, round(self.refresh_s))
-            await self._call(m.path, SIGNAL, "Setup", "u", [rate])
-            self._setup_done.add(m.path)
         sig = await self._props(m.path, SIGNAL)
+        rate = max(1, round(self.refresh_s))
+        if sig.get("Rate") != rate:
+            # Refresh off (a new modem, a restarted ModemManager) or at another rate: turn it
+            # on, then read the values it gives. Only a refusal is a failure: a modem that
+            # cannot set the rate still has values to read.
+            try:
+                await self._call(m.path, SIGNAL, "Setup", "u", [rate])
+            except DbusCallError as exc:
+                if exc.name in _DENIED:
+                    raise
+                log.debug("%s: Signal.Setup: %s", m.path, exc)
+            sig = await self._props(m.path, SIGNAL)
         reading.values = _signal_values(sig, reading.access_tech)
 
         if LOCATION in m.interfaces:
@@ -396,7 +419,9 @@ class ModemManagerSource:
 
 
 def _signal_values(sig: Mapping[str, Any], tech: str) -> dict[str, float]:
-    """The radio values of the current access technology (else of the first that has any)."""
+    """The radio values of the current access technology, else of the first technology that
+    has any (5G NSA: the LTE anchor's when Nr5g is empty; ModemManager empties the
+    properties of technologies not in use)."""
     order = [tech] if tech in _SIGNAL_KEYS else []
     order += [t for t in _SIGNAL_KEYS if t not in order]
     for t in order:
@@ -405,7 +430,7 @@ def _signal_values(sig: Mapping[str, Any], tech: str) -> dict[str, float]:
         if not isinstance(raw, dict):
             continue
         values = clean_values({field: raw.get(key) for key, field in keys.items()})
-        if values or t == tech:
+        if values:
             return values
     return {}
 

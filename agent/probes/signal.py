@@ -82,14 +82,11 @@ def make_source(src: SignalSource, uplink: Uplink, cfg: SignalProbeConfig) -> So
 def signal_fields(reading: Reading, uplink: Uplink) -> tuple[dict[str, str], dict[str, FieldValue]]:
     """The tags (besides station and uplink) and fields of a good reading."""
     network = operator_label(reading.plmn, reading.operator_name)
-    fields: dict[str, FieldValue] = dict(reading.values)
+    fields: dict[str, FieldValue] = {**reading.values, "ok": 1}
     if reading.quality_pct is not None:
         fields["quality_pct"] = reading.quality_pct
     if reading.plmn:
-        fields["plmn"] = reading.plmn
-    if reading.operator_name:
-        fields["operator_name"] = reading.operator_name
-    fields["configured_operator"] = uplink.operator
+        fields["plmn"] = int(reading.plmn)
     if network is not None and uplink.operator != "unknown":
         fields["operator_mismatch"] = int(network != uplink.operator)
     if reading.roaming is not None:
@@ -159,7 +156,7 @@ class SignalProbe:
             log.warning("signal %s: %s: %s", uplink.name, code.value, message)
         self.latest[uplink.name] = Outcome(uplink.name, None, code, message)
         tags = {"access_tech": UNKNOWN, "band": UNKNOWN}
-        fields: dict[str, FieldValue | None] = {"configured_operator": uplink.operator}
+        fields: dict[str, FieldValue | None] = {"ok": 0}
         return make_record(self.kind, stamp, self.station, uplink, tags, fields, code)
 
     async def close(self) -> None:

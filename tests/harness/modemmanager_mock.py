@@ -79,7 +79,7 @@ class PrivateBus:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a loaded machine starts it slowly
         while not sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
@@ -260,7 +260,7 @@ class MockModemManager:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
         self._thread.start()
-        if not ready.wait(10) or self._bus is None:
+        if not ready.wait(30) or self._bus is None:
             raise RuntimeError("mock ModemManager did not start")
 
     def _serve(self, ready: threading.Event) -> None:
@@ -279,7 +279,7 @@ class MockModemManager:
         async def run() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
 
     def add_modem(self) -> ModemState:
         """A new modem at the next path (a modem that comes back gets a new index)."""

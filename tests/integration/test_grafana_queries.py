@@ -148,7 +148,7 @@ def signal_record(sid: str, name: str, operator: str, at: datetime, minute: int)
     tags = {"station": sid, "uplink": UPLINK, "operator": operator, "access_tech": "lte",
             "band": "B3"}  # fmt: skip
     fields: dict[str, int | float | str] = {"rsrp_dbm": rsrp, "rsrq_db": -10.0, "sinr_db": 8.0,
-                                            "rssi_dbm": rsrp + 30, "plmn": "51010"}  # fmt: skip
+                                            "rssi_dbm": rsrp + 30, "plmn": 51010}  # fmt: skip
     return Record("signal", at, tags, fields)
 
 

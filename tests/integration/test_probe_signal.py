@@ -4,6 +4,10 @@ local HTTP server speaking the HiLink protocol."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +19,16 @@ from agent.config import AgentConfig
 from agent.contract.record import Record
 from agent.probes.base import ProbeEnv
 from agent.probes.signal import SignalProbe
-from tests.conftest import base_config, require_tool, write_config
+from tests.conftest import base_config, require, require_tool, write_config
 from tests.harness.hilink_mock import HiLinkDevice, hilink_device
 from tests.harness.modemmanager_mock import (
     REG_ROAMING,
     REG_SEARCHING,
     STATE_DISABLED,
     STATE_SEARCHING,
+    TECH_5GNR,
     TECH_HSPA,
+    TECH_LTE,
     TECH_UMTS,
     MockModemManager,
     PrivateBus,
@@ -35,11 +41,13 @@ MakeConfig = Callable[..., AgentConfig]
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address)
     try:
-        yield service
+        service = MockModemManager(bus.address)
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
-        service.close()
         bus.close()
 
 
@@ -88,7 +96,7 @@ def test_modemmanager_lte_reading(make_config: MakeConfig, mm: MockModemManager)
     assert r.fields["sinr_db"] == 12.0
     assert r.fields["rssi_dbm"] == -65.0
     assert r.fields["quality_pct"] == 62.0
-    assert r.fields["plmn"] == "51010"
+    assert r.fields["plmn"] == 51010
     assert r.fields["operator_mismatch"] == 0
     assert r.fields["cell_id"] == 0x1A2B3C4
     assert r.fields["tac"] == 0x5D6E
@@ -114,6 +122,24 @@ def test_values_change_over_time_and_setup_once(
     records = asyncio.run(rounds())
     assert [r.fields["rsrp_dbm"] for r in records] == [-90.0, -104.0, -118.0]
     assert modem.setup_calls == 1
+
+
+def test_refresh_turned_on_again_after_a_modemmanager_restart(
+    make_config: MakeConfig, mm: MockModemManager
+) -> None:
+    modem = mm.add_modem()
+    probe = make_probe(make_config, {"source": "modemmanager", "bus": mm.address})
+
+    async def rounds() -> list[Record]:
+        out = await probe.run()
+        modem.rate = 0  # ModemManager restarted: same path, refresh off, no values
+        out += await probe.run()
+        await probe.close()
+        return out
+
+    first, second = asyncio.run(rounds())
+    assert first.fields["rsrp_dbm"] == second.fields["rsrp_dbm"] == -95.0
+    assert modem.setup_calls == 2
 
 
 def test_fall_back_to_3g(make_config: MakeConfig, mm: MockModemManager) -> None:
@@ -146,7 +172,6 @@ def test_operator_mismatch_is_a_finding(make_config: MakeConfig, mm: MockModemMa
     r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
     assert r.tags["operator"] == "indosat"
     assert r.fields["operator_mismatch"] == 1
-    assert r.fields["configured_operator"] == "telkomsel"
     assert r.fields["roaming"] == 1
 
 
@@ -206,12 +231,12 @@ def test_permission_denied_by_the_mock(make_config: MakeConfig, mm: MockModemMan
 def test_permission_denied_by_bus_policy(make_config: MakeConfig) -> None:
     require_tool("dbus-daemon")
     bus = PrivateBus(deny_signal_setup=True)
-    service = MockModemManager(bus.address)
     try:
+        service = MockModemManager(bus.address)
         service.add_modem()
         r = read(make_probe(make_config, {"source": "modemmanager", "bus": bus.address}))
-    finally:
         service.close()
+    finally:
         bus.close()
     assert r.error == "permission"
 
@@ -219,12 +244,12 @@ def test_permission_denied_by_bus_policy(make_config: MakeConfig) -> None:
 def test_modem_without_signal_interface(make_config: MakeConfig) -> None:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address, signal=False)
     try:
+        service = MockModemManager(bus.address, signal=False)
         service.add_modem()
         r = read(make_probe(make_config, {"source": "modemmanager", "bus": bus.address}))
-    finally:
         service.close()
+    finally:
         bus.close()
     assert r.error == "unsupported"
 
@@ -409,3 +434,94 @@ def test_hilink_answer_without_end_is_cut_off(
     device, url = hilink
     device.status["padding"] = "x" * 100_000  # more than any real answer
     assert read(make_probe(make_config, {"source": "hilink", "url": url})).error == "no_modem"
+
+
+def test_5g_nsa_reads_nr_then_the_lte_anchor(make_config: MakeConfig, mm: MockModemManager) -> None:
+    modem = mm.add_modem()
+    modem.tech = TECH_LTE | TECH_5GNR
+    modem.signal = {"nr5g": {"rsrp": -88.0, "rsrq": -11.0, "snr": 15.0}, "lte": {"rsrp": -99.0}}
+    r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
+    assert r.tags["access_tech"] == "nr5g" and r.fields["rsrp_dbm"] == -88.0
+    modem.signal = {"nr5g": {}, "lte": {"rsrp": -99.0, "rsrq": -12.0}}
+    r = read(make_probe(make_config, {"source": "modemmanager", "bus": mm.address}))
+    assert r.tags["access_tech"] == "nr5g" and r.fields["rsrp_dbm"] == -99.0
+
+
+# -- python-dbusmock's ModemManager template -------------------------------------------------
+
+
+@pytest.fixture
+def dbusmock_mm() -> Iterator[tuple[str, str]]:
+    """python-dbusmock's modemmanager template (its own process, dbus-python) on a private
+    bus, with AddSimpleModem and a Signal interface added through its Mock API."""
+    require(importlib.util.find_spec("dbusmock") is not None, "needs python-dbusmock (dev extra)")
+    require_tool("dbus-daemon")
+    bus = PrivateBus()
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbusmock", "--system", "--template", "modemmanager"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        modem = asyncio.run(_add_simple_modem(bus.address))
+        yield bus.address, modem
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        bus.close()
+
+
+async def _mock_call(bus: Any, path: str, member: str, signature: str, body: list[Any]) -> Any:
+    from dbus_fast import Message, MessageType
+
+    reply = await bus.call(
+        Message(destination="org.freedesktop.ModemManager1", path=path,
+                interface="org.freedesktop.DBus.Mock", member=member, signature=signature,
+                body=body)
+    )  # fmt: skip
+    assert reply.message_type != MessageType.ERROR, reply.body
+    return reply.body
+
+
+async def _add_simple_modem(address: str) -> str:
+    from dbus_fast import Variant
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        for _ in range(200):  # the mock owns its name once dbus-python is up
+            try:
+                body = await _mock_call(bus, "/org/freedesktop/ModemManager1",
+                                        "AddSimpleModem", "", [])  # fmt: skip
+                break
+            except AssertionError:
+                await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("python-dbusmock did not start")
+        modem = str(body[0])
+        signal = "org.freedesktop.ModemManager1.Modem.Signal"
+        lte = {"rsrp": Variant("d", -101.0), "rsrq": Variant("d", -13.0),
+               "snr": Variant("d", -32768.0), "rssi": Variant("d", -71.0)}  # fmt: skip
+        props = {"Rate": Variant("u", 0), "Lte": Variant("a{sv}", lte)}
+        await _mock_call(bus, modem, "AddProperties", "sa{sv}", [signal, props])
+        setup = f"self.UpdateProperties('{signal}', {{'Rate': dbus.UInt32(args[0])}})"
+        await _mock_call(bus, modem, "AddMethod", "sssss", [signal, "Setup", "u", "", setup])
+        return modem
+    finally:
+        bus.disconnect()
+
+
+def test_python_dbusmock_modemmanager_template(
+    make_config: MakeConfig, dbusmock_mm: tuple[str, str]
+) -> None:
+    address, _modem = dbusmock_mm
+    probe = make_probe(make_config, {"source": "modemmanager", "bus": address})
+    r = read(probe)
+    assert r.error is None, r
+    assert r.tags["access_tech"] == "lte" and r.tags["operator"] == "theoperator"
+    assert r.fields["rsrp_dbm"] == -101.0 and r.fields["rsrq_db"] == -13.0
+    assert "sinr_db" not in r.fields  # -32768: unknown, not a figure
+    assert r.fields["quality_pct"] == 70.0
+    assert "plmn" not in r.fields  # 00101 is the test network (MCC 001): not a real PLMN

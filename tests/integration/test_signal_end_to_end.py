@@ -41,11 +41,13 @@ def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Itera
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
     bus = PrivateBus()
-    service = MockModemManager(bus.address)
     try:
-        yield service
+        service = MockModemManager(bus.address)
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
-        service.close()
         bus.close()
 
 
@@ -111,7 +113,7 @@ def test_weak_signal_flags_the_station_within_the_debounce(
     assert [r["rsrp_dbm"] for r in stored] == [-95.0, None, -118.0, -118.0, -118.0]
     assert all(r["rsrq_db"] == -10.0 for r in stored)  # the unknown RSRP alone is absent
     assert {(r["access_tech"], r["operator"], r["plmn"]) for r in stored} == {
-        ("lte", "telkomsel", "51010")
+        ("lte", "telkomsel", 51010)
     }
 
     # The control room sees it: the station dashboard's signal panel, the overview's weak
@@ -159,10 +161,10 @@ def test_collector_stores_signal_records_and_rejects_out_of_range(
     assert rejected["detail"] == "records[2].fields.rsrp_dbm: got -20.0, expected -156..-31 dBm"
     db = stack.cfg.sink.database
     (row,) = influxdb.query(f'SELECT * FROM "signal" WHERE "id" = \'{good["id"]}\'', db)
-    assert row["rsrp_dbm"] == -97.0 and row["plmn"] == "51010" and row["tac"] == 23918
+    assert row["rsrp_dbm"] == -97.0 and row["plmn"] == 51010 and row["tac"] == 23918
     assert row["province"] == "DKI Jakarta" and row["access_tech"] == "lte"
     (row,) = influxdb.query(f'SELECT * FROM "signal" WHERE "id" = \'{failed["id"]}\'', db)
     assert row["error"] == "not_registered" and row["rsrp_dbm"] is None
     types = influxdb.field_types(db, "signal")
     assert types["rsrp_dbm"] == "float" and types["operator_mismatch"] == "integer"
-    assert types["plmn"] == "string"
+    assert types["plmn"] == "integer"

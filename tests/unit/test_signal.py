@@ -65,7 +65,7 @@ def test_clean_drops_unknown_and_out_of_range(name: str, value: object, expected
 
 
 def test_collector_rejects_out_of_range_signal_values() -> None:
-    Record.from_dict(raw_signal(rsrp_dbm=-118.0, rsrq_db=-12.0, plmn="51010"))
+    Record.from_dict(raw_signal(rsrp_dbm=-118.0, rsrq_db=-12.0, plmn=51010))
     for field, bad in (("rsrp_dbm", -20.0), ("rsrp_dbm", -200.0), ("rsrq_db", 30.0),
                        ("ecio_db", 3.0), ("operator_mismatch", 2)):  # fmt: skip
         with pytest.raises(ContractError) as info:
@@ -152,3 +152,42 @@ def test_live_view_signal_row() -> None:
     assert "\x1b[1;31m-118" in text  # below the alert level: bold red
     line = format_line(signal_record(rsrp_dbm=-118.0))
     assert "tech=lte network=telkomsel" in line and "rsrp=-118.0dBm" in line
+
+
+def test_config_signal_per_uplink(tmp_path: Path) -> None:
+    from agent import config as agent_config
+    from tests.conftest import base_config, write_config
+
+    doc = base_config(tmp_path)
+    doc["uplinks"] = [
+        {"name": "modem0", "operator": "telkomsel", "interface": "wwan0",
+         "signal": "modemmanager"},
+        {"name": "mifi", "operator": "indosat", "signal": {"source": "hilink",
+                                                          "url": "http://192.168.8.1"}},
+        {"name": "wifi", "operator": "indihome"},
+    ]  # fmt: skip
+    cfg = agent_config.load(write_config(tmp_path, doc), environ={})
+    m, h, w = cfg.uplinks
+    assert m.signal == agent_config.SignalSource("modemmanager", None, "system", None)
+    assert h.signal is not None and h.signal.url == "http://192.168.8.1"
+    assert w.signal is None
+    assert cfg.probes.signal == agent_config.SignalProbeConfig(True, 30.0, 5.0)
+
+    doc["uplinks"] = [{"name": "wifi"}]
+    doc["probes"]["signal"] = {"interval_s": 60}
+    with pytest.raises(agent_config.ConfigError) as info:
+        agent_config.load(write_config(tmp_path, doc), environ={})
+    assert info.value.errors == [
+        f"{tmp_path / 'agent.yaml'}: probes.signal: got a signal probe, expected an uplink "
+        "with signal: {source: ...} to read"
+    ]
+
+
+def test_signal_records_take_the_collectors_fast_path() -> None:
+    from collector.ingest import FastPath
+
+    for raw in (raw_signal(rsrp_dbm=-97.0, plmn=51010, ok=1),
+                {**raw_signal(ok=0), "error": "no_modem"}):  # fmt: skip
+        hit = FastPath().decode(raw)
+        assert hit is not None and hit[0] == Record.from_dict(raw)
+    assert FastPath().decode(raw_signal(rsrp_dbm=-20.0)) is None  # the reference path words it
