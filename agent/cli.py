@@ -92,11 +92,16 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    add(
+    cc = add(
         "check-config",
         "validate the configuration (exit 2 when invalid)",
-        "Validate the config and the thresholds file. Every problem is printed at once as\n"
-        "FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid, 2 when not.",
+        "Validate the config, the thresholds file and the token file. Every problem is\n"
+        "printed at once as FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid,\n"
+        "2 when not. Host names that do not resolve now are warnings (the uplink may not be\n"
+        "up yet); `doctor` fails on them.",
+    )
+    cc.add_argument(
+        "--no-resolve", action="store_true", help="do not look up the host names (no network)"
     )
     once = add(
         "once",
@@ -258,8 +263,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args, cfg, th)
+    except ModuleNotFoundError as exc:
+        print(missing_extra(exc), file=sys.stderr)
+        return EXIT_PREFLIGHT
     except KeyboardInterrupt:
         return 130
+
+
+# The agent's optional libraries and the extra that brings each (pyproject.toml).
+_EXTRA_OF = {
+    "icmplib": "agent",
+    "dns": "agent",
+    "httpx": "agent",
+    "rich": "agent",
+    "speedtest": "agent",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str:
+    """What to install when an optional library is missing, in words."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        return f"sinyal-agent: a library is missing: {exc.name} (reinstall the agent: {exc})"
+    return (
+        f"sinyal-agent: this command needs the Python package {top!r}, part of the "
+        f"'{extra}' extra: install it with `pip install 'sinyal[{extra}]'` in the agent's venv "
+        "(deploy/install.sh does)"
+    )
+
+
+def open_spool_or_explain(cfg: AgentConfig) -> Any:
+    """The spool, or None after saying why data_dir cannot hold it and how to fix it."""
+    import sqlite3
+
+    from agent.runner import open_spool
+
+    try:
+        return open_spool(cfg)
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(
+            f"sinyal-agent: data_dir {cfg.data_dir}: cannot keep the spool there: {reason}",
+            file=sys.stderr,
+        )
+        print(
+            "fix: set data_dir in the config to a writable directory on a disk with free space,"
+            f" or give the agent's user write access: `sudo install -d -o $(id -un) "
+            f"{cfg.data_dir}`; a read-only disk needs remounting read-write",
+            file=sys.stderr,
+        )
+        return None
 
 
 def cmd_check_config(
@@ -270,6 +324,15 @@ def cmd_check_config(
         for name in ("icmp", "dns", "http")
         if (p := getattr(cfg.probes, name)) is not None and p.enabled
     ]
+    from agent.targets import unresolved
+
+    for u in [] if args.no_resolve else unresolved(cfg):
+        # A warning, not an error: at install time the uplink may not be up yet.
+        print(
+            f"{cfg.path}: warning: {u.path}: cannot resolve {u.host!r} now ({u.reason}); "
+            "check the name, or run `sinyal-agent doctor` once the uplink is up",
+            file=sys.stderr,
+        )
     print(
         f"{cfg.path}: valid (station {cfg.station.id}, uplinks "
         f"{', '.join(u.name for u in cfg.uplinks)}, probes {', '.join(probes)}, "
@@ -290,12 +353,16 @@ def _env_or_exit(cfg: AgentConfig) -> Any:
 
 
 def cmd_once(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Thresholds) -> int:
-    from agent.runner import open_spool, run_once
+    from agent.runner import run_once
 
     env = _env_or_exit(cfg)
     if env is None:
         return EXIT_PREFLIGHT
-    spool = None if args.no_spool else open_spool(cfg)
+    spool = None
+    if not args.no_spool:
+        spool = open_spool_or_explain(cfg)
+        if spool is None:
+            return EXIT_PREFLIGHT
     try:
         records = asyncio.run(run_once(env, spool))
     finally:
@@ -314,12 +381,12 @@ def cmd_once(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Th
 
 
 def cmd_run(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Thresholds) -> int:
-    from agent.runner import open_spool
-
     env = _env_or_exit(cfg)
     if env is None:
         return EXIT_PREFLIGHT
-    spool = open_spool(cfg)
+    spool = open_spool_or_explain(cfg)
+    if spool is None:
+        return EXIT_PREFLIGHT
     live = sys.stdout.isatty() and not args.plain
     try:
         if live:

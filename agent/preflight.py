@@ -230,12 +230,34 @@ def collector_checks(config: AgentConfig) -> list[Check]:
     return out
 
 
+def resolve_checks(config: AgentConfig) -> list[Check]:
+    """Every host name of the config must resolve: a probe of a name that does not measures
+    nothing but its own DNS failure."""
+    from agent.targets import hostnames, unresolved
+
+    bad = unresolved(config)
+    if not bad:
+        n = len(hostnames(config))
+        return [Check("names", OK, f"{n} host name(s) resolve")] if n else []
+    return [
+        Check(
+            f"name {u.host}",
+            FAIL,
+            f"{u.path}: cannot resolve {u.host!r} ({u.reason})",
+            "check the spelling in the config and the uplink's DNS (resolv.conf); "
+            "an IP address needs no DNS",
+        )
+        for u in bad
+    ]
+
+
 def run_checks(config: AgentConfig) -> list[Check]:
     checks = [Check("config", OK, f"{config.path} is valid")]
     if config.probes.icmp is not None and config.probes.icmp.enabled:
         checks.append(icmp_mode()[1])
     checks += [clock_check(), data_dir_check(config.data_dir), disk_check(config.data_dir)]
     checks += uplink_checks(config)
+    checks += resolve_checks(config)
     checks += collector_checks(config)
     return checks
 

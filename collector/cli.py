@@ -1,7 +1,8 @@
 """sinyal-collector: the command line of the Sinyal collector.
 
 Exit codes: 0 success; 1 a runtime failure (an unknown token id, a registry that cannot
-be opened); 2 invalid configuration, usage or input (a stations CSV with errors).
+be opened); 2 invalid configuration, usage or input (a stations CSV with errors);
+4 `serve` cannot listen (the port is taken); 5 a package of the 'collector' extra is missing.
 
 A command is a function ``cmd_NAME(args, cfg) -> int`` plus one ``_add(...)`` entry in
 ``_parser()`` that names it as the handler.
@@ -29,6 +30,8 @@ from collector.config import CollectorConfig
 from collector.registry import COLUMNS, Registry, RegistryError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_LISTEN = 4  # serve: the listen address cannot be bound (port in use)
+EXIT_MISSING = 5  # an optional package of this command is not installed
 
 Handler = Callable[[argparse.Namespace, CollectorConfig], int]
 
@@ -47,7 +50,8 @@ examples:
   sinyal-collector agents list
   sinyal-collector agents revoke 3f9a1c2e
 
-exit codes: 0 ok, 1 failure, 2 invalid config, usage or input
+exit codes: 0 ok, 1 failure, 2 invalid config, usage or input, 4 serve cannot listen
+(port taken), 5 a package of the 'collector' extra is not installed
 docs: docs/collector.md
 """
 
@@ -297,6 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         _problems(exc.errors, "docs/collector.md", "; nothing was changed")
         return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "?").split(".")[0]
+        print(
+            f"sinyal-collector {args.command}: needs the Python package {top!r} of the "
+            "'collector' extra, which this install lacks (an agent-only install?): install it "
+            "with `pip install 'sinyal[collector]'`, or run this command on the control room's "
+            "machine",
+            file=sys.stderr,
+        )
+        return EXIT_MISSING
     except (sqlite3.Error, OSError) as exc:
         print(f"registry {cfg.registry_path}: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -378,10 +392,14 @@ def cmd_status(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
-    from collector.server import serve
+    from collector.server import ListenError, serve
 
     logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    serve(cfg)
+    try:
+        serve(cfg)
+    except ListenError as exc:
+        print(f"sinyal-collector serve: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from agent.config import (
     read_yaml,
 )
 from agent.config import _number as number
+from agent.envcheck import COLLECTOR_KEYS, unknown_env_errors
 
 DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
 SINK_KINDS = ("v1", "v2")
@@ -110,7 +111,7 @@ class CollectorConfig:
         return self.data_dir / "registry.sqlite3"
 
 
-_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
+_TOP = set(COLLECTOR_KEYS)
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -235,6 +236,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
     future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
 
+    r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "collector")
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
     assert data_dir is not None and thresholds is not None
