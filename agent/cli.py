@@ -221,14 +221,27 @@ def _load(args: argparse.Namespace) -> tuple[AgentConfig, agent_thresholds.Thres
     return cfg, th
 
 
-def _setup_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
+class _LocalFormatter(logging.Formatter):
+    """Log times in the station's zone, named: 2026-12-04 23:43:20 WIB (ISO date)."""
+
+    def __init__(self, tz: str | None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.tz = tz
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        from agent.uploadstate import format_local
+
+        if self.tz is None:
+            return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created))
+        return format_local(record.created, self.tz)
+
+
+def _setup_logging(
+    verbose: bool, handler: logging.Handler | None = None, tz: str | None = None
+) -> None:
     h = handler or logging.StreamHandler(sys.stderr)
     if handler is None:
-        h.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"
-            )
-        )
+        h.setFormatter(_LocalFormatter(tz))
     root = logging.getLogger()
     root.handlers[:] = [h]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -376,7 +389,7 @@ def cmd_once(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Th
     else:
         from agent.view import render_table
 
-        render_table(records, th, cfg.station.id)
+        render_table(records, th, cfg.station.id, tz=cfg.station.tz)
     return EXIT_OK
 
 
@@ -422,9 +435,12 @@ def _run_plain(args: argparse.Namespace, cfg: AgentConfig, env: Any, spool: Any)
     from agent.runner import Daemon
     from agent.view import format_line
 
+    _setup_logging(args.verbose, tz=cfg.station.tz)
+    tz = cfg.station.tz
+
     def show(records: Sequence[Any]) -> None:
         for r in records:
-            print(format_line(r), flush=True)
+            print(format_line(r, tz), flush=True)
 
     daemon = Daemon(env, spool, show, args.record_log)
     log.info(
@@ -448,14 +464,30 @@ def _run_live(
 ) -> int:
     from rich.console import Console
     from rich.logging import RichHandler
+    from rich.text import Text
 
     from agent.runner import Daemon
     from agent.spool import oldest_age_s
-    from agent.view import BoardView, LiveView
+    from agent.uploadstate import Health, format_local
+    from agent.view import BoardView, LiveView, UploadView
 
     console = Console()
-    _setup_logging(args.verbose, RichHandler(console=console, show_path=False))
+    tz = cfg.station.tz
+    _setup_logging(
+        args.verbose,
+        RichHandler(
+            console=console,
+            show_path=False,
+            log_time_format=lambda dt: Text(format_local(dt.astimezone(), tz)),
+        ),
+    )
     daemon: Daemon | None = None
+
+    def upload() -> UploadView | None:
+        if cfg.collector is None:
+            return None
+        st = spool.stats()
+        return UploadView(Health.from_state(spool.state()), st.records, st.oldest_measured_at)
 
     def status_line() -> str:
         st = spool.stats()
@@ -472,7 +504,7 @@ def _run_live(
                     parts.append(f"{s.probe.kind} in {max(0.0, s.next_run - now):.0f}s")
         return " · ".join(parts) + " · Ctrl-C to stop"
 
-    view = BoardView(th, cfg.station.id, status_line)
+    view = BoardView(th, cfg.station.id, status_line, tz=tz, upload=upload)
     with LiveView(view, console) as lv:
         daemon = Daemon(env, spool, lv.update, args.record_log)
         asyncio.run(_serve(daemon, args.duration, lv.refresh))
@@ -488,13 +520,30 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     if not path.exists():
         print(f"no spool yet at {path}: the agent has not stored any result", file=sys.stderr)
         return EXIT_FAIL
-    with Spool(path, int(cfg.spool.max_mb * 2**20)) as spool:
-        st = spool.stats()
-        latest = spool.latest()
-        state = spool.state()
-        dead = spool.dead_letters(10)
-        dead_total = spool.dead_letter_count()
-        untimed = spool.untimed(boot_id())
+    import sqlite3
+
+    from agent.uploadstate import Health, format_local
+
+    try:
+        with Spool(path, int(cfg.spool.max_mb * 2**20)) as spool:
+            st = spool.stats()
+            latest = spool.latest()
+            state = spool.state()
+            dead = spool.dead_letters(10)
+            dead_total = spool.dead_letter_count()
+            untimed = spool.untimed(boot_id())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"sinyal-agent status: cannot read the spool {path}: {exc}", file=sys.stderr)
+        print(
+            "fix: run as the agent's user (sudo -u sinyal ...) or check the disk", file=sys.stderr
+        )
+        return EXIT_FAIL
+    health = Health.from_state(state)
+    tz = cfg.station.tz
+
+    def local(utc: str | None) -> str:
+        return format_local(utc, tz) if utc else "-"
+
     age = oldest_age_s(st)
     disk = shutil.disk_usage(cfg.data_dir)
     free_mb = disk.free / 2**20
@@ -514,6 +563,11 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
                     "disk_free_mb": round(free_mb, 1),
                     "last_upload_at": state.get("last_upload_at"),
                     "last_error": state.get("last_error") or None,
+                    "last_error_at": health.last_error_at,
+                    "upload_state": health.kind if cfg.collector is not None else None,
+                    "upload_reason": health.reason or None,
+                    "upload_since": health.since,
+                    "tz": tz,
                     "clock_offset_ms": state.get("clock_offset_ms"),
                     "dead_letters_total": dead_total,
                     "dead_letters": dead,
@@ -533,7 +587,7 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         )
     )
     print(
-        f"oldest unsent:  {st.oldest_measured_at or '-'}"
+        f"oldest unsent:  {local(st.oldest_measured_at)}"
         + (f" ({age:.0f} s ago)" if age is not None else "")
     )
     print(f"dropped:        {st.dropped_total} (evicted at the size cap or on a full disk)")
@@ -545,15 +599,19 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         print("last upload:    - (no collector configured)")
     else:
         print(f"collector:      {cfg.collector.url}")
-        print(f"last upload:    {state.get('last_upload_at', 'never')}")
-        if state.get("last_error"):
-            print(f"last error:     {state['last_error']} (at {state.get('last_attempt_at')})")
+        if health.kind == "ok":
+            print(f"uploads:        ok since {local(health.since)}")
+        elif health.kind != "never":
+            print(f"uploads:        FAILING since {local(health.since)}: {health.reason}")
+        print(f"last upload:    {local(health.last_ok_at) if health.last_ok_at else 'never'}")
+        if health.last_error:
+            print(f"last error:     {health.last_error} (at {local(health.last_error_at)})")
     print(f"dead letters:   {dead_total} (rejected by the collector; never retried)")
     for d in dead:
-        print(f"  {d['rejected_at']} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
+        print(f"  {local(d['rejected_at'])} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
     print("last results:")
     for r in latest:
-        print("  " + format_line(r))
+        print("  " + format_line(r, tz))
     return EXIT_OK
 
 

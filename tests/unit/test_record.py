@@ -252,3 +252,18 @@ def test_encoding_refuses_a_non_finite_field() -> None:
     broken = Record(rec.kind, rec.measured_at, rec.tags, {**rec.fields, "rtt_avg_ms": float("nan")})
     with pytest.raises(ValueError):
         broken.to_json()
+
+
+def test_upload_state_codes_match_the_documented_field() -> None:
+    """The heartbeat's upload_state codes are agent.uploadstate.KINDS by index; the record
+    contract's description and docs/data-model.md list them in that order."""
+    from agent.record import MEASUREMENTS
+    from agent.uploadstate import KINDS
+
+    description = MEASUREMENTS["agent"].fields["upload_state"].description
+    for code, kind in enumerate(KINDS):
+        assert (
+            f"{code} {kind}" in description
+            or f"{code} {kind.replace('_', ' ')}" in (description)
+            or (kind == "never" and f"{code} never sent" in description)
+        ), (code, kind)

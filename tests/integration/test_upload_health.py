@@ -1,0 +1,144 @@
+"""Upload health a technician can see (issue 17, point 3): the real uploader against real
+servers, and the live view rendered by rich to a fixed 80x24 console for each failure kind:
+collector down, token refused (401), clock not synchronised, DNS failure; then recovery.
+Also: each change of state is logged once, `status` says the last error with its time in the
+station's zone, and the heartbeat carries the state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import Collector
+from agent.heartbeat import Heartbeat
+from agent.record import Record
+from agent.spool import Spool
+from agent.uploader import Uploader
+from agent.uploadstate import CODE
+from tests.conftest import ROOT
+from tests.harness.collector_stack import (
+    STATION,
+    Stack,
+    free_port,
+    golden,
+)
+from tests.harness.netns import netns_lab  # noqa: F401  (fixture)
+from tests.harness.upload_view import screen
+
+
+def check_screen(text: str, expect: str) -> list[str]:
+    lines = text.rstrip("\n").split("\n")
+    assert len(lines) <= 24, text
+    assert all(len(line) <= 80 for line in lines), text
+    assert lines[0].startswith(f"Sinyal agent · station {STATION} · 20")
+    assert lines[0].endswith(" WITA")
+    upload = " ".join(lines[1:4])  # the upload line, wrapped on 80 columns
+    assert expect in upload, text
+    assert "icmp: 30 targets, 30 ok" in text  # too many for 24 lines: summarised
+    return lines
+
+
+def test_collector_down(tmp_path: Path) -> None:
+    text = screen(f"http://127.0.0.1:{free_port()}", "sny_x")
+    lines = check_screen(
+        text, "UPLOAD FAILING: collector unreachable: connection refused by 127.0.0.1"
+    )
+    assert "last ok never" in " ".join(lines[1:4])
+    assert "backlog 31, oldest 20" in " ".join(lines[1:4])
+
+
+def test_token_refused(stack: Stack) -> None:
+    text = screen(stack.url, "sny_wrong")
+    check_screen(text, "UPLOAD FAILING: token refused (401): revoked or wrong token; enrol again")
+
+
+def test_clock_not_synchronised(stack: Stack) -> None:
+    # A board whose clock is 40 days behind (trust: system): the collector refuses the time.
+    text = screen(stack.url, stack.token, age_s=40 * 86400)
+    check_screen(text, "UPLOAD FAILING: clock not synchronised: the collector refused 31")
+
+
+def test_upload_ok(stack: Stack) -> None:
+    text = screen(stack.url, stack.token)
+    lines = check_screen(text, "upload ok · last 20")
+    assert "WITA · backlog 0" in " ".join(lines[1:3])
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_dns_failure(netns_lab) -> None:  # noqa: F811
+    from tests.harness.nodns import namespace_without_dns
+
+    ns = namespace_without_dns(netns_lab)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [*ns.prefix(), sys.executable, "-m", "tests.harness.upload_view",
+         "http://collector.sinyal-test:8080", "sny_x", "60"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    check_screen(proc.stdout, "UPLOAD FAILING: DNS failure: cannot resolve collector.sinyal-test")
+
+
+def test_each_change_logged_once_and_status_and_heartbeat(
+    tmp_path: Path,
+    stack: Stack,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spool = Spool(tmp_path / "data" / "spool.sqlite3")
+    spool.put([Record.from_dict(golden("icmp-ok"))])
+    down = Uploader(spool, Collector(f"http://127.0.0.1:{free_port()}", token="x"), STATION)
+    caplog.set_level(logging.INFO, "sinyal.uploader")
+
+    async def attempts(up: Uploader, n: int) -> None:
+        try:
+            for _ in range(n):
+                await up.upload_once()
+        finally:
+            await up.aclose()
+
+    asyncio.run(attempts(down, 3))
+    failing = [r.getMessage() for r in caplog.records if "failing" in r.getMessage()]
+    assert failing == [
+        "uploads failing: collector unreachable: connection refused by 127.0.0.1; "
+        "results stay in the spool"
+    ]
+    beat = Heartbeat(STATION, spool).record()
+    assert beat.fields["upload_ok"] == 0
+    assert beat.fields["upload_state"] == CODE["refused"]
+    assert isinstance(beat.fields["upload_failing_s"], float)
+
+    # status, as a technician runs it: the last error with its time in the station's zone
+    from agent import cli
+    from tests.conftest import base_config, write_config
+
+    doc = base_config(tmp_path)
+    doc["collector"] = {"url": "http://127.0.0.1:9/", "token": "x"}
+    doc["station"]["tz"] = "Asia/Jayapura"
+    path = write_config(tmp_path, doc)
+    spool.close()
+    assert cli.main(["status", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "uploads:        FAILING since 20" in out
+    assert "last error:     collector unreachable: connection refused by 127.0.0.1 (at 20" in out
+    assert " WIT)" in out
+
+    spool = Spool(tmp_path / "data" / "spool.sqlite3")
+    logging.getLogger().addHandler(caplog.handler)  # the CLI replaced the root's handlers
+    caplog.clear()
+    asyncio.run(attempts(Uploader(spool, Collector(stack.url, token=stack.token), STATION), 2))
+    assert [r.getMessage() for r in caplog.records if "again" in r.getMessage()] == [
+        "uploads work again (was: collector unreachable: connection refused by 127.0.0.1)"
+    ]
+    beat = Heartbeat(STATION, spool).record()
+    assert beat.fields["upload_ok"] == 1 and beat.fields["upload_state"] == CODE["ok"]
+    assert beat.fields["upload_failing_s"] == 0.0
+    spool.close()
