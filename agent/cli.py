@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -39,6 +40,8 @@ examples:
   sinyal-agent once --json            one JSON record per line
   sinyal-agent run                    live view on a terminal, log lines under systemd
   sinyal-agent doctor                 what is wrong and how to fix it
+  sudo sinyal-agent enroll --collector https://collector.example 7KQ2M-9XD4T
+                                      enrol with a code from the control room's sheet
   sinyal-agent simulate --collector URL --tokens tokens.csv --profile good4g=0.9,congested=0.1
                                       a simulated fleet for load tests and drills
 
@@ -154,6 +157,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     _add_simulate(add)
+    enr = add(
+        "enroll",
+        "enrol this device with a code from the control room's sheet",
+        "Exchange a single-use enrolment code (from `sinyal-collector agents enroll`) for\n"
+        "this station's token and station block: the token goes to the token file (0600,\n"
+        "owned by the sinyal user when run as root), the station (id, name, lat, lon, tz)\n"
+        "and the collector's URL into the config (-c FILE; other sections are kept). Then\n"
+        "the config is checked, the doctor's checks run, and the sinyal-agent service is\n"
+        "enabled and (re)started when systemd has it (else it says how to start the agent).\n"
+        "The token is never printed. Exit 0 enrolled and healthy, 1 enrolment refused or\n"
+        "a doctor check failed, 2 bad usage or the resulting config is invalid.",
+    )
+    enr.add_argument("code", metavar="CODE", help="the enrolment code, e.g. 7KQ2M-9XD4T")
+    enr.add_argument(
+        "--collector", required=True, metavar="URL", help="the collector's URL (on the sheet)"
+    )
+    enr.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="where the token goes (default: the config's collector.token_file, else "
+        "/etc/sinyal/token)",
+    )
+    enr.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
+    enr.add_argument("--no-start", action="store_true", help="do not (re)start the service")
     return p
 
 
@@ -259,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "simulate":
         return cmd_simulate(args)  # a load generator: no agent config
+    if args.command == "enroll":
+        return cmd_enroll(args)  # writes the config: it need not be valid yet
     try:
         cfg, th = _load(args)
     except ConfigError as exc:
@@ -631,8 +660,6 @@ def cmd_doctor(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from agent import simulate
 
     def bad(message: str) -> int:
@@ -703,6 +730,94 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     # Nothing acknowledged while requests failed: the collector was not usable.
     return EXIT_FAIL if report.errors and not report.records_accepted else EXIT_OK
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from agent import enroll
+
+    def fail(message: str, code: int = EXIT_FAIL) -> int:
+        print(f"sinyal-agent enroll: {message}", file=sys.stderr)
+        return code
+
+    url = args.collector.strip()
+    if agent_config._http_url(url) is None:
+        return fail(f"--collector: got {url!r}, expected an http:// or https:// URL", EXIT_CONFIG)
+    ca = Path(args.ca_bundle) if args.ca_bundle else None
+    if ca is not None and not ca.is_file():
+        return fail(f"--ca-bundle: {ca}: no such file", EXIT_CONFIG)
+    config_path = Path(args.config or agent_config.default_config_path())
+    token_file = Path(args.token_file) if args.token_file else _token_file_of(config_path)
+    try:
+        answer = enroll.exchange(url, args.code, ca, 30.0)
+    except enroll.EnrollError as exc:
+        return fail(f"{exc} (nothing was changed)")
+    station = answer.station
+    try:
+        enroll.write_token(token_file, answer.token)
+        old = enroll.configure(config_path, answer, url, token_file)
+        if old is None:  # a new config: probe the collector's host
+            text = config_path.read_text(encoding="utf-8")
+            host = urlsplit(url).hostname or "127.0.0.1"
+            config_path.write_text(enroll.new_config_targets(text, host), encoding="utf-8")
+    except OSError as exc:
+        return fail(
+            f"cannot write {exc.filename or token_file}: {exc.strerror}; run as root "
+            "(sudo sinyal-agent enroll ...). The code is used: ask for a new one"
+        )
+    print(
+        f"enrolled station {station['id']} ({station['name']}, {station['tz']}): token "
+        f"{answer.token_id} in {token_file} (mode 0600), station and collector in {config_path}"
+    )
+    try:
+        cfg = agent_config.load(config_path)
+    except ConfigError as exc:
+        if old is not None:
+            config_path.write_text(old, encoding="utf-8")
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return fail(
+            f"the config is not valid with this station block; {config_path} was put back "
+            f"as it was (the token stays in {token_file})",
+            EXIT_CONFIG,
+        )
+    from agent.preflight import FAIL, run_checks
+
+    checks = run_checks(cfg)
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    for c in checks:
+        print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+        if c.fix and c.status != "ok":
+            print(f"       fix: {c.fix}")
+    failed = any(c.status == FAIL for c in checks)
+    if args.no_start:
+        print(f"not started (--no-start): start it with `systemctl restart {enroll.SERVICE}`")
+    else:
+        started, what = enroll.start_service()
+        if started:
+            print(what)
+        else:
+            print(f"not started: {what}; start the agent with: sinyal-agent run -c {config_path}")
+    if failed:
+        print("enrolled, but a check failed: see the fixes above", file=sys.stderr)
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def _token_file_of(config_path: Path) -> Path:
+    """The token file an existing config names, else /etc/sinyal/token."""
+    from agent.enroll import DEFAULT_TOKEN_FILE
+
+    try:
+        doc = agent_config.read_yaml(config_path)
+    except ConfigError:
+        return DEFAULT_TOKEN_FILE
+    collector = doc.get("collector") if isinstance(doc, dict) else None
+    named = collector.get("token_file") if isinstance(collector, dict) else None
+    if isinstance(named, str) and named:
+        p = Path(named).expanduser()
+        return p if p.is_absolute() else config_path.resolve().parent / p
+    return DEFAULT_TOKEN_FILE
 
 
 if __name__ == "__main__":
