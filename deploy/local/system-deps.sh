@@ -2,11 +2,12 @@
 # System tools the test suite uses as real peers: fping (RTT reference), iperf3 (throughput
 # reference), nginx (the Speedtest Mini endpoint at high concurrency), socat (a relay into the
 # field lab), faketime (a board whose clock is wrong), dnsmasq (resolver), iptables and
-# iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
+# iproute2 (namespaces, loss), iputils-ping, debootstrap (a clean Debian root for the install
+# test), poppler-utils (pdftotext: the enrolment sheet). Installed with apt when running as
 # root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
 packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
-    procps util-linux influxdb victoria-metrics)
+    procps util-linux debootstrap poppler-utils influxdb victoria-metrics)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.netns]
 PIP_ENV = {
     "PIP_NO_INDEX": "1",
     "PIP_FIND_LINKS": "/wheels",
-    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 }
 
 
@@ -84,7 +84,8 @@ def test_install_enrol_run_reinstall_uninstall(
         for line in ("ProtectSystem=strict", "NoNewPrivileges=true",
                      "CapabilityBoundingSet=CAP_NET_RAW", "StateDirectory=sinyal"):  # fmt: skip
             assert line in unit
-        assert (root / "etc/systemd/system/multi-user.target.wants/sinyal-agent.service").exists()
+        wants = root / "etc/systemd/system/multi-user.target.wants/sinyal-agent.service"
+        assert wants.is_symlink()  # enabled (its target is absolute: inside the root)
         owner = ok(in_root(root, "stat -c '%U %a' /var/lib/sinyal /etc/sinyal/token"))
         assert owner.split("\n")[:2] == ["sinyal 750", "sinyal 600"]
         # not enrolled yet: the unit's pre-start check refuses, saying what to do
