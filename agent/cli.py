@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     cc = add(
         "check-config",
         "validate the configuration (exit 2 when invalid)",
-        "Validate the config, the thresholds file and the token file. Every problem is\n"
+        "Validate the config and the thresholds file (and the token file). Every problem is\n"
         "printed at once as FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid,\n"
         "2 when not. Host names that do not resolve now are warnings (the uplink may not be\n"
         "up yet); `doctor` fails on them.",
