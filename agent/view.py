@@ -221,7 +221,7 @@ class BoardView:
 
         now = time.time()
         head = Text(
-            f"Sinyal agent · station {self.station} · {format_local(now, self.tz)}",
+            f"Sinyal · station {self.station} · {format_local(now, self.tz)}",
             style="bold",
             overflow="ellipsis",
             no_wrap=True,
@@ -241,27 +241,43 @@ class BoardView:
         if height is not None:
             used = sum(_lines(x, width) for x in (*top, *bottom))
             budget = max(0, height - used)
-        # Summarise the largest kinds first until the rest fits as tables.
-        summarised: set[str] = set()
+        # Summarise the largest kinds first until the rest fits as tables; a summarised kind
+        # then shows as many of its rows as the lines left allow, failures first.
+        shown: dict[str, int] = {k: len(rows_of[k]) for k in kinds}  # rows shown per kind
         if budget is not None:
             cost = {k: _TABLE_OVERHEAD + len(rows_of[k]) for k in kinds}
+            summarised: list[str] = []
             for k in sorted(kinds, key=lambda k: -cost[k]):
                 if sum(1 if x in summarised else cost[x] for x in kinds) <= budget:
                     break
-                summarised.add(k)
+                summarised.append(k)
+                shown[k] = 0
+            left = budget - sum(1 if x in summarised else cost[x] for x in kinds)
+            for k in summarised:
+                rows_fit = min(len(rows_of[k]) - 1, left - _TABLE_OVERHEAD)
+                if rows_fit >= 1:
+                    shown[k] = rows_fit
+                    left -= _TABLE_OVERHEAD + rows_fit
         parts = list(top)
         for kind in kinds:
-            if kind in summarised:
-                parts.append(self.summary(kind, [row for _, row in rows_of[kind]]))
-            else:
-                parts.append(self.table(kind, rows_of[kind], width, now))
+            rows = rows_of[kind]
+            n = shown[kind]
+            if n == len(rows):
+                parts.append(self.table(kind, rows, width, now))
+                continue
+            worst = sorted(rows, key=lambda kr: (kr[1].latest.error is None, kr[0]))
+            if n:
+                parts.append(self.table(kind, worst[:n], width, now))
+            parts.append(self.summary(kind, [row for _, row in worst[n:]], more=bool(n)))
         return Group(*parts, *bottom)
 
-    def summary(self, kind: str, rows: Sequence[Row]) -> Text:
+    def summary(self, kind: str, rows: Sequence[Row], more: bool = False) -> Text:
+        """One line for rows that do not fit: how many, how many ok, which fail."""
         from rich.text import Text
 
         bad = [row.latest for row in rows if row.latest.error is not None]
-        text = Text(f"{kind}: {len(rows)} targets, {len(rows) - len(bad)} ok", style="bold cyan")
+        what = f"… {len(rows)} more {kind} targets" if more else f"{kind}: {len(rows)} targets"
+        text = Text(f"{what}, {len(rows) - len(bad)} ok", style="bold cyan")
         if bad:
             names = ", ".join(series_key(r)[2] for r in bad[:3]) + ("…" if len(bad) > 3 else "")
             text.append(f", {len(bad)} failing: {names}", style="bold red")

@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.harness.dbs",
     "tests.harness.lab.fixtures",
     "tests.harness.collector_stack",
+    "tests.harness.debroot",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

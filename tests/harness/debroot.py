@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, require_root, require_tool
 
 CACHE = Path(os.environ.get("SINYAL_TEST_CACHE", "/var/cache/sinyal"))
 SUITE = "bookworm"
@@ -80,12 +82,20 @@ def _sh(*cmd: str) -> None:
     subprocess.run(list(cmd), check=True, capture_output=True, text=True, timeout=60)
 
 
+@pytest.fixture(scope="session")
+def debian_root() -> tuple[Path, Path]:
+    """(cached debootstrap root, wheelhouse), made once per machine and reused by every
+    session (the first run takes minutes, later ones nothing)."""
+    require_root()
+    for tool in ("debootstrap", "chroot", "mount"):
+        require_tool(tool)
+    return cached_root(), wheelhouse()
+
+
 @contextlib.contextmanager
-def fresh_root(work: Path) -> Iterator[Path]:
+def fresh_root(work: Path, lower: Path, wheels: Path) -> Iterator[Path]:
     """A writable root over the cached one, with /proc, /sys, /dev, the checkout in /src and
     the wheelhouse in /wheels; everything is unmounted afterwards, whatever happens."""
-    lower = cached_root()
-    wheels = wheelhouse()
     upper, workdir, merged = work / "upper", work / "work", work / "root"
     for d in (upper, workdir, merged):
         d.mkdir(parents=True)

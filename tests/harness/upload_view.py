@@ -32,7 +32,8 @@ def screen(url: str, token: str, age_s: float = 60.0, width: int = 80, height: i
         spool = Spool(Path(tmp) / "spool.sqlite3")
         records = []
         for i in range(TARGETS):
-            d = golden("icmp-ok", age_s=age_s + i)
+            # The last two targets are lost: the view must show them first.
+            d = golden("icmp-ok" if i < TARGETS - 2 else "icmp-total-loss", age_s=age_s + i)
             d["tags"]["target"] = f"target-{i:02d}"
             records.append(Record.from_dict(d))
         records.append(Record.from_dict(golden("dns-ok", age_s=age_s)))

@@ -63,15 +63,15 @@ def spool_count(root: Path) -> int:
 
 
 def test_install_enrol_run_reinstall_uninstall(
-    tmp_path: Path, influxdb: InfluxServer, influx_database: str
+    tmp_path: Path, influxdb: InfluxServer, influx_database: str, debian_root: tuple[Path, Path]
 ) -> None:
-    for tool in ("debootstrap", "chroot", "setpriv", "ip"):
+    for tool in ("setpriv", "ip"):
         require_tool(tool)
     from tests.harness.debroot import fresh_root
 
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    with Lab() as lab, fresh_root(tmp_path / "deb") as root:
+    with Lab() as lab, fresh_root(tmp_path / "deb", *debian_root) as root:
         timings["root ready (cached debootstrap, overlay)"] = time.monotonic() - t0
         # 1. install, as on a fresh Pi
         t = time.monotonic()

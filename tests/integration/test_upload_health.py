@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,17 @@ def check_screen(text: str, expect: str) -> list[str]:
     lines = text.rstrip("\n").split("\n")
     assert len(lines) <= 24, text
     assert all(len(line) <= 80 for line in lines), text
-    assert lines[0].startswith(f"Sinyal agent · station {STATION} · 20")
+    assert lines[0].startswith(f"Sinyal · station {STATION} · 20")
     assert lines[0].endswith(" WITA")
     upload = " ".join(lines[1:4])  # the upload line, wrapped on 80 columns
     assert expect in upload, text
-    assert "icmp: 30 targets, 30 ok" in text  # too many for 24 lines: summarised
+    # 30 targets do not fit in 24 lines: the failing ones first, then as many as fit, then a
+    # summary of the rest; the spool line stays at the bottom.
+    icmp = lines.index(next(line for line in lines if line.startswith("icmp")))
+    assert lines[icmp + 2].split()[:2] == ["target-28", "timeout"]
+    assert lines[icmp + 3].split()[:2] == ["target-29", "timeout"]
+    assert re.fullmatch(r"… \d+ more icmp targets, \d+ ok", lines[-2]), text
+    assert lines[-1].startswith("spool ")
     return lines
 
 
