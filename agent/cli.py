@@ -749,6 +749,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return fail(f"--ca-bundle: {ca}: no such file", EXIT_CONFIG)
     config_path = Path(args.config or agent_config.default_config_path())
     token_file = Path(args.token_file) if args.token_file else _token_file_of(config_path)
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not _local_host(host):
+        print(
+            "sinyal-agent enroll: warning: http:// sends the code and the token unencrypted; "
+            "use the collector's https:// URL in the field",
+            file=sys.stderr,
+        )
     try:
         answer = enroll.exchange(url, args.code, ca, 30.0)
     except enroll.EnrollError as exc:
@@ -802,6 +809,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if failed:
         print("enrolled, but a check failed: see the fixes above", file=sys.stderr)
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _local_host(host: str) -> bool:
+    """Loopback, private or lab addresses, where plain http is a reasonable choice."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return ip.is_loopback or ip.is_private
 
 
 def _token_file_of(config_path: Path) -> Path:

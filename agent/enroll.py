@@ -83,7 +83,14 @@ def _answer(doc: Any) -> Answer:
         isinstance(st.get("id"), str)
         and _STATION_ID_RE.fullmatch(st["id"]) is not None
         and isinstance(st.get("name"), str)
-        and all(isinstance(st.get(k), int | float) for k in ("lat", "lon"))
+        and 0 < len(st["name"]) <= 200
+        and st["name"].isprintable()
+        and all(
+            isinstance(st.get(k), int | float) and not isinstance(st.get(k), bool)
+            for k in ("lat", "lon")
+        )
+        and -90 <= st["lat"] <= 90
+        and -180 <= st["lon"] <= 180
         and _timezone(st.get("tz")) is not None
         and re.fullmatch(r"[A-Za-z0-9_\-]{8,256}", token) is not None
     )

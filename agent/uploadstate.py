@@ -142,9 +142,13 @@ class Tracker:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
+        # The first outcome after a start is logged whatever it is (journald then says the
+        # state after every restart); `since` carries over when the state did not change.
+        self.kind: str | None = None
+        self.reason = ""
         state = spool.state()
-        self.kind = state.get("upload_kind") or None
-        self.reason = state.get("upload_reason", "")
+        self.stored_kind = state.get("upload_kind") or None
+        self.stored_reason = state.get("upload_reason", "")
 
     def _now(self) -> str:
         return format_time(datetime.now(UTC))
@@ -157,11 +161,14 @@ class Tracker:
             "upload_reason": "uploads reach the collector",
         }
         if self.kind != OK:
-            values["upload_since"] = now
-            if self.kind not in (None, NEVER):
-                log.info("uploads work again (was: %s)", self.reason)
+            if self.stored_kind != OK or self.kind is not None:
+                values["upload_since"] = now
+            was = self.reason if self.kind is not None else self.stored_reason
+            failed_before = (self.kind or self.stored_kind) not in (None, NEVER, OK)
+            if failed_before:
+                log.info("uploads work again (was: %s)", was)
             else:
-                log.info("first upload accepted by the collector")
+                log.info("uploads work: the collector accepts this station's records")
         self.kind, self.reason = OK, values["upload_reason"]
         self.spool.set_state(**values)
 
@@ -175,7 +182,8 @@ class Tracker:
             "upload_reason": reason,
         }
         if kind != self.kind:
-            values["upload_since"] = now
+            if self.kind is not None or self.stored_kind != kind:
+                values["upload_since"] = now
             log.warning("uploads failing: %s; results stay in the spool", reason)
         self.kind, self.reason = kind, reason
         self.spool.set_state(**values)

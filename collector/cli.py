@@ -659,6 +659,10 @@ def cmd_agents_enroll(args: argparse.Namespace, cfg: CollectorConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if args.pdf and os.path.lexists(args.pdf):
+        print(f"error: --pdf {args.pdf}: exists; the sheet is never written over a file",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
     if args.collector_url and not args.collector_url.startswith(("http://", "https://")):
         print(f"--collector-url: got {args.collector_url!r}, expected an http(s) URL",
               file=sys.stderr)  # fmt: skip

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import secrets
 import sqlite3
 import threading
@@ -127,8 +128,26 @@ def parse_duration(text: str) -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
+MAX_SOURCES = 100_000  # addresses tracked at once; beyond, the stalest are forgotten
+
+
+def source_key(address: str) -> str:
+    """The unit the limit applies to: an IPv4 address, or an IPv6 /64 (one subscriber's
+    prefix: rotating addresses inside it does not earn more attempts)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class RateLimiter:
-    """Failed attempts per source address in a sliding window (in memory: per process)."""
+    """Failed attempts per source (source_key) in a sliding window, in memory, per process.
+    Memory is bounded: at most MAX_SOURCES sources are tracked."""
 
     def __init__(self, attempts: int = ATTEMPTS, window_s: float = WINDOW_S) -> None:
         self.attempts = attempts
@@ -136,11 +155,25 @@ class RateLimiter:
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, source: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(source, deque())
+    def _recent(self, address: str, now: float) -> deque[float]:
+        source = source_key(address)
+        if source not in self._failures and len(self._failures) >= MAX_SOURCES:
+            self._forget(now)
+        q = self._failures.setdefault(source, deque(maxlen=self.attempts))
         while q and q[0] <= now - self.window_s:
             q.popleft()
         return q
+
+    def _forget(self, now: float) -> None:
+        """Drop sources whose failures are all out of the window; if that frees too little,
+        the half with the oldest last failure (a flood of fresh sources cannot grow memory)."""
+        stale = [k for k, q in self._failures.items() if not q or q[-1] <= now - self.window_s]
+        for k in stale:
+            del self._failures[k]
+        if len(self._failures) >= MAX_SOURCES:
+            by_age = sorted(self._failures, key=lambda k: self._failures[k][-1])
+            for k in by_age[: len(by_age) // 2]:
+                del self._failures[k]
 
     def retry_after(self, source: str) -> float | None:
         """Seconds until `source` may try again, or None when it may try now."""
@@ -149,7 +182,7 @@ class RateLimiter:
             q = self._recent(source, now)
             if len(q) < self.attempts:
                 if not q:
-                    self._failures.pop(source, None)  # keeps the table small
+                    self._failures.pop(source_key(source), None)  # keeps the table small
                 return None
             return max(1.0, q[0] + self.window_s - now)
 

@@ -5,6 +5,7 @@ by segno). The QR code holds the command to type on the device, so a phone can s
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,11 @@ def write_pdf(path: Path, codes: Sequence[IssuedCode], collector_url: str | None
         pdf.multi_cell(210 - x - 8, 4, _latin1(command(collector_url, issued.code)))
         pdf.set_draw_color(160, 160, 160)
         pdf.line(5, top + card_h - 0.5, 205, top + card_h - 0.5)
-    pdf.output(str(path))
+    data = bytes(pdf.output())
+    # The sheet holds live codes: readable by its owner only, and never over another file.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _latin1(text: str) -> str:

@@ -118,6 +118,13 @@ def test_each_change_logged_once_and_status_and_heartbeat(
         "uploads failing: collector unreachable: connection refused by 127.0.0.1; "
         "results stay in the spool"
     ]
+    # after a restart the state is logged once more, and "since" is still when it began
+    since = spool.state()["upload_since"]
+    caplog.clear()
+    again = Uploader(spool, Collector(down.collector.url, token="x"), STATION)
+    asyncio.run(attempts(again, 2))
+    assert len([r for r in caplog.records if "failing" in r.getMessage()]) == 1
+    assert spool.state()["upload_since"] == since
     beat = Heartbeat(STATION, spool).record()
     assert beat.fields["upload_ok"] == 0
     assert beat.fields["upload_state"] == CODE["refused"]

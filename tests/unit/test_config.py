@@ -537,3 +537,25 @@ def test_unreadable_token_file_fails_check_config(tmp_path_factory: pytest.TempP
     ) in proc.stderr.splitlines()
     assert "secret-token-value" not in proc.stderr + proc.stdout
     shutil.rmtree(tmp_path)
+
+
+def test_field_config_of_the_installer_is_valid_once_enrolled(tmp_path: Path) -> None:
+    """config/agent.field.yaml is what deploy/install.sh puts in /etc/sinyal/agent.yaml: with
+    a token in the token file (as `enroll` leaves it) it is valid; with the empty token file
+    the installer creates, check-config says to enrol."""
+    token = tmp_path / "token"
+    token.write_text("")
+    env = {
+        "SINYAL_COLLECTOR__TOKEN_FILE": str(token),
+        "SINYAL_THRESHOLDS_FILE": str(ROOT / "config" / "thresholds.yaml"),
+        "SINYAL_DATA_DIR": str(tmp_path / "data"),
+    }
+    path = ROOT / "config" / "agent.field.yaml"
+    with pytest.raises(ConfigError) as info:
+        agent_config.load(path, environ=env)
+    [error] = info.value.errors
+    assert "it is empty: run sinyal-agent enroll" in error
+    token.write_text("sny_test\n")
+    cfg = agent_config.load(path, environ=env)
+    assert cfg.data_dir == tmp_path / "data"
+    assert yaml.safe_load(path.read_text())["data_dir"] == "/var/lib/sinyal"
