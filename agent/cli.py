@@ -519,19 +519,22 @@ def _run_live(
         return UploadView(Health.from_state(spool.state()), st.records, st.oldest_measured_at)
 
     def status_line() -> str:
+        # The backlog and its age are on the upload line; this one says what runs next.
         st = spool.stats()
-        age = oldest_age_s(st)
-        parts = [
-            f"spool {st.records} records ({st.bytes / 1024:.0f} KiB)",
-            f"oldest {age:.0f}s" if age is not None else "empty",
-            f"dropped {st.dropped_total}",
-        ]
+        parts = [f"spool {st.bytes / 1024:.0f} KiB", f"dropped {st.dropped_total}"]
+        if cfg.collector is None:
+            age = oldest_age_s(st)
+            parts.insert(1, f"{st.records} records, oldest {age or 0:.0f}s")
         if daemon is not None:
             now = time.time()
-            for s in daemon.scheduler.states:
-                if s.next_run is not None:
-                    parts.append(f"{s.probe.kind} in {max(0.0, s.next_run - now):.0f}s")
-        return " · ".join(parts) + " · Ctrl-C to stop"
+            nxt = [
+                f"{s.probe.kind} {max(0.0, s.next_run - now):.0f}s"
+                for s in daemon.scheduler.states
+                if s.next_run is not None
+            ]
+            if nxt:
+                parts.append("next " + ", ".join(nxt))
+        return " · ".join(parts) + " · Ctrl-C stops"
 
     view = BoardView(th, cfg.station.id, status_line, tz=tz, upload=upload)
     with LiveView(view, console) as lv:

@@ -123,5 +123,9 @@ def fresh_root(work: Path, lower: Path, wheels: Path) -> Iterator[Path]:
         mounted.append(merged / "wheels")
         yield merged
     finally:
+        unmounted = True
         for m in reversed(mounted):
-            subprocess.run(["umount", "-l", str(m)], capture_output=True, timeout=60)
+            done = subprocess.run(["umount", "-l", str(m)], capture_output=True, timeout=60)
+            unmounted = unmounted and done.returncode == 0
+        if unmounted:  # the upper layer holds a venv: about 100 MB per run
+            shutil.rmtree(upper, ignore_errors=True)

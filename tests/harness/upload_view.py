@@ -50,7 +50,7 @@ def screen(url: str, token: str, age_s: float = 60.0, width: int = 80, height: i
         view = BoardView(
             load_thresholds(ROOT / "config" / "thresholds.yaml"),
             STATION,
-            lambda: "spool 31 records · icmp in 12s · Ctrl-C to stop",
+            lambda: "spool 12 KiB · dropped 0 · next icmp 12s · Ctrl-C stops",
             tz=TZ,
             upload=lambda: UploadView(
                 Health.from_state(spool.state()),
