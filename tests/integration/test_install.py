@@ -84,6 +84,9 @@ def test_install_enrol_run_reinstall_uninstall(
         for line in ("ProtectSystem=strict", "NoNewPrivileges=true",
                      "CapabilityBoundingSet=CAP_NET_RAW", "StateDirectory=sinyal"):  # fmt: skip
             assert line in unit
+        # systemd itself finds nothing wrong with the unit (directives, paths, the user)
+        verified = in_root(root, "systemd-analyze verify /etc/systemd/system/sinyal-agent.service")
+        assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
         wants = root / "etc/systemd/system/multi-user.target.wants/sinyal-agent.service"
         assert wants.is_symlink()  # enabled (its target is absolute: inside the root)
         owner = ok(in_root(root, "stat -c '%U %a' /var/lib/sinyal /etc/sinyal/token"))
