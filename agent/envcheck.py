@@ -34,13 +34,20 @@ AGENT_KEYS = frozenset(
 COLLECTOR_KEYS = frozenset({"listen", "sink", "data_dir", "thresholds_file", "status", "limits"})
 
 # Variables that are not config overrides: the config file paths, and the settings of the
-# deploy scripts and Grafana provisioning (deploy/local/run.sh, grafana/datasources/).
+# deploy scripts, the compose stack and Grafana provisioning (deploy/local/run.sh,
+# deploy/compose/, grafana/datasources/), and of the test harness. A new SINYAL_ variable
+# anywhere in the project is added here, or both programs refuse to start where it is set.
 OTHER_NAMES = frozenset(
     {
         "SINYAL_CONFIG",
         "SINYAL_COLLECTOR_CONFIG",
         "SINYAL_RUN_DIR",
         "SINYAL_COLLECTOR_PORT",
+        "SINYAL_STATIONS_CSV",
+        "SINYAL_ALERT_WEBHOOK_URL",
+        "SINYAL_ALERT_EMAILS",
+        "SINYAL_FIELD_EMAILS",
+        "SINYAL_TEST_CACHE",
         "SINYAL_INFLUX_URL",
         "SINYAL_INFLUX_PORT",
         "SINYAL_INFLUX_DATABASE",

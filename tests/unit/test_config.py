@@ -559,3 +559,26 @@ def test_field_config_of_the_installer_is_valid_once_enrolled(tmp_path: Path) ->
     cfg = agent_config.load(path, environ=env)
     assert cfg.data_dir == tmp_path / "data"
     assert yaml.safe_load(path.read_text())["data_dir"] == "/var/lib/sinyal"
+
+
+def test_every_sinyal_variable_the_project_uses_is_known() -> None:
+    """A SINYAL_ name used anywhere in the repository (deploy scripts, compose, Grafana
+    provisioning, docs) is a config override of one program or listed in OTHER_NAMES, so
+    neither program refuses an environment the project itself sets up."""
+    import re
+
+    from agent.envcheck import AGENT_KEYS, COLLECTOR_KEYS, OTHER_NAMES
+
+    used: set[str] = set()
+    for sub in ("deploy", "grafana", "docs", "config", "agent", "collector", "Makefile"):
+        base = ROOT / sub
+        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
+        for f in files:
+            try:
+                used |= set(re.findall(r"\bSINYAL_[A-Z0-9_]*[A-Z0-9]\b", f.read_text()))
+            except UnicodeDecodeError:
+                continue
+    examples = {"SINYAL_DATA_DIRR", "SINYAL_A__B"}  # typos and placeholders in docs
+    for name in sorted(used - OTHER_NAMES - examples):
+        top = name.removeprefix("SINYAL_").split("__")[0].lower()
+        assert top in AGENT_KEYS | COLLECTOR_KEYS, f"{name} is neither a config key nor known"
