@@ -26,8 +26,10 @@ from tests.conftest import ROOT
 from tests.harness.collector_stack import (
     STATION,
     Stack,
+    collector_config_file,
     free_port,
     golden,
+    running_collector,
 )
 from tests.harness.netns import netns_lab  # noqa: F401  (fixture)
 from tests.harness.upload_view import screen
@@ -69,6 +71,25 @@ def test_clock_not_synchronised(stack: Stack) -> None:
     # A board whose clock is 40 days behind (trust: system): the collector refuses the time.
     text = screen(stack.url, stack.token, age_s=40 * 86400)
     check_screen(text, "UPLOAD FAILING: clock not synchronised: the collector refused 31")
+
+
+def test_tls_not_trusted() -> None:
+    # An https server whose certificate comes from a CA the agent was not given.
+    from tests.harness.servers import http_server
+
+    with http_server(tls=True) as server:
+        text = screen(server.url(""), "sny_x")
+    check_screen(text, "UPLOAD FAILING: TLS failure with 127.0.0.1: certificate not trusted")
+
+
+def test_database_down(tmp_path: Path) -> None:
+    # The collector answers, its InfluxDB does not: 503, records stay in the spool.
+    from tests.harness.servers import closed_port
+
+    cfg = collector_config_file(tmp_path, f"http://127.0.0.1:{closed_port()}", "sinyal")
+    with running_collector(cfg) as down:
+        text = screen(down.url, down.token)
+    check_screen(text, "UPLOAD FAILING: collector error (503): its database is down")
 
 
 def test_upload_ok(stack: Stack) -> None:
