@@ -7,6 +7,7 @@ station's zone, and the heartbeat carries the state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -176,4 +177,38 @@ def test_each_change_logged_once_and_status_and_heartbeat(
     beat = Heartbeat(STATION, spool).record()
     assert beat.fields["upload_ok"] == 1 and beat.fields["upload_state"] == CODE["ok"]
     assert beat.fields["upload_failing_s"] == 0.0
+    spool.close()
+
+
+def test_records_waiting_for_a_clock_that_cannot_be_read(tmp_path: Path) -> None:
+    """A board without a synchronised clock (clock.trust: collector) behind a server that is
+    not a Sinyal collector (its /api/v1/time answers 404): the records wait for a time, and
+    the state says so instead of staying silent."""
+    from agent.clock import boot_id, clock_info
+    from agent.timekeeper import TimeKeeper
+    from tests.harness.servers import http_server
+
+    if boot_id() is None:
+        pytest.skip("no kernel boot id here")
+    spool = Spool(tmp_path / "spool.sqlite3")
+    tk = TimeKeeper(spool, "collector")
+    record = Record.from_dict(golden("icmp-ok"))
+    spool.put(tk.stamp([dataclasses.replace(record, clock=clock_info(synced=0))]))
+    assert spool.untimed(boot_id()) == 1
+    with http_server() as server:
+        up = Uploader(spool, Collector(server.url(""), token="x"), STATION, timekeeper=tk)
+
+        async def once() -> object:
+            try:
+                return await up.upload_once()
+            finally:
+                await up.aclose()
+
+        assert asyncio.run(once()) is None  # nothing sendable: the record is held
+    state = spool.state()
+    assert state["upload_kind"] == "clock"
+    assert state["upload_reason"] == (
+        "clock not synchronised: 1 record(s) wait for the collector's clock "
+        "(HTTP 404 from /api/v1/time)"
+    )
     spool.close()
