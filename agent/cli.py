@@ -752,6 +752,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return fail(f"--ca-bundle: {ca}: no such file", EXIT_CONFIG)
     config_path = Path(args.config or agent_config.default_config_path())
     token_file = Path(args.token_file) if args.token_file else _token_file_of(config_path)
+    # Before the code is spent: can the token and the config be written here?
+    for target in (token_file, config_path):
+        problem = enroll.unwritable(target)
+        if problem is not None:
+            return fail(f"{problem}; run as root: sudo sinyal-agent enroll ... (the code is "
+                        "still unused)", EXIT_CONFIG)  # fmt: skip
     host = urlsplit(url).hostname or ""
     if url.startswith("http://") and not _local_host(host):
         print(
@@ -773,8 +779,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             config_path.write_text(enroll.new_config_targets(text, host), encoding="utf-8")
     except OSError as exc:
         return fail(
-            f"cannot write {exc.filename or token_file}: {exc.strerror}; run as root "
-            "(sudo sinyal-agent enroll ...). The code is used: ask for a new one"
+            f"cannot write {exc.filename or token_file}: {exc.strerror}. The code is used: "
+            "fix that and ask the control room for a new one"
         )
     print(
         f"enrolled station {station['id']} ({station['name']}, {station['tz']}): token "

@@ -120,6 +120,21 @@ def write_token(path: Path, token: str) -> None:
         raise
 
 
+def unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written (created or replaced) by this process, or None."""
+    try:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent  # it will be created under the nearest existing directory
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot write {path}: no write permission in {parent}"
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"cannot write {path}: no write permission"
+    except OSError as exc:  # a directory on the way that this user may not enter
+        return f"cannot write {path}: {exc.strerror}"
+    return None
+
+
 def _agent_user() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None

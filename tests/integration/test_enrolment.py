@@ -175,3 +175,33 @@ def test_codes_for_a_regency_and_the_printed_sheet(
 def test_enroll_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = agent_cli.main(["enroll", "--collector", "ftp://x", "AAAAA-AAAAA", "--no-start"])
     assert rc == 2 and "--collector: got 'ftp://x'" in capsys.readouterr().err
+
+
+def test_a_user_who_cannot_write_the_config_keeps_the_code(
+    tmp_path: Path, stack: Stack, device: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without sudo, enroll stops before spending the code: it still works afterwards."""
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run enroll as another user")
+    require_tool("setpriv")
+    code = issue(capsys, stack)
+    tmp_path.chmod(0o755)
+    device.chmod(0o644)
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "agent.cli", "enroll", "--collector", stack.url, code, "-c", str(device),
+         "--token-file", str(tmp_path / "token"), "--no-start"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"sinyal-agent enroll: cannot write {tmp_path / 'token'}: " in proc.stderr
+    assert "the code is still unused" in proc.stderr
+    rc, _, err = enroll(capsys, tmp_path, stack, code)
+    assert rc == 0, err
