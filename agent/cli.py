@@ -296,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = len(exc.errors)
         print(f"{n} problem{'s' if n != 1 else ''}; see docs/configuration.md", file=sys.stderr)
         return EXIT_CONFIG
+    _setup_logging(args.verbose, tz=cfg.station.tz)  # log times in the station's zone
     handler = {
         "check-config": cmd_check_config,
         "once": cmd_once,
@@ -464,7 +465,6 @@ def _run_plain(args: argparse.Namespace, cfg: AgentConfig, env: Any, spool: Any)
     from agent.runner import Daemon
     from agent.view import format_line
 
-    _setup_logging(args.verbose, tz=cfg.station.tz)
     tz = cfg.station.tz
 
     def show(records: Sequence[Any]) -> None:
