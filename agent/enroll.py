@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agent.config import _STATION_ID_RE, _timezone
+from agent.contract.configkit import STATION_ID_RE, timezone
 
 SERVICE = "sinyal-agent"
 DEFAULT_TOKEN_FILE = Path("/etc/sinyal/token")
@@ -81,7 +81,7 @@ def _answer(doc: Any) -> Answer:
         raise bad
     ok = (
         isinstance(st.get("id"), str)
-        and _STATION_ID_RE.fullmatch(st["id"]) is not None
+        and STATION_ID_RE.fullmatch(st["id"]) is not None
         and isinstance(st.get("name"), str)
         and 0 < len(st["name"]) <= 200
         and st["name"].isprintable()
@@ -91,7 +91,7 @@ def _answer(doc: Any) -> Answer:
         )
         and -90 <= st["lat"] <= 90
         and -180 <= st["lon"] <= 180
-        and _timezone(st.get("tz")) is not None
+        and timezone(st.get("tz")) is not None
         and re.fullmatch(r"[A-Za-z0-9_\-]{8,256}", token) is not None
     )
     if not ok:

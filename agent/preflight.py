@@ -158,7 +158,7 @@ def collector_checks(config: AgentConfig) -> list[Check]:
         ]
     import httpx
 
-    from agent.record import parse_time
+    from agent.contract.record import parse_time
     from agent.uploader import PATH, envelope_bytes
 
     verify: str | bool = str(c.ca_bundle) if c.ca_bundle else True

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from agent.record import format_time, parse_time
+from agent.contract.record import format_time, parse_time
 from agent.spool import Spool
 
 log = logging.getLogger("sinyal.uploader")

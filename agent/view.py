@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.record import Record, parse_time
-from agent.thresholds import Grade, Thresholds
+from agent.contract.record import Record, parse_time
+from agent.contract.thresholds import Grade, Thresholds
 from agent.uploadstate import NEVER, OK, Health, ago, format_local
 
 if TYPE_CHECKING:

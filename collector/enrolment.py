@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.registry import Registry, Station, TokenInfo
+from collector.registry import Registry, TokenInfo
+from collector.station import Station
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 CODE_LENGTH = 10

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.record import parse_time
+from agent.contract.record import parse_time
 from collector.enrolment import IssuedCode
 
 CARDS_PER_PAGE = 4  # A4 portrait, one below the other: big enough to read in the field

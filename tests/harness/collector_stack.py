@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 import yaml
 
-from agent.record import format_time
+from agent.contract.record import format_time
 from collector import config as collector_config
 from collector.app import create_app
 from collector.config import CollectorConfig

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from agent.config import Collector
-from agent.record import Record
+from agent.config import CollectorEndpoint as Collector
+from agent.contract.record import Record
+from agent.contract.thresholds import load as load_thresholds
 from agent.spool import Spool
-from agent.thresholds import load as load_thresholds
 from agent.uploader import Uploader
 from agent.uploadstate import Health
 from agent.view import BoardView, UploadView

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Collector
+from agent.config import CollectorEndpoint as Collector
+from agent.contract.record import Record
 from agent.heartbeat import Heartbeat
-from agent.record import Record
 from agent.spool import Spool
 from agent.uploader import Uploader
 from agent.uploadstate import CODE

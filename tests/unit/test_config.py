@@ -15,8 +15,8 @@ import yaml
 
 from agent import cli
 from agent import config as agent_config
-from agent import thresholds as agent_thresholds
 from agent.config import ConfigError
+from agent.contract import thresholds as agent_thresholds
 from tests.conftest import FIXTURES, ROOT, base_config, write_config
 
 INVALID = FIXTURES / "config" / "invalid"
@@ -567,7 +567,7 @@ def test_every_sinyal_variable_the_project_uses_is_known() -> None:
     neither program refuses an environment the project itself sets up."""
     import re
 
-    from agent.envcheck import AGENT_KEYS, COLLECTOR_KEYS, OTHER_NAMES
+    from agent.contract.envcheck import AGENT_KEYS, COLLECTOR_KEYS, OTHER_NAMES
 
     used: set[str] = set()
     for sub in ("deploy", "grafana", "docs", "config", "agent", "collector", "Makefile"):

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
-from agent.record import Record
-from agent.thresholds import load as load_thresholds
+from agent.contract.record import Record
+from agent.contract.thresholds import load as load_thresholds
 from agent.uploadstate import Health, ago, classify_status, format_local
 from agent.view import BoardView, UploadView, format_line, upload_text
 from tests.conftest import ROOT
