@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,13 +65,17 @@ def wheelhouse() -> Path:
         return path
     build = Path(tempfile.mkdtemp(prefix="wheelhouse-build-", dir=CACHE))
     try:
+        # The dependencies as pyproject.toml states them (not the project: building it here
+        # would leave build/ in the checkout), plus the build backend for install.sh's build.
+        project = tomllib.loads(pyproject)["project"]
+        requirements = [
+            *project["dependencies"],
+            *project["optional-dependencies"]["agent"],
+            *tomllib.loads(pyproject)["build-system"]["requires"],
+        ]
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-        subprocess.run([*pip, "wheel", "--wheel-dir", str(build), f"{ROOT}[agent]"],
+        subprocess.run([*pip, "wheel", "--wheel-dir", str(build), *requirements],
                        check=True, capture_output=True, text=True, timeout=1200)  # fmt: skip
-        subprocess.run([*pip, "download", "--dest", str(build), "setuptools>=68", "wheel"],
-                       check=True, capture_output=True, text=True, timeout=600)  # fmt: skip
-        for own in build.glob("sinyal-*.whl"):
-            own.unlink()
         build.rename(path)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
