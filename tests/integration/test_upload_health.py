@@ -166,6 +166,11 @@ def test_each_change_logged_once_and_status_and_heartbeat(
     assert "uploads:        FAILING since 20" in out
     assert "last error:     collector unreachable: connection refused by 127.0.0.1 (at 20" in out
     assert " WIT)" in out
+    # doctor says it too, beside its own check of the collector now
+    assert cli.main(["doctor", "-c", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[WARN] uploads: the agent's uploads FAIL since 20" in out
+    assert "[FAIL] collector: http://127.0.0.1:9/ not reachable: collector unreachable: " in out
 
     spool = Spool(tmp_path / "data" / "spool.sqlite3")
     logging.getLogger().addHandler(caplog.handler)  # the CLI replaced the root's handlers
