@@ -243,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     _setup_logging(args.verbose)
     if standalone is not None:
-        return standalone(args)  # enroll writes the config: it need not be valid yet
+        try:
+            return standalone(args)  # enroll writes the config: it need not be valid yet
+        except ModuleNotFoundError as exc:
+            print(missing_extra(exc), file=sys.stderr)
+            return EXIT_PREFLIGHT
     assert handler is not None
     try:
         cfg, th = _load(args)

@@ -165,3 +165,22 @@ def test_serve_on_a_taken_port_exits_4_with_the_fix(tmp_path: Path) -> None:
     assert proc.returncode == 4
     assert f"cannot listen on 127.0.0.1:{port}: another process listens there" in proc.stderr
     assert "set listen.port" in proc.stderr
+
+
+def test_agent_command_without_its_extra_names_it(tmp_path: Path) -> None:
+    # The agent extra's libraries made unimportable, as with `pip install sinyal` alone.
+    path = write_config(tmp_path, base_config(tmp_path))
+    code = (
+        "import sys\nfor m in ('httpx', 'icmplib', 'dns', 'rich'): sys.modules[m] = None\n"
+        "from agent.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SINYAL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    enroll = ["enroll", "--collector", "http://127.0.0.1:9", "AAAAA-AAAAA", "-c", str(path)]
+    for args in (["once", "--no-spool", "-c", str(path)], [*enroll, "--no-start"]):
+        proc = subprocess.run(
+            [PY, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+        )
+        no_traceback(proc)
+        assert proc.returncode == 3, proc.stderr
+        assert "pip install 'sinyal[agent]'" in proc.stderr
