@@ -16,19 +16,22 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent import config as agent_config
 from agent.config import AgentConfig, ConfigError
 from agent.contract import thresholds as agent_thresholds
+from agent.contract.configkit import http_url
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 
 log = logging.getLogger("sinyal.agent")
 
 # A command: the parsed arguments, the loaded config and thresholds -> the exit code. Each
-# subparser names its handler (set_defaults), as the collector's CLI does.
+# subparser names its handler (set_defaults), as the collector's CLI does. `enroll` runs
+# before a config exists: it names a `standalone` handler instead.
 Handler = Callable[[argparse.Namespace, AgentConfig, agent_thresholds.Thresholds], int]
 
 DESCRIPTION = """\
@@ -43,6 +46,8 @@ examples:
   sinyal-agent once --json            one JSON record per line
   sinyal-agent run                    live view on a terminal, log lines under systemd
   sinyal-agent doctor                 what is wrong and how to fix it
+  sudo sinyal-agent enroll --collector https://collector.example 7KQ2M-9XD4T
+                                      enrol with a code from the control room's sheet
 
 exit codes: 0 ok, 1 failure, 2 invalid config or usage, 3 environment cannot run the probes
 docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md
@@ -83,10 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"sinyal-agent {__version__}")
-    p.set_defaults(handler=None)
+    p.set_defaults(handler=None, standalone=None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help_: str, desc: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: Handler | None, help_: str, desc: str) -> argparse.ArgumentParser:
         q: argparse.ArgumentParser = sub.add_parser(
             name,
             help=help_,
@@ -97,12 +102,17 @@ def _parser() -> argparse.ArgumentParser:
         q.set_defaults(handler=handler)
         return q
 
-    add(
+    cc = add(
         "check-config",
         cmd_check_config,
         "validate the configuration (exit 2 when invalid)",
-        "Validate the config and the thresholds file. Every problem is printed at once as\n"
-        "FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid, 2 when not.",
+        "Validate the config and the thresholds file (and the token file). Every problem is\n"
+        "printed at once as FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid,\n"
+        "2 when not. Host names that do not resolve now are warnings (the uplink may not be\n"
+        "up yet); `doctor` fails on them.",
+    )
+    cc.add_argument(
+        "--no-resolve", action="store_true", help="do not look up the host names (no network)"
     )
     once = add(
         "once",
@@ -158,6 +168,32 @@ def _parser() -> argparse.ArgumentParser:
         "and disk space, uplink addresses, collector. Exit 1 when a check fails.",
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    enr = add(
+        "enroll",
+        None,
+        "enrol this device with a code from the control room's sheet",
+        "Exchange a single-use enrolment code (from `sinyal-collector agents enroll`) for\n"
+        "this station's token and station block: the token goes to the token file (0600,\n"
+        "owned by the sinyal user when run as root), the station (id, name, lat, lon, tz)\n"
+        "and the collector's URL into the config (-c FILE; other sections are kept). Then\n"
+        "the config is checked, the doctor's checks run, and the sinyal-agent service is\n"
+        "enabled and (re)started when systemd has it (else it says how to start the agent).\n"
+        "The token is never printed. Exit 0 enrolled and healthy, 1 enrolment refused or\n"
+        "a doctor check failed, 2 bad usage or the resulting config is invalid.",
+    )
+    enr.add_argument("code", metavar="CODE", help="the enrolment code, e.g. 7KQ2M-9XD4T")
+    enr.add_argument(
+        "--collector", required=True, metavar="URL", help="the collector's URL (on the sheet)"
+    )
+    enr.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="where the token goes (default: the config's collector.token_file, else "
+        "/etc/sinyal/token)",
+    )
+    enr.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
+    enr.add_argument("--no-start", action="store_true", help="do not (re)start the service")
+    enr.set_defaults(standalone=cmd_enroll)
     return p
 
 
@@ -168,14 +204,27 @@ def _load(args: argparse.Namespace) -> tuple[AgentConfig, agent_thresholds.Thres
     return cfg, th
 
 
-def _setup_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
+class _LocalFormatter(logging.Formatter):
+    """Log times in the station's zone, named: 2026-12-04 23:43:20 WIB (ISO date)."""
+
+    def __init__(self, tz: str | None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.tz = tz
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        from agent.uploadstate import format_local
+
+        if self.tz is None:
+            return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created))
+        return format_local(record.created, self.tz)
+
+
+def _setup_logging(
+    verbose: bool, handler: logging.Handler | None = None, tz: str | None = None
+) -> None:
     h = handler or logging.StreamHandler(sys.stderr)
     if handler is None:
-        h.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"
-            )
-        )
+        h.setFormatter(_LocalFormatter(tz))
     root = logging.getLogger()
     root.handlers[:] = [h]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -188,10 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Handler | None = args.handler
-    if handler is None:
+    standalone: Callable[[argparse.Namespace], int] | None = args.standalone
+    if handler is None and standalone is None:
         parser.print_help()
         return EXIT_CONFIG
     _setup_logging(args.verbose)
+    if standalone is not None:
+        try:
+            return standalone(args)  # enroll writes the config: it need not be valid yet
+        except ModuleNotFoundError as exc:
+            print(missing_extra(exc), file=sys.stderr)
+            return EXIT_PREFLIGHT
+    assert handler is not None
     try:
         cfg, th = _load(args)
     except ConfigError as exc:
@@ -200,10 +257,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = len(exc.errors)
         print(f"{n} problem{'s' if n != 1 else ''}; see docs/configuration.md", file=sys.stderr)
         return EXIT_CONFIG
+    _setup_logging(args.verbose, tz=cfg.station.tz)  # log times in the station's zone
     try:
         return handler(args, cfg, th)
+    except ModuleNotFoundError as exc:
+        print(missing_extra(exc), file=sys.stderr)
+        return EXIT_PREFLIGHT
     except KeyboardInterrupt:
         return 130
+
+
+# The agent's optional libraries and the extra that brings each (pyproject.toml).
+_EXTRA_OF = {
+    "icmplib": "agent",
+    "dns": "agent",
+    "httpx": "agent",
+    "rich": "agent",
+    "speedtest": "agent",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str:
+    """What to install when an optional library is missing, in words."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        return f"sinyal-agent: a library is missing: {exc.name} (reinstall the agent: {exc})"
+    return (
+        f"sinyal-agent: this command needs the Python package {top!r}, part of the "
+        f"'{extra}' extra: install it with `pip install 'sinyal[{extra}]'` in the agent's venv "
+        "(deploy/install.sh does)"
+    )
+
+
+def open_spool_or_explain(cfg: AgentConfig) -> Any:
+    """The spool, or None after saying why data_dir cannot hold it and how to fix it."""
+    import sqlite3
+
+    from agent.runner import open_spool
+
+    try:
+        return open_spool(cfg)
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(
+            f"sinyal-agent: data_dir {cfg.data_dir}: cannot keep the spool there: {reason}",
+            file=sys.stderr,
+        )
+        print(
+            "fix: set data_dir in the config to a writable directory on a disk with free space,"
+            f" or give the agent's user write access: `sudo install -d -o $(id -un) "
+            f"{cfg.data_dir}`; a read-only disk needs remounting read-write",
+            file=sys.stderr,
+        )
+        return None
 
 
 def cmd_check_config(
@@ -214,6 +321,15 @@ def cmd_check_config(
         for name in ("icmp", "dns", "http")
         if (p := getattr(cfg.probes, name)) is not None and p.enabled
     ]
+    from agent.targets import unresolved
+
+    for u in [] if args.no_resolve else unresolved(cfg):
+        # A warning, not an error: at install time the uplink may not be up yet.
+        print(
+            f"{cfg.path}: warning: {u.path}: cannot resolve {u.host!r} now ({u.reason}); "
+            "check the name, or run `sinyal-agent doctor` once the uplink is up",
+            file=sys.stderr,
+        )
     print(
         f"{cfg.path}: valid (station {cfg.station.id}, uplinks "
         f"{', '.join(u.name for u in cfg.uplinks)}, probes {', '.join(probes)}, "
@@ -234,12 +350,16 @@ def _env_or_exit(cfg: AgentConfig) -> Any:
 
 
 def cmd_once(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Thresholds) -> int:
-    from agent.runner import open_spool, run_once
+    from agent.runner import run_once
 
     env = _env_or_exit(cfg)
     if env is None:
         return EXIT_PREFLIGHT
-    spool = None if args.no_spool else open_spool(cfg)
+    spool = None
+    if not args.no_spool:
+        spool = open_spool_or_explain(cfg)
+        if spool is None:
+            return EXIT_PREFLIGHT
     try:
         records = asyncio.run(run_once(env, spool))
     finally:
@@ -253,17 +373,17 @@ def cmd_once(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Th
     else:
         from agent.view import render_table
 
-        render_table(records, th, cfg.station.id)
+        render_table(records, th, cfg.station.id, tz=cfg.station.tz)
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.Thresholds) -> int:
-    from agent.runner import open_spool
-
     env = _env_or_exit(cfg)
     if env is None:
         return EXIT_PREFLIGHT
-    spool = open_spool(cfg)
+    spool = open_spool_or_explain(cfg)
+    if spool is None:
+        return EXIT_PREFLIGHT
     live = sys.stdout.isatty() and not args.plain
     try:
         if live:
@@ -299,9 +419,11 @@ def _run_plain(args: argparse.Namespace, cfg: AgentConfig, env: Any, spool: Any)
     from agent.runner import Daemon
     from agent.view import format_line
 
+    tz = cfg.station.tz
+
     def show(records: Sequence[Any]) -> None:
         for r in records:
-            print(format_line(r), flush=True)
+            print(format_line(r, tz), flush=True)
 
     daemon = Daemon(env, spool, show, args.record_log)
     log.info(
@@ -325,31 +447,50 @@ def _run_live(
 ) -> int:
     from rich.console import Console
     from rich.logging import RichHandler
+    from rich.text import Text
 
     from agent.runner import Daemon
     from agent.spool import oldest_age_s
-    from agent.view import BoardView, LiveView
+    from agent.uploadstate import Health, format_local
+    from agent.view import BoardView, LiveView, UploadView
 
     console = Console()
-    _setup_logging(args.verbose, RichHandler(console=console, show_path=False))
+    tz = cfg.station.tz
+    _setup_logging(
+        args.verbose,
+        RichHandler(
+            console=console,
+            show_path=False,
+            log_time_format=lambda dt: Text(format_local(dt.astimezone(), tz)),
+        ),
+    )
     daemon: Daemon | None = None
 
-    def status_line() -> str:
+    def upload() -> UploadView | None:
+        if cfg.collector is None:
+            return None
         st = spool.stats()
-        age = oldest_age_s(st)
-        parts = [
-            f"spool {st.records} records ({st.bytes / 1024:.0f} KiB)",
-            f"oldest {age:.0f}s" if age is not None else "empty",
-            f"dropped {st.dropped_total}",
-        ]
+        return UploadView(Health.from_state(spool.state()), st.records, st.oldest_measured_at)
+
+    def status_line() -> str:
+        # The backlog and its age are on the upload line; this one says what runs next.
+        st = spool.stats()
+        parts = [f"spool {st.bytes / 1024:.0f} KiB", f"dropped {st.dropped_total}"]
+        if cfg.collector is None:
+            age = oldest_age_s(st)
+            parts.insert(1, f"{st.records} records, oldest {age or 0:.0f}s")
         if daemon is not None:
             now = time.time()
-            for s in daemon.scheduler.states:
-                if s.next_run is not None:
-                    parts.append(f"{s.probe.kind} in {max(0.0, s.next_run - now):.0f}s")
-        return " · ".join(parts) + " · Ctrl-C to stop"
+            nxt = [
+                f"{s.probe.kind} {max(0.0, s.next_run - now):.0f}s"
+                for s in daemon.scheduler.states
+                if s.next_run is not None
+            ]
+            if nxt:
+                parts.append("next " + ", ".join(nxt))
+        return " · ".join(parts) + " · Ctrl-C stops"
 
-    view = BoardView(th, cfg.station.id, status_line)
+    view = BoardView(th, cfg.station.id, status_line, tz=tz, upload=upload)
     with LiveView(view, console) as lv:
         daemon = Daemon(env, spool, lv.update, args.record_log)
         asyncio.run(_serve(daemon, args.duration, lv.refresh))
@@ -365,13 +506,30 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     if not path.exists():
         print(f"no spool yet at {path}: the agent has not stored any result", file=sys.stderr)
         return EXIT_FAIL
-    with Spool(path, int(cfg.spool.max_mb * 2**20)) as spool:
-        st = spool.stats()
-        latest = spool.latest()
-        state = spool.state()
-        dead = spool.dead_letters(10)
-        dead_total = spool.dead_letter_count()
-        untimed = spool.untimed(boot_id())
+    import sqlite3
+
+    from agent.uploadstate import Health, format_local
+
+    try:
+        with Spool(path, int(cfg.spool.max_mb * 2**20)) as spool:
+            st = spool.stats()
+            latest = spool.latest()
+            state = spool.state()
+            dead = spool.dead_letters(10)
+            dead_total = spool.dead_letter_count()
+            untimed = spool.untimed(boot_id())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"sinyal-agent status: cannot read the spool {path}: {exc}", file=sys.stderr)
+        print(
+            "fix: run as the agent's user (sudo -u sinyal ...) or check the disk", file=sys.stderr
+        )
+        return EXIT_FAIL
+    health = Health.from_state(state)
+    tz = cfg.station.tz
+
+    def local(utc: str | None) -> str:
+        return format_local(utc, tz) if utc else "-"
+
     age = oldest_age_s(st)
     disk = shutil.disk_usage(cfg.data_dir)
     free_mb = disk.free / 2**20
@@ -391,6 +549,11 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
                     "disk_free_mb": round(free_mb, 1),
                     "last_upload_at": state.get("last_upload_at"),
                     "last_error": state.get("last_error") or None,
+                    "last_error_at": health.last_error_at,
+                    "upload_state": health.kind if cfg.collector is not None else None,
+                    "upload_reason": health.reason or None,
+                    "upload_since": health.since,
+                    "tz": tz,
                     "clock_offset_ms": state.get("clock_offset_ms"),
                     "dead_letters_total": dead_total,
                     "dead_letters": dead,
@@ -410,7 +573,7 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         )
     )
     print(
-        f"oldest unsent:  {st.oldest_measured_at or '-'}"
+        f"oldest unsent:  {local(st.oldest_measured_at)}"
         + (f" ({age:.0f} s ago)" if age is not None else "")
     )
     print(f"dropped:        {st.dropped_total} (evicted at the size cap or on a full disk)")
@@ -422,15 +585,19 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         print("last upload:    - (no collector configured)")
     else:
         print(f"collector:      {cfg.collector.url}")
-        print(f"last upload:    {state.get('last_upload_at', 'never')}")
-        if state.get("last_error"):
-            print(f"last error:     {state['last_error']} (at {state.get('last_attempt_at')})")
+        if health.kind == "ok":
+            print(f"uploads:        ok since {local(health.since)}")
+        elif health.kind != "never":
+            print(f"uploads:        FAILING since {local(health.since)}: {health.reason}")
+        print(f"last upload:    {local(health.last_ok_at) if health.last_ok_at else 'never'}")
+        if health.last_error:
+            print(f"last error:     {health.last_error} (at {local(health.last_error_at)})")
     print(f"dead letters:   {dead_total} (rejected by the collector; never retried)")
     for d in dead:
-        print(f"  {d['rejected_at']} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
+        print(f"  {local(d['rejected_at'])} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
     print("last results:")
     for r in latest:
-        print("  " + format_line(r))
+        print("  " + format_line(r, tz))
     return EXIT_OK
 
 
@@ -447,6 +614,118 @@ def cmd_doctor(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
             if c.fix and c.status != "ok":
                 print(f"       fix: {c.fix}")
     return EXIT_FAIL if any(c.status == FAIL for c in checks) else EXIT_OK
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from agent import enroll
+
+    def fail(message: str, code: int = EXIT_FAIL) -> int:
+        print(f"sinyal-agent enroll: {message}", file=sys.stderr)
+        return code
+
+    url = args.collector.strip()
+    if http_url(url) is None:
+        return fail(f"--collector: got {url!r}, expected an http:// or https:// URL", EXIT_CONFIG)
+    ca = Path(args.ca_bundle) if args.ca_bundle else None
+    if ca is not None and not ca.is_file():
+        return fail(f"--ca-bundle: {ca}: no such file", EXIT_CONFIG)
+    config_path = Path(args.config or agent_config.default_config_path())
+    token_file = Path(args.token_file) if args.token_file else _token_file_of(config_path)
+    # Before the code is spent: can the token and the config be written here?
+    for target in (token_file, config_path):
+        problem = enroll.unwritable(target)
+        if problem is not None:
+            return fail(f"{problem}; run as root: sudo sinyal-agent enroll ... (the code is "
+                        "still unused)", EXIT_CONFIG)  # fmt: skip
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not _local_host(host):
+        print(
+            "sinyal-agent enroll: warning: http:// sends the code and the token unencrypted; "
+            "use the collector's https:// URL in the field",
+            file=sys.stderr,
+        )
+    try:
+        answer = enroll.exchange(url, args.code, ca, 30.0)
+    except enroll.EnrollError as exc:
+        return fail(f"{exc} (nothing was changed)")
+    station = answer.station
+    try:
+        enroll.write_token(token_file, answer.token)
+        old = enroll.configure(config_path, answer, url, token_file)
+        if old is None:  # a new config: probe the collector's host
+            text = config_path.read_text(encoding="utf-8")
+            host = urlsplit(url).hostname or "127.0.0.1"
+            config_path.write_text(enroll.new_config_targets(text, host), encoding="utf-8")
+    except OSError as exc:
+        return fail(
+            f"cannot write {exc.filename or token_file}: {exc.strerror}. The code is used: "
+            "fix that and ask the control room for a new one"
+        )
+    print(
+        f"enrolled station {station['id']} ({station['name']}, {station['tz']}): token "
+        f"{answer.token_id} in {token_file} (mode 0600), station and collector in {config_path}"
+    )
+    try:
+        cfg = agent_config.load(config_path)
+    except ConfigError as exc:
+        if old is not None:
+            config_path.write_text(old, encoding="utf-8")
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return fail(
+            f"the config is not valid with this station block; {config_path} was put back "
+            f"as it was (the token stays in {token_file})",
+            EXIT_CONFIG,
+        )
+    from agent.preflight import FAIL, run_checks
+
+    checks = run_checks(cfg)
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    for c in checks:
+        print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+        if c.fix and c.status != "ok":
+            print(f"       fix: {c.fix}")
+    failed = any(c.status == FAIL for c in checks)
+    if args.no_start:
+        print(f"not started (--no-start): start it with `systemctl restart {enroll.SERVICE}`")
+    else:
+        started, what = enroll.start_service()
+        if started:
+            print(what)
+        else:
+            print(f"not started: {what}; start the agent with: sinyal-agent run -c {config_path}")
+    if failed:
+        print("enrolled, but a check failed: see the fixes above", file=sys.stderr)
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def _local_host(host: str) -> bool:
+    """Loopback, private or lab addresses, where plain http is a reasonable choice."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return ip.is_loopback or ip.is_private
+
+
+def _token_file_of(config_path: Path) -> Path:
+    """The token file an existing config names, else /etc/sinyal/token."""
+    from agent.enroll import DEFAULT_TOKEN_FILE
+
+    try:
+        doc = agent_config.read_yaml(config_path)
+    except ConfigError:
+        return DEFAULT_TOKEN_FILE
+    collector = doc.get("collector") if isinstance(doc, dict) else None
+    named = collector.get("token_file") if isinstance(collector, dict) else None
+    if isinstance(named, str) and named:
+        p = Path(named).expanduser()
+        return p if p.is_absolute() else config_path.resolve().parent / p
+    return DEFAULT_TOKEN_FILE
 
 
 if __name__ == "__main__":

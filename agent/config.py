@@ -41,6 +41,7 @@ from agent.contract.configkit import (
     string,
     timezone,
 )
+from agent.contract.envcheck import AGENT_KEYS, unknown_env_errors
 
 __all__ = ["ENV_PREFIX", "ConfigError", "read_yaml"]
 
@@ -401,6 +402,19 @@ SPOOL_KEYS = {"max_mb": Key(number(0.05, 1_000_000), "megabytes, 0.05..1000000")
 CLOCK_KEYS = {"trust": Key(one_of(*CLOCK_TRUST), "kernel, collector or system")}
 
 
+def token_file_problem(path: Path) -> str | None:
+    """Why the token file cannot be used (unreadable, empty), or None when it holds a token."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return f"a readable file holding the token (cannot read it: {exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return "a file holding the token as text (it holds binary data)"
+    if not text:
+        return "a file holding the token (it is empty: run sinyal-agent enroll, or put it there)"
+    return None
+
+
 class _Loader:
     def __init__(self, reader: Reader, base: Path) -> None:
         self.r = reader
@@ -427,13 +441,17 @@ class _Loader:
         m = r.mapping(
             raw, "station", {"id", "name", "lat", "lon", "tz"}, {"id", "lat", "lon", "tz"}
         )
-        sid = r.get(
-            m,
-            "id",
-            "station",
-            string(STATION_ID_RE),
-            "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'",
-        )
+        sid_expected = "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'"
+        raw_id = m.get("id")
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            # Unquoted digits are a YAML number: leading zeros are gone, so say to quote it.
+            r.error(
+                "station.id",
+                show(raw_id),
+                f"{sid_expected}: quote it, id: '{raw_id}' (unquoted, YAML reads a number)",
+            )
+            m = {k: v for k, v in m.items() if k != "id"}
+        sid = r.get(m, "id", "station", string(STATION_ID_RE), sid_expected)
         name = r.get(m, "name", "station", string(), "a non-empty string")
         lat = r.get(m, "lat", "station", number(-90, 90), "a latitude in degrees, -90..90")
         lon = r.get(m, "lon", "station", number(-180, 180), "a longitude in degrees, -180..180")
@@ -459,6 +477,11 @@ class _Loader:
         }
         values = r.section(raw, "collector", CollectorEndpoint, keys, frozenset({"url"}))
         m = raw if isinstance(raw, dict) else {}
+        if values["token_file"] is not None:
+            problem = token_file_problem(values["token_file"])
+            if problem is not None:
+                r.error("collector.token_file", show(m["token_file"]), problem)
+                values["token_file"] = None
         if values["token"] is not None and values["token_file"] is not None:
             r.error(
                 "collector.token_file",
@@ -674,6 +697,17 @@ class _Loader:
         for i, item in enumerate(raw):
             p = f"quiet_windows[{i}]"
             m = r.mapping(item, p, {"start", "end", "days", "dates"}, {"start", "end"})
+            for key in ("start", "end"):
+                v = m.get(key)
+                if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 24 * 60:
+                    # YAML 1.1 reads unquoted 13:00 as the base-60 number 780.
+                    hhmm = f"{v // 60:02d}:{v % 60:02d}"
+                    r.error(
+                        f"{p}.{key}",
+                        f"{hhmm} unquoted (YAML reads it as the number {v})",
+                        f"{clock}: quote it, {key}: '{hhmm}'",
+                    )
+                    m = {k: x for k, x in m.items() if k != key}
             start = r.get(m, "start", p, _clock_time, clock)
             end = r.get(m, "end", p, _clock_time, clock)
             days = r.get(m, "days", p, _weekdays, "a list of days: mon, tue, ... sun")
@@ -723,19 +757,7 @@ class _Loader:
             seen.add(n)
 
 
-_TOP_KEYS = {
-    "station",
-    "collector",
-    "uplinks",
-    "probes",
-    "schedule",
-    "spool",
-    "clock",
-    "data_dir",
-    "thresholds_file",
-    "budget",
-    "quiet_windows",
-}
+_TOP_KEYS = set(AGENT_KEYS)
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -774,6 +796,11 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     data_dir = r.get(top, "data_dir", "", loader.path_value, "a directory path", DEFAULT_DATA_DIR)
     thresholds = loader.thresholds_file(top)
 
+    if data_dir.exists() and not data_dir.is_dir():
+        r.error(
+            "data_dir", show(top.get("data_dir", str(data_dir))), "a directory (a file is there)"
+        )
+    r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "agent")
     if r.errors or station is None:
         raise ConfigError(r.errors or [f"{name}: station: invalid"])
     return AgentConfig(

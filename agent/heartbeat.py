@@ -15,8 +15,9 @@ from pathlib import Path
 
 from agent import __version__
 from agent.clock import clock_info
-from agent.contract.record import FieldValue, Record, utcnow
+from agent.contract.record import FieldValue, Record, parse_time, utcnow
 from agent.spool import Spool, oldest_age_s
+from agent.uploadstate import CODE, NEVER, OK, Health
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 
@@ -90,6 +91,7 @@ class Heartbeat:
             else None,
             "rss_mb": round(rss_mb(), 2),
             "temp_c": board_temp_c(),
+            **upload_fields(state),
         }
         tags = {"station": self.station, "version": __version__}
         clean = {k: v for k, v in fields.items() if v is not None}
@@ -105,3 +107,19 @@ def _float(text: str | None) -> float | None:
         return None if not text else float(text)
     except ValueError:
         return None
+
+
+def upload_fields(state: dict[str, str]) -> dict[str, FieldValue | None]:
+    """The upload state for the control room; nothing when no upload was ever tried (no
+    collector configured)."""
+    health = Health.from_state(state)
+    if health.kind == NEVER and not health.last_error:
+        return {}
+    failing_s = None
+    if health.kind != OK and health.since:
+        failing_s = round(max(0.0, time.time() - parse_time(health.since).timestamp()), 3)
+    return {
+        "upload_ok": int(health.kind == OK),
+        "upload_state": CODE.get(health.kind, CODE["other"]),
+        "upload_failing_s": 0.0 if health.kind == OK else failing_s,
+    }

@@ -222,12 +222,64 @@ def collector_checks(config: AgentConfig) -> list[Check]:
             Check(
                 "collector",
                 FAIL,
-                f"{c.url} not reachable: {type(exc).__name__}: {exc}",
+                f"{c.url} not reachable: {_in_words(exc, c.url)}",
                 "check the uplink and collector.url; results stay in the spool "
                 "until it is reachable",
             )
         )
     return out
+
+
+def resolve_checks(config: AgentConfig) -> list[Check]:
+    """Every host name of the config must resolve: a probe of a name that does not measures
+    nothing but its own DNS failure."""
+    from agent.targets import hostnames, unresolved
+
+    bad = unresolved(config)
+    if not bad:
+        n = len(hostnames(config))
+        return [Check("names", OK, f"{n} host name(s) resolve")] if n else []
+    return [
+        Check(
+            f"name {u.host}",
+            FAIL,
+            f"{u.path}: cannot resolve {u.host!r} ({u.reason})",
+            "check the spelling in the config and the uplink's DNS (resolv.conf); "
+            "an IP address needs no DNS",
+        )
+        for u in bad
+    ]
+
+
+def upload_check(config: AgentConfig) -> list[Check]:
+    """What the running agent last saw when uploading (from its spool): the live checks
+    above test the collector now, this says whether results have been getting out."""
+    from agent.spool import SPOOL_FILE, read_state
+    from agent.uploadstate import NEVER, OK, Health, format_local
+
+    state = read_state(config.data_dir / SPOOL_FILE) if config.collector is not None else None
+    if state is None:
+        return []
+    h = Health.from_state(state)
+    tz = config.station.tz
+    if h.kind == OK:
+        return [
+            Check(
+                "uploads", OK, f"the agent's uploads work (last {format_local(h.last_ok_at, tz)})"
+            )
+        ]
+    if h.kind == NEVER:
+        return [Check("uploads", WARN, "the agent has not uploaded anything yet")]
+    since = format_local(h.since, tz) if h.since else "?"
+    return [
+        Check(
+            "uploads",
+            WARN,
+            f"the agent's uploads FAIL since {since}: {h.reason}; last ok "
+            f"{format_local(h.last_ok_at, tz)}",
+            "see the checks above for the cause; `sinyal-agent status` shows the backlog",
+        )
+    ]
 
 
 def run_checks(config: AgentConfig) -> list[Check]:
@@ -240,8 +292,20 @@ def run_checks(config: AgentConfig) -> list[Check]:
         from agent.modem.doctor import signal_checks
 
         checks += signal_checks(config)
+    checks += resolve_checks(config)
     checks += collector_checks(config)
+    checks += upload_check(config)
     return checks
+
+
+def _in_words(exc: Exception, url: str) -> str:
+    import httpx
+
+    from agent.uploadstate import classify_exception
+
+    if isinstance(exc, httpx.HTTPError):
+        return classify_exception(exc, httpx.URL(url).host)[1]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _read(path: str) -> str | None:

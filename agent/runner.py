@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,19 @@ def store(spool: Spool, records: Sequence[Record], record_log: str | None = None
     except SpoolFullError as exc:
         spool.lost_total += len(records)
         log.error("%s; %d record(s) lost (%d so far)", exc, len(records), spool.lost_total)
+        return
+    except (OSError, sqlite3.Error) as exc:
+        # A disk gone read-only or failing under a running agent: say so on one line and
+        # keep measuring; the records of this round are lost and counted.
+        spool.lost_total += len(records)
+        log.error(
+            "spool %s cannot be written (%s): %d record(s) lost (%d so far); check the disk "
+            "(read-only or failing?) under data_dir",
+            spool.path,
+            exc,
+            len(records),
+            spool.lost_total,
+        )
         return
     if evicted:
         log.warning(

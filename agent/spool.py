@@ -499,6 +499,21 @@ def from_unix_ns(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
+def read_state(path: Path) -> dict[str, str] | None:
+    """The spool's state table read-only (no file, table or journal is created, so another
+    user, such as root running `doctor`, leaves nothing behind); None when unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(db.execute("SELECT key, value FROM state").fetchall())
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
 def oldest_age_s(stats: SpoolStats, now: float | None = None) -> float | None:
     """Age in seconds of the oldest spooled record."""
     if stats.oldest_measured_at is None:

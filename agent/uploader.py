@@ -32,15 +32,17 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 
 from agent.clock import boot_id
 from agent.config import CollectorEndpoint
-from agent.contract.record import encode_envelope_records, format_time, parse_time
+from agent.contract.record import encode_envelope_records, parse_time
 from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.spool import Spool
 from agent.timekeeper import TimeKeeper
+from agent.uploadstate import Tracker, classify_exception, classify_status
 
 log = logging.getLogger("sinyal.uploader")
 
@@ -58,6 +60,7 @@ class Outcome:
     status: int | None = None  # HTTP status, None when no answer
     error: str | None = None
     retry_after_s: float | None = None
+    kind: str | None = None  # agent.uploadstate kind of a failure
 
     @property
     def ok(self) -> bool:
@@ -136,6 +139,9 @@ class Uploader:
         self.batch_size = batch_size
         self.backoff = backoff or Backoff()
         self.freshest_next = True
+        self.health = Tracker(spool)
+        self.host = urlsplit(collector.url).hostname or collector.url
+        self.clock_problem: tuple[str, str] | None = None  # last failed clock read
         verify: str | bool = str(collector.ca_bundle) if collector.ca_bundle else True
         self.client = httpx.AsyncClient(
             base_url=collector.url.rstrip("/"),
@@ -158,9 +164,19 @@ class Uploader:
             t1_mono, t1_wall = time.monotonic_ns(), time.time_ns()
             response.raise_for_status()
             server_ns = int(response.json()["unix_ns"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except httpx.HTTPStatusError as exc:
+            self.clock_problem = ("clock", f"HTTP {exc.response.status_code} from {TIME_PATH}")
             log.debug("collector clock not read: %s", exc)
             return False
+        except httpx.HTTPError as exc:
+            self.clock_problem = classify_exception(exc, self.host)
+            log.debug("collector clock not read: %s", exc)
+            return False
+        except (ValueError, KeyError, TypeError) as exc:
+            self.clock_problem = ("clock", f"unreadable answer from {TIME_PATH}: {exc}")
+            log.debug("collector clock not read: %s", exc)
+            return False
+        self.clock_problem = None
         self.last_clock_sync = time.monotonic()
         offset_ms = (server_ns - (t0_wall + t1_wall) // 2) / 1e6
         rtt_ms = (t1_mono - t0_mono) / 1e6
@@ -183,18 +199,22 @@ class Uploader:
         newest_first = self.freshest_next
         batch = await asyncio.to_thread(self.spool.batch_raw, self.batch_size, newest_first, hold)
         if not batch:
+            await self._note_held(hold)
             return None
         ids = [rid for rid, _ in batch]
         body = upload_body(self.station, [b for _, b in batch])
         try:
             token = self.collector.read_token()
         except OSError as exc:
-            return self._failed(Outcome(len(batch), error=f"cannot read token: {exc}"))
+            reason = f"cannot read the token file {self.collector.token_file}: {exc.strerror}"
+            return self._failed(Outcome(len(batch), error=reason, kind="token_file"))
         t_send = time.time()
         try:
             response = await self.client.post(PATH, content=body, headers=upload_headers(token))
         except httpx.HTTPError as exc:
-            return self._failed(Outcome(len(batch), error=f"{type(exc).__name__}: {exc}"))
+            kind, reason = classify_exception(exc, self.host)
+            log.debug("upload failed: %s: %s", type(exc).__name__, exc)
+            return self._failed(Outcome(len(batch), error=reason, kind=kind))
         t_recv = time.time()
         status = response.status_code
         outcome = Outcome(len(batch), status=status)
@@ -215,21 +235,30 @@ class Uploader:
         retry = response.headers.get("retry-after")
         if retry is not None and retry.strip().isdigit():
             outcome.retry_after_s = float(retry)
-        if status in (401, 403):
-            log.error(
-                "collector refused the token (%s): check collector.token_file; "
-                "records stay in the spool",
-                status,
-            )
+        outcome.kind, outcome.error = classify_status(
+            status, outcome.error or "", outcome.retry_after_s
+        )
         return self._failed(outcome)
 
     def _failed(self, outcome: Outcome) -> Outcome:
         self.freshest_next = True
-        self.spool.set_state(
-            last_attempt_at=format_time(datetime.now(UTC)),
-            last_error=outcome.error or f"HTTP {outcome.status}",
-        )
+        self.health.failure(outcome.kind or "other", outcome.error or f"HTTP {outcome.status}")
         return outcome
+
+    async def _note_held(self, hold: str | None) -> None:
+        """Nothing to send but records of this boot wait for a time: say why uploads stall."""
+        if hold is None or self.timekeeper is None:
+            return
+        waiting = await asyncio.to_thread(self.spool.untimed, hold)
+        if not waiting:
+            return
+        kind, why = self.clock_problem or ("clock", "the collector's clock was not read yet")
+        if kind == "clock":
+            why = (
+                f"clock not synchronised: {waiting} record(s) wait for the collector's clock "
+                f"({why})"
+            )
+        self.health.failure(kind, why)
 
     async def _settle(
         self, response: httpx.Response, ids: list[str], outcome: Outcome, local_mid: float
@@ -255,7 +284,7 @@ class Uploader:
         outcome.accepted, outcome.rejected = len(accepted), len(rejected)
         for rid, reason, detail in rejected:
             log.warning("collector rejected record %s: %s %s", rid, reason, detail)
-        state = {"last_upload_at": format_time(datetime.now(UTC)), "last_error": ""}
+        state: dict[str, str] = {}
         if self.timekeeper is None:  # else sync_clock keeps the offset
             server_time = payload.get("server_time")
             if isinstance(server_time, str):
@@ -264,7 +293,17 @@ class Uploader:
                     state["clock_offset_ms"] = f"{offset_ms:.1f}"
                 except ValueError:
                     pass
-        self.spool.set_state(**state)
+        if state:
+            self.spool.set_state(**state)
+        timing = [r for r in rejected if r[1] in ("time_out_of_range", "time_unknown")]
+        if timing:
+            self.health.failure(
+                "clock",
+                f"clock not synchronised: the collector refused {len(timing)} record(s) "
+                f"for their time ({timing[0][1]}); enable time sync (timedatectl set-ntp true)",
+            )
+        else:
+            self.health.success()
         self.freshest_next = False
         self.backoff.reset()
         self.batch_size = self.max_batch
@@ -284,7 +323,8 @@ class Uploader:
                 if outcome.status in (413, 422):
                     continue  # retry at once with the halved batch
                 delay = self.backoff.next_delay(outcome.retry_after_s)
-                log.warning(
+                # The change of state was logged once (agent.uploadstate); each retry is debug.
+                log.debug(
                     "upload of %d record(s) failed (%s); retrying in %.1f s",
                     outcome.sent,
                     outcome.error or outcome.status,

@@ -3,6 +3,7 @@ sinks, status and registry are modules of their own.
 
 POST /api/v1/measurements   an agent's envelope (JSON, optionally gzip); answers per record
 GET  /api/v1/time           the server's clock, for agents' clock correction
+POST /api/v1/enroll         an enrolment code exchanged for a station's token (enrol_api)
 GET  /healthz               the process is alive
 GET  /readyz                the database answers
 GET  /metrics               Prometheus text
@@ -39,6 +40,7 @@ from agent.contract.record import (
 from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
+from collector.enrol_api import add_enrolment
 from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
@@ -310,6 +312,7 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
     app.add_middleware(IngestRoute, collector=c)
     # Agents' throughput and upload probes measure against the collector itself.
     app.mount("/speedtest", SpeedtestEndpoint())
+    add_enrolment(app, c.registry)  # POST /api/v1/enroll (collector.enrol_api)
 
     @app.post(
         "/api/v1/measurements",

@@ -1,7 +1,8 @@
 """sinyal-collector: the command line of the Sinyal collector.
 
 Exit codes: 0 success; 1 a runtime failure (an unknown token id, a registry that cannot
-be opened); 2 invalid configuration, usage or input (a stations CSV with errors).
+be opened); 2 invalid configuration, usage or input (a stations CSV with errors);
+4 `serve` cannot listen (the port is taken); 5 a package of the 'collector' extra is missing.
 
 A command is a function ``cmd_NAME(args, cfg) -> int`` plus one ``_add(...)`` entry in
 ``_parser()`` that names it as the handler.
@@ -30,6 +31,8 @@ from collector.regions import Operators
 from collector.registry import COLUMNS, Registry, RegistryError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_LISTEN = 4  # serve: the listen address cannot be bound (port in use)
+EXIT_MISSING = 5  # an optional package of this command is not installed
 
 Handler = Callable[[argparse.Namespace, CollectorConfig], int]
 
@@ -47,8 +50,10 @@ examples:
   sinyal-collector agents add --region 3171 --note "survey laptop, Jakarta Pusat"
   sinyal-collector agents list
   sinyal-collector agents revoke 3f9a1c2e
+  sinyal-collector agents enroll --stations regency.csv --pdf sheet.pdf --collector-url URL
 
-exit codes: 0 ok, 1 failure, 2 invalid config, usage or input
+exit codes: 0 ok, 1 failure, 2 invalid config, usage or input, 4 serve cannot listen
+(port taken), 5 a package of the 'collector' extra is not installed
 docs: docs/collector.md
 """
 
@@ -253,12 +258,49 @@ def _parser() -> argparse.ArgumentParser:
         ag,
         "revoke",
         cmd_agents_revoke,
-        "revoke a token by its token id",
+        "revoke a token by its token id, or a whole station",
         "Revoke a token by its token id (from `agents list`). Running collectors refuse it\n"
         "within a few seconds (they re-read the registry every 5 s). Exit 1 when no token\n"
-        "has that id.",
+        "has that id.\n"
+        "--station ID revokes the station: every active token scoped to it and its unused\n"
+        "enrolment codes (a device exchanging one is told the station was revoked). A new\n"
+        "code from `agents enroll --station ID` enrols it again.",
     )
-    rv.add_argument("token_id", metavar="TOKEN_ID", help="the token id, as `agents list` shows")
+    rv.add_argument(
+        "token_id", nargs="?", metavar="TOKEN_ID", help="the token id, as `agents list` shows"
+    )
+    rv.add_argument("--station", metavar="ID", help="revoke this station's tokens and codes")
+    en = _add(
+        ag,
+        "enroll",
+        cmd_agents_enroll,
+        "issue single-use enrolment codes for stations (and a printable PDF sheet)",
+        "Issue a short single-use enrolment code per station (10 letters and digits, such\n"
+        "as 7KQ2M-9XD4T). On the device, `sinyal-agent enroll --collector URL CODE` exchanges\n"
+        "it once for the station's token and config block. Codes are stored hashed and\n"
+        "expire (--expires, default 14d); a used, expired or wrong code is refused, and\n"
+        "failed attempts are rate limited per address. Stations must be in the registry.\n"
+        "Prints station,name,code,expires_at (UTC) as CSV on stdout, or into --out FILE\n"
+        "(created 0600, never overwritten). --pdf FILE writes a sheet for field teams: a\n"
+        "card per station with its code, expiry in its own zone and a QR code of the command.",
+    )
+    which = en.add_mutually_exclusive_group(required=True)
+    which.add_argument("--station", metavar="ID", help="one station id (the 13-digit TPS code)")
+    which.add_argument(
+        "--stations",
+        metavar="FILE.csv",
+        help="a CSV whose 'id' column lists the stations (the stations import format works)",
+    )
+    en.add_argument(
+        "--expires", default="14d", metavar="DURATION", help="e.g. 36h, 14d (default 14d)"
+    )
+    en.add_argument("--out", metavar="FILE.csv", help="write the codes here instead of stdout")
+    en.add_argument("--pdf", metavar="FILE.pdf", help="also write the printable sheet")
+    en.add_argument(
+        "--collector-url",
+        metavar="URL",
+        help="the collector's public URL, printed in the command on the sheet",
+    )
     return p
 
 
@@ -302,6 +344,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         _problems(exc.errors, "docs/collector.md", "; nothing was changed")
         return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "?").split(".")[0]
+        print(
+            f"sinyal-collector {args.command}: needs the Python package {top!r} of the "
+            "'collector' extra, which this install lacks (an agent-only install?): install it "
+            "with `pip install 'sinyal[collector]'`, or run this command on the control room's "
+            "machine",
+            file=sys.stderr,
+        )
+        return EXIT_MISSING
     except (sqlite3.Error, OSError) as exc:
         print(f"registry {cfg.registry_path}: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -383,10 +435,14 @@ def cmd_status(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
-    from collector.server import serve
+    from collector.server import ListenError, serve
 
     logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    serve(cfg)
+    try:
+        serve(cfg)
+    except ListenError as exc:
+        print(f"sinyal-collector serve: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
     return EXIT_OK
 
 
@@ -544,6 +600,23 @@ def cmd_agents_list(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
 
 def cmd_agents_revoke(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    if (args.token_id is None) == (args.station is None):
+        print("error: give a TOKEN_ID or --station ID (one of them)", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.station is not None:
+        from collector.enrolment import Enrolment
+
+        with _registry(cfg) as reg, Enrolment(reg) as enrolment:
+            if reg.get_station(args.station) is None:
+                print(f"no station {args.station!r} in the registry", file=sys.stderr)
+                return EXIT_FAIL
+            codes, tokens = enrolment.revoke_station(args.station)
+        ids = ", ".join(t.id for t in tokens) or "none"
+        print(
+            f"revoked station {args.station}: {len(tokens)} token(s) ({ids}), "
+            f"{codes} unused enrolment code(s)"
+        )
+        return EXIT_OK
     with _registry(cfg) as reg:
         before = reg.get_token(args.token_id)
         if before is None or not reg.revoke(args.token_id):
@@ -557,6 +630,98 @@ def cmd_agents_revoke(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     else:
         print(f"revoked token {before.id} ({before.scope})")
     return EXIT_OK
+
+
+def _station_ids_from_csv(path: Path) -> list[str]:
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError([f"{path}: cannot read: {exc}"]) from None
+    if not rows:
+        raise RegistryError([f"{path}: empty, expected a header with an 'id' column"])
+    header = [h.strip().lower() for h in rows[0]]
+    column = next((c for c in ("id", "station") if c in header), None)
+    if column is None:
+        raise RegistryError([f"{path}:1: got columns {rows[0]}, expected an 'id' column"])
+    i = header.index(column)
+    return [r[i].strip() for r in rows[1:] if len(r) > i and r[i].strip()]
+
+
+def cmd_agents_enroll(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    import csv
+    import io
+
+    from collector.enrolment import Enrolment, parse_duration
+
+    expiry = parse_duration(args.expires)
+    if expiry is None:
+        print(
+            f"--expires: got {args.expires!r}, expected minutes, hours or days such as 90m, "
+            "36h or 14d (1 minute..365 days)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if args.pdf and os.path.lexists(args.pdf):
+        print(f"error: --pdf {args.pdf}: exists; the sheet is never written over a file",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if args.collector_url and not args.collector_url.startswith(("http://", "https://")):
+        print(f"--collector-url: got {args.collector_url!r}, expected an http(s) URL",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    ids = [args.station] if args.station else _station_ids_from_csv(Path(args.stations))
+    if not ids:
+        print(f"{args.stations}: no station ids", file=sys.stderr)
+        return EXIT_CONFIG
+    with _registry(cfg) as reg:
+        missing = [sid for sid in ids if reg.get_station(sid) is None]
+        if missing:
+            _problems(
+                [
+                    f"station: got {_show_id(s)}, expected a station in the registry"
+                    for s in missing
+                ],
+                "docs/collector.md",
+                "; no code was issued (import the stations first)",
+            )
+            return EXIT_CONFIG
+        with Enrolment(reg) as enrolment:
+            issued = enrolment.issue(list(dict.fromkeys(ids)), expiry)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["station", "name", "code", "expires_at"])
+    w.writerows([c.station.id, c.station.name, c.code, c.expires_at] for c in issued)
+    if args.out:
+        out = Path(args.out)
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            print(f"error: {out}: cannot create ({exc.strerror}); it must not exist",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text.getvalue())
+    else:
+        sys.stdout.write(text.getvalue())
+    if args.pdf:
+        from collector.enrolsheet import write_pdf
+
+        write_pdf(Path(args.pdf), issued, args.collector_url)
+    where = f" in {args.out}" if args.out else ""
+    sheet = f", sheet {args.pdf}" if args.pdf else ""
+    print(
+        f"{len(issued)} enrolment code(s) issued{where}{sheet}, single use, expiring "
+        f"{issued[0].expires_at}. On the device: sinyal-agent enroll --collector URL CODE",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _show_id(value: str) -> str:
+    return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
 
 
 if __name__ == "__main__":

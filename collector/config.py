@@ -31,6 +31,7 @@ from agent.contract.configkit import (
     show,
     string,
 )
+from agent.contract.envcheck import COLLECTOR_KEYS, unknown_env_errors
 
 DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/sinyal")
@@ -123,7 +124,7 @@ class CollectorConfig:
         return self.data_dir / "registry.sqlite3"
 
 
-_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "registry"}
+_TOP = set(COLLECTOR_KEYS)
 
 # One key table per section; each default is stated on the section's dataclass above.
 LISTEN_KEYS = {
@@ -268,6 +269,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     status = loader.status(top.get("status"))
     limits = loader.limits(top.get("limits"))
     registry = loader.registry(top.get("registry"))
+    r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "collector")
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
     return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits, registry)

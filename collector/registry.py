@@ -422,6 +422,11 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the registry's database (BEGIN IMMEDIATE), for modules
+        that keep their own tables in it (collector.enrolment)."""
+        return self._write()
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:

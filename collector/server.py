@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import socket
 
 import uvicorn
 
@@ -13,10 +15,43 @@ from collector.config import CollectorConfig
 log = logging.getLogger("sinyal.collector")
 
 
+class ListenError(Exception):
+    """The listen address cannot be bound (in use, not on this machine, or privileged)."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the app starts, so a port in use is one clear
+    error instead of uvicorn's log line and exit 1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            why = f"another process listens there (`ss -ltnp 'sport = :{port}'` shows which)"
+        elif exc.errno == errno.EACCES:
+            why = "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        else:
+            why = exc.strerror or str(exc)
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {why}; stop it, or set listen.port "
+            "(or $SINYAL_LISTEN__PORT) to a free port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(cfg: CollectorConfig) -> None:
     """Run until SIGINT/SIGTERM. One process; run more replicas behind a load balancer to
-    scale, with the sweeper enabled on exactly one of them (status.sweeper)."""
+    scale, with the sweeper enabled on exactly one of them (status.sweeper).
+    Raises ListenError when listen.host:listen.port cannot be bound."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    sock = bind(cfg.listen.host, cfg.listen.port)
     app = create_app(cfg)
     tune_gc()
     log.info(
@@ -26,14 +61,10 @@ def serve(cfg: CollectorConfig) -> None:
         cfg.sink.kind,
         cfg.sink.url,
     )
-    uvicorn.run(
-        app,
-        host=cfg.listen.host,
-        port=cfg.listen.port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=True,
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, proxy_headers=True, fd=sock.fileno()
     )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 # Allocations between young-generation collections (CPython's default is 700).

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from agent.contract.thresholds import load as load_thresholds
+from agent.uploadstate import HEADLINE, KINDS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -293,6 +294,17 @@ def status_column(name: str = "status") -> dict[str, Any]:
         ("thresholds", status_thresholds()),
         ("color", {"mode": "thresholds"}),
         ("custom.cellOptions", {"type": "color-background"}),
+    )
+
+
+def upload_state_column() -> dict[str, Any]:
+    """The heartbeat's upload_state code in words (agent/uploadstate.py KINDS)."""
+    words = {"ok": "ok", "never": "never sent", **HEADLINE}
+    opts = {str(i): {"text": words.get(k, k), "index": i} for i, k in enumerate(KINDS)}
+    return override(
+        "upload_state",
+        ("displayName", "upload problem"),
+        ("mappings", [{"type": "value", "options": opts}]),
     )
 
 
@@ -1110,6 +1122,14 @@ def fleet() -> dict[str, Any]:
         f"SELECT {tags(('station', 'province', 'regency', 'clock_offset_ms', 'clock_synced'))} "
         f"FROM ({clock_inner}) WHERE {clock_bad}"
     )
+    upload_inner = latest(
+        "agent", ("upload_ok", "upload_state", "upload_failing_s"), AGENT_FILTERS, AGENT_TAGS
+    )
+    uploads = (
+        f"SELECT top({q('upload_failing_s')}, {WORST_N}) AS {q('upload_failing_s')}, "
+        f"{tags(('station', 'province', 'regency', 'upload_state'))} "
+        f"FROM ({upload_inner}) WHERE {q('upload_ok')} = 0"
+    )
     versions = (
         f"SELECT count({q('uptime_s')}) AS {q('agents')} FROM ("
         f"{latest('agent', ('uptime_s',), AGENT_FILTERS, ('station', 'version'))}) "
@@ -1124,11 +1144,14 @@ def fleet() -> dict[str, Any]:
         panel(
             "stat",
             "Agents",
-            "Agents whose heartbeat arrived in the range; agents with a backlog older than "
-            "30 minutes; agents whose clock is unsynchronised or more than 1 s off.",
+            "Agents whose heartbeat arrived in the range; agents whose uploads fail (their "
+            "latest heartbeat says so); agents with a backlog older than 30 minutes; agents "
+            "whose clock is unsynchronised or more than 1 s off.",
             refs(
                 (
                     f"SELECT count({q('uptime_s')}) AS {q('heard')} FROM ({agents})",
+                    f"SELECT count({q('upload_ok')}) AS {q('upload_failing')} FROM "
+                    f"({upload_inner}) WHERE {q('upload_ok')} = 0",
                     backlog_count,
                     f"SELECT count({q('clock_synced')}) AS {q('clock_problems')} FROM "
                     f"({clock_inner}) WHERE {clock_bad}",
@@ -1156,6 +1179,16 @@ def fleet() -> dict[str, Any]:
         4,
     )
     tables = [
+        (
+            "Uploads failing",
+            f"The {WORST_N} agents whose uploads have failed longest, and why in words "
+            "(collector unreachable, DNS, token refused, clock not synchronised...), from their "
+            "latest heartbeat. A heartbeat waits in the agent's spool while uploads fail, so "
+            "it arrives once they work again: a station failing now shows under Last seen.",
+            uploads,
+            "upload_failing_s",
+            [unit_column("upload_failing_s", "s", "failing for"), upload_state_column()],
+        ),
         (
             "Spool backlog",
             f"The {WORST_N} agents with the oldest record still waiting to upload "

@@ -16,7 +16,12 @@ import yaml
 from agent import config as agent_config
 
 # real InfluxDB and VictoriaMetrics fixtures; the field lab (network namespaces)
-pytest_plugins = ["tests.harness.dbs", "tests.harness.lab.fixtures"]
+pytest_plugins = [
+    "tests.harness.dbs",
+    "tests.harness.lab.fixtures",
+    "tests.harness.collector_stack",
+    "tests.harness.debroot",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -290,6 +290,21 @@ MEASUREMENTS: dict[str, Measurement] = {
             "temp_c": FieldSpec(
                 float, "°C", "board temperature (Raspberry Pi), when readable", -100, 200
             ),
+            "upload_ok": FieldSpec(
+                int, "0/1", "1 when the last upload attempt reached the collector", 0, 1
+            ),
+            "upload_state": FieldSpec(
+                int,
+                "code",
+                "upload state: 0 ok, 1 never sent, 2 dns, 3 refused, 4 unreachable, 5 timeout,"
+                " 6 tls, 7 unauthorized (401), 8 forbidden (403), 9 server (5xx), 10 clock,"
+                " 11 token_file, 12 other (agent/uploadstate.py KINDS)",
+                0,
+                63,
+            ),
+            "upload_failing_s": FieldSpec(
+                float, "s", "how long uploads have been failing (0 when they work)", 0, 1e10
+            ),
         },
     ),
 }

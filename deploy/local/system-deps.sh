@@ -2,13 +2,14 @@
 # System tools the test suite uses as real peers: fping (RTT reference), iperf3 (throughput
 # reference), nginx (the Speedtest Mini endpoint at high concurrency), socat (a relay into the
 # field lab), faketime (a board whose clock is wrong), dnsmasq (resolver), iptables and
-# iproute2 (namespaces, loss), iputils-ping, dbus (dbus-daemon: a private bus for the mocked
-# ModemManager of the signal tests), libdbus-1-dev, libglib2.0-dev and pkg-config (to build
-# dbus-python for python-dbusmock). Installed with apt when running as
+# iproute2 (namespaces, loss), iputils-ping, debootstrap (a clean Debian root for the install
+# test), poppler-utils (pdftotext: the enrolment sheet), dbus (dbus-daemon: a private bus for
+# the mocked ModemManager of the signal tests), libdbus-1-dev, libglib2.0-dev and pkg-config
+# (to build dbus-python for python-dbusmock). Installed with apt when running as
 # root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
 packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
-    procps util-linux influxdb victoria-metrics dbus
+    procps util-linux debootstrap poppler-utils influxdb victoria-metrics dbus
     libdbus-1-dev libglib2.0-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do

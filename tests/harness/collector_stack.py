@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 import yaml
 
@@ -23,6 +24,7 @@ from collector.app import create_app
 from collector.config import CollectorConfig
 from collector.registry import Registry
 from tests.conftest import FIXTURES, ROOT
+from tests.harness.dbs import InfluxServer
 from tests.harness.servers import free_port
 
 STATIONS_CSV = ROOT / "config" / "stations.example.csv"
@@ -106,3 +108,11 @@ def envelope(records: list[dict[str, Any]], station: str = STATION) -> dict[str,
         "sent_at": format_time(datetime.now(UTC)),
         "records": records,
     }
+
+
+@pytest.fixture
+def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Iterator[Stack]:
+    """A running collector writing to a fresh InfluxDB database, stations imported."""
+    cfg = collector_config_file(tmp_path, influxdb.url, influx_database)
+    with running_collector(cfg) as s:
+        yield s

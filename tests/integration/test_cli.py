@@ -21,7 +21,8 @@ from agent.contract.record import Record
 from agent.spool import SPOOL_FILE, Spool
 from tests.conftest import base_config, require, require_root, require_tool, write_config
 
-ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+# What a person reads: the station's local time (base_config: Asia/Jakarta) and zone name.
+ISO_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WIB"
 NOBODY = 65534
 
 
@@ -59,8 +60,9 @@ def clean_environ() -> dict[str, str]:
         (["run"], "Run the agent until stopped"),
         (["status"], "Show what the spool holds"),
         (["doctor"], "Preflight checks with the fix for each problem"),
+        (["enroll"], "Exchange a single-use enrolment code"),
     ],
-    ids=["top", "check-config", "once", "run", "status", "doctor"],
+    ids=["top", "check-config", "once", "run", "status", "doctor", "enroll"],
 )
 def test_help(command: list[str], purpose: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -278,7 +280,7 @@ def test_run_plain(tmp_path: Path) -> None:
     log = proc.stderr.splitlines()
     # Single-line logs only (no tracebacks), from start-up to a clean stop.
     for line in log:
-        assert re.fullmatch(r"\S+ (DEBUG|INFO|WARNING|ERROR) sinyal\.\S+: \S.*", line), line
+        assert re.fullmatch(rf"{ISO_TIME} (DEBUG|INFO|WARNING|ERROR) sinyal\.\S+: \S.*", line), line
     assert "started: station 3171011001001, 2 probe(s)" in log[0]  # icmp and the heartbeat
     assert log[-1].endswith("INFO sinyal.agent: sinyal-agent stopped")
     with Spool.in_dir(tmp_path / "data") as spool:

@@ -124,10 +124,12 @@ def write(influxdb: InfluxServer, db: str, lines: list[str]) -> None:
 def agent_fields(name: str, minute: int) -> tuple[str, dict[str, int | float]]:
     """The heartbeat of a station's agent: version and fields. J1 has a 1 h backlog now; J2 had
     one until its latest heartbeat (spool empty: no oldest_unsent_s); B1's clock is not
-    synchronised; B2 has a 10 min backlog; B3 dropped records."""
+    synchronised; B2 has a 10 min backlog, its token refused; B3 dropped records."""
     f: dict[str, int | float] = {"uptime_s": 3600.0 + 60 * minute, "spool_records": 0,
                                  "dropped_total": 0, "dead_letters": 0, "clock_offset_ms": 12.0,
-                                 "clock_synced": 1, "cpu_pct": 0.5, "rss_mb": 36.0}  # fmt: skip
+                                 "clock_synced": 1, "cpu_pct": 0.5, "rss_mb": 36.0,
+                                 "upload_ok": 1, "upload_state": 0,
+                                 "upload_failing_s": 0.0}  # fmt: skip
     version = "0.2.0" if name in ("J1", "B1") else "0.1.0"
     last = minute == ROUNDS - 1
     if name == "J1" or (name == "J2" and not last):
@@ -135,7 +137,9 @@ def agent_fields(name: str, minute: int) -> tuple[str, dict[str, int | float]]:
     if name == "B1":
         f.update(clock_synced=0, clock_offset_ms=2500.0)
     if name == "B2":
-        f.update(spool_records=10, oldest_unsent_s=600.0)
+        # Its uploads were refused (401) for 10 minutes: a revoked token.
+        f.update(spool_records=10, oldest_unsent_s=600.0, upload_ok=0, upload_state=7,
+                 upload_failing_s=600.0)  # fmt: skip
     if name == "B3":
         f.update(dropped_total=42, dead_letters=3)
     return version, f
@@ -551,7 +555,12 @@ def test_fleet(influxdb: InfluxServer, scenario: Scenario) -> None:
         (row,) = run(influxdb, scenario, q)
         counts.update({k: v for k, v in row.items() if k not in ("time", "_series")})
     heard = sum(1 for r in ROLE.values() if r != "never")  # B5 too: before it went silent
-    assert counts == {"heard": heard, "backlog_over_30m": 1, "clock_problems": 1}
+    assert counts == {
+        "heard": heard, "upload_failing": 1, "backlog_over_30m": 1, "clock_problems": 1
+    }  # fmt: skip
+    failing = run(influxdb, scenario, one("panel 'Uploads failing'"))
+    assert [(names([r["station"]])[0], r["upload_state"], r["upload_failing_s"])
+            for r in failing] == [("B2", 7, 600.0)]  # fmt: skip
     versions = {r["version"]: r["agents"] for r in run(influxdb, scenario, one("Agent versions"))}
     assert versions == {"0.2.0": 2, "0.1.0": heard - 2}
     backlog = run(influxdb, scenario, one("panel 'Spool backlog'"))

@@ -207,7 +207,8 @@ def test_shipped_config_is_valid(
     cfg = agent_config.load(path)
     assert cfg.station.id
     assert cfg.thresholds_file.is_file()
-    assert cli.main(["check-config", "-c", str(path)]) == 0
+    # --no-resolve: its names are public ones, and tests contact only loopback.
+    assert cli.main(["check-config", "--no-resolve", "-c", str(path)]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"{path}: valid (station {cfg.station.id}")
     assert err == ""
@@ -343,7 +344,7 @@ def test_env_overrides(tmp_path: Path) -> None:
             "SINYAL_COLLECTOR__TOKEN": "from-the-environment",
             "SINYAL_DATA_DIR": str(tmp_path / "elsewhere"),
             "SINYAL_CONFIG": "/not/used/by/load",
-            "SINYAL_UNRELATED": "ignored",
+            "SINYAL_SINK__URL": "http://the-collectors-own-key",  # the collector's, not ours
             "OTHER__THING": "ignored",
         },
     )
@@ -445,3 +446,139 @@ def test_unusable_token_file_is_an_error_not_a_crash(tmp_path: Path, token_file:
     assert len(info.value.errors) == 1
     assert "collector.token_file: got " in info.value.errors[0]
     assert info.value.errors[0].endswith("expected a readable file holding the token")
+
+
+# --- actionable errors (issue 17) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("var", "closest"),
+    [("SINYAL_DATA_DIRR", "SINYAL_DATA_DIR"), ("SINYAL_STATOIN__ID", "SINYAL_STATION")],
+)
+def test_unknown_sinyal_env_var_is_refused_with_the_closest_name(
+    tmp_path: Path, var: str, closest: str
+) -> None:
+    path = write_config(tmp_path, base_config(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        agent_config.load(path, environ={var: "x"})
+    assert info.value.errors == [
+        f"{path} (${var}): {var}: got an unknown environment variable, expected SINYAL_ + a "
+        "config key such as SINYAL_DATA_DIR or SINYAL_STATION__ID; "
+        f"did you mean {closest}? (unset it: a typo never falls back silently)"
+    ]
+
+
+def test_unknown_env_var_fails_check_config_of_both_programs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from collector import cli as collector_cli
+
+    path = write_config(tmp_path, base_config(tmp_path))
+    monkeypatch.setenv("SINYAL_SNIK__URL", "http://127.0.0.1:1")
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    assert "did you mean SINYAL_SINK?" in capsys.readouterr().err
+    ccfg = tmp_path / "collector.yaml"
+    ccfg.write_text(
+        "sink:\n  kind: v1\n  url: http://127.0.0.1:1\n  database: sinyal\n"
+        f"data_dir: {tmp_path}\nthresholds_file: {ROOT / 'config' / 'thresholds.yaml'}\n"
+    )
+    assert collector_cli.main(["check-config", "-c", str(ccfg)]) == 2
+    assert "$SINYAL_SNIK__URL" in capsys.readouterr().err
+
+
+def test_unreadable_token_file_fails_check_config(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run as a user that cannot read a root-owned 0600 token (as the unit's pre-start
+    check would with a token file installed by hand)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to read as another user")
+    import tempfile
+
+    # pytest's own temp root is 0700: this one must be traversable by the other user.
+    tmp_path = Path(tempfile.mkdtemp(prefix="sinyal-token-"))
+    tmp_path.chmod(0o755)
+    token = tmp_path / "token"
+    token.write_text("secret-token-value\n")
+    token.chmod(0o600)
+    doc = base_config(tmp_path)
+    doc["collector"] = {"url": "http://127.0.0.1:9/", "token_file": str(token)}
+    doc["data_dir"] = str(tmp_path)
+    doc["thresholds_file"] = str(tmp_path / "thresholds.yaml")
+    shutil.copy(ROOT / "config" / "thresholds.yaml", tmp_path / "thresholds.yaml")
+    (tmp_path / "thresholds.yaml").chmod(0o644)
+    path = write_config(tmp_path, doc)
+    path.chmod(0o644)
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "check-config",
+            "-c",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**clean_environ(), "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        f"{path}: collector.token_file: got '{token}', expected a readable file holding the "
+        "token (cannot read it: Permission denied)"
+    ) in proc.stderr.splitlines()
+    assert "secret-token-value" not in proc.stderr + proc.stdout
+    shutil.rmtree(tmp_path)
+
+
+def test_field_config_of_the_installer_is_valid_once_enrolled(tmp_path: Path) -> None:
+    """config/agent.field.yaml is what deploy/install.sh puts in /etc/sinyal/agent.yaml: with
+    a token in the token file (as `enroll` leaves it) it is valid; with the empty token file
+    the installer creates, check-config says to enrol."""
+    token = tmp_path / "token"
+    token.write_text("")
+    env = {
+        "SINYAL_COLLECTOR__TOKEN_FILE": str(token),
+        "SINYAL_THRESHOLDS_FILE": str(ROOT / "config" / "thresholds.yaml"),
+        "SINYAL_DATA_DIR": str(tmp_path / "data"),
+    }
+    path = ROOT / "config" / "agent.field.yaml"
+    with pytest.raises(ConfigError) as info:
+        agent_config.load(path, environ=env)
+    [error] = info.value.errors
+    assert "it is empty: run sinyal-agent enroll" in error
+    token.write_text("sny_test\n")
+    cfg = agent_config.load(path, environ=env)
+    assert cfg.data_dir == tmp_path / "data"
+    assert yaml.safe_load(path.read_text())["data_dir"] == "/var/lib/sinyal"
+
+
+def test_every_sinyal_variable_the_project_uses_is_known() -> None:
+    """A SINYAL_ name used anywhere in the repository (deploy scripts, compose, Grafana
+    provisioning, docs) is a config override of one program or listed in OTHER_NAMES, so
+    neither program refuses an environment the project itself sets up."""
+    import re
+
+    from agent.contract.envcheck import AGENT_KEYS, COLLECTOR_KEYS, OTHER_NAMES
+
+    used: set[str] = set()
+    for sub in ("deploy", "grafana", "docs", "config", "agent", "collector", "Makefile"):
+        base = ROOT / sub
+        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
+        for f in files:
+            try:
+                used |= set(re.findall(r"\bSINYAL_[A-Z0-9_]*[A-Z0-9]\b", f.read_text()))
+            except UnicodeDecodeError:
+                continue
+    examples = {"SINYAL_DATA_DIRR", "SINYAL_A__B"}  # typos and placeholders in docs
+    for name in sorted(used - OTHER_NAMES - examples):
+        top = name.removeprefix("SINYAL_").split("__")[0].lower()
+        assert top in AGENT_KEYS | COLLECTOR_KEYS, f"{name} is neither a config key nor known"

@@ -101,7 +101,8 @@ def test_rejections_are_the_references_with_invalid_ones_first() -> None:
     assert reasons == [("invalid", 4), ("invalid", 7), ("out_of_scope", None),
                        ("unknown_station", None), ("time_out_of_range", None),
                        ("time_unknown", None)]  # fmt: skip
-    assert [r.id for r in got.records] == [records[i]["id"] for i in (0, 5, 6, 9)]
+    kept = (0, 5, 6, *range(9, len(records)))  # the golden envelope may grow at its end
+    assert [r.id for r in got.records] == [records[i]["id"] for i in kept]
 
 
 def test_a_record_that_is_not_an_object_is_invalid_by_index() -> None:

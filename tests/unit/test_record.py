@@ -288,3 +288,18 @@ def test_the_uploaders_envelope_is_the_contracts_encoding() -> None:
     assert again.records == env.records
     assert set(json.loads(raw)) == record.ENVELOPE_KEYS
     assert set(json.loads(raw)["agent"]) == record.AGENT_KEYS
+
+
+def test_upload_state_codes_match_the_documented_field() -> None:
+    """The heartbeat's upload_state codes are agent.uploadstate.KINDS by index; the record
+    contract's description and docs/data-model.md list them in that order."""
+    from agent.contract.record import MEASUREMENTS
+    from agent.uploadstate import KINDS
+
+    description = MEASUREMENTS["agent"].fields["upload_state"].description
+    for code, kind in enumerate(KINDS):
+        assert (
+            f"{code} {kind}" in description
+            or f"{code} {kind.replace('_', ' ')}" in (description)
+            or (kind == "never" and f"{code} never sent" in description)
+        ), (code, kind)
