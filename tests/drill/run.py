@@ -285,6 +285,9 @@ class Drill:
         _wait("the relay in the core namespace", listening, 10)
         lab_url = f"http://{core.addr}:{CORE_PORT}"
         targets = [core.target(i) for i in range(1, N_TARGETS + 1)]
+        # The simulator first: a Ctrl-C once the agents run then finds it on the exit stack.
+        if self.sim:
+            self._start_simulator(stack, url, tokens)
         for s in self.real:
             st = lab.station(fleet.label(s))
             token_file = run / "agents" / s.id / "token"
@@ -310,8 +313,6 @@ class Drill:
                     cwd=ROOT,
                 )
         self.log(f"drill: {len(self.real)} agents started in their station namespaces")
-        if self.sim:
-            self._start_simulator(stack, url, tokens)
 
     def _start_simulator(self, stack: ExitStack, url: str, tokens: dict[str, str]) -> None:
         path = self.run_dir / "sim-tokens.csv"
