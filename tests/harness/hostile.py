@@ -10,7 +10,7 @@ to an upload:
     "huge"        200 with a body of `huge_bytes` bytes, sent in 1 MiB writes
     "bomb"        200, Content-Encoding gzip: `bomb_bytes` of zeros compressed (~1000:1)
     "drip"        200 with Content-Length 1 MiB, then one byte every 0.2 s
-    "reject_huge" 200, every id rejected with a reason of `reason_bytes` characters
+    "reject_huge" 200, the first three ids rejected with a reason of `reason_bytes` characters
     "garbage"     200 with a body that is not JSON
     "422_garbage" 422 with an HTML page (a proxy's, not the collector's error)
 
@@ -140,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ack_reject_huge(self, ids: list[str]) -> None:
         reason = "r" * self.server.behaviour.reason_bytes
-        rejected = [{"id": i, "reason": reason, "detail": reason} for i in ids]
+        rejected = [{"id": i, "reason": reason, "detail": "d" * 1000} for i in ids[:3]]
         self._reply(200, json.dumps({"accepted": [], "rejected": rejected}).encode())
 
     def _ack_garbage(self, ids: list[str]) -> None:
