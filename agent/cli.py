@@ -22,6 +22,7 @@ from agent import __version__
 from agent import config as agent_config
 from agent import thresholds as agent_thresholds
 from agent.config import AgentConfig, ConfigError
+from agent.record import printable
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 
@@ -480,10 +481,13 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
         print(f"collector:      {cfg.collector.url}")
         print(f"last upload:    {state.get('last_upload_at', 'never')}")
         if state.get("last_error"):
-            print(f"last error:     {state['last_error']} (at {state.get('last_attempt_at')})")
+            error = printable(state["last_error"])
+            print(f"last error:     {error} (at {state.get('last_attempt_at')})")
     print(f"dead letters:   {dead_total} (rejected by the collector; never retried)")
     for d in dead:
-        print(f"  {d['rejected_at']} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
+        # reason and detail are the collector's words: shown, never interpreted by the terminal
+        why = printable(f"{d['reason']} {d['detail']}")
+        print(f"  {d['rejected_at']} {d['kind']} {d['id']}: {why}")
     print("last results:")
     for r in latest:
         print("  " + format_line(r))
@@ -499,7 +503,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     else:
         marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
         for c in checks:
-            print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+            print(f"[{marks[c.status]}] {c.name}: {printable(c.detail)}")
             if c.fix and c.status != "ok":
                 print(f"       fix: {c.fix}")
     return EXIT_FAIL if any(c.status == FAIL for c in checks) else EXIT_OK

@@ -187,7 +187,10 @@ class BoardView:
                 result = "[green]ok[/]" if r.error is None else f"[bold red]{r.error}[/]"
                 cells = [self.cell(r, fld) for fld, _label, _unit in summary]
                 age = f"{now - r.measured_at.timestamp():.0f}s"
-                table.add_row(uplink, target, result, *cells, sparkline(list(row.history)), age)
+                # Names are shown as they are, never read as rich markup ("icmp[a@b]").
+                table.add_row(
+                    Text(uplink), Text(target), result, *cells, sparkline(list(row.history)), age
+                )
             parts.append(table)
         if not self.board.rows:
             parts.append(Text("waiting for the first results…", style="dim"))

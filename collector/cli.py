@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from agent import __version__
 from agent import thresholds as agent_thresholds
 from agent.config import ConfigError
+from agent.record import printable
 from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.registry import COLUMNS, Registry, RegistryError
@@ -309,6 +310,8 @@ def _registry(cfg: CollectorConfig) -> Registry:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    # Registry values reach a terminal: control, bidi and zero-width characters shown escaped.
+    rows = [[printable(str(v)) for v in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -29,9 +29,11 @@ import orjson
 
 from agent.record import (
     _TAG_VALUE_MAX,
+    FORMULA_LEAD,
     MEASUREMENTS,
     SEQ_MAX,
     TIME_SOURCES,
+    UNSAFE_CHARS,
     ClockInfo,
     ContractError,
     Envelope,
@@ -242,7 +244,7 @@ _hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
 _canonical_time = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
 ).fullmatch
-_no_control = re.compile(r"[^\x00-\x1f\x7f]+").fullmatch
+_no_control = re.compile(f"[^{UNSAFE_CHARS}]+").fullmatch
 _FLOAT, _INT = 0, 1
 _MAX_CACHED_SERIES = 500_000
 
@@ -583,6 +585,8 @@ class FastPath:
     def _check_tags(self, kind: str, values: tuple[str, ...]) -> bool:
         for v in values:
             if type(v) is not str or not 0 < len(v) <= _TAG_VALUE_MAX or not _no_control(v):
+                return False
+            if v[0] in FORMULA_LEAD:
                 return False
             try:
                 escape_tag(v)
