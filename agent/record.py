@@ -562,7 +562,7 @@ def decode_envelope_header(d: Any) -> EnvelopeHeader:
     if not isinstance(d, dict):
         raise ContractError("", "expected a JSON object")
     schema = d.get("schema")
-    if schema != SCHEMA_VERSION:
+    if type(schema) is not int or schema != SCHEMA_VERSION:  # not True, not 1.0
         raise ContractError("schema", f"got {schema!r}, expected {SCHEMA_VERSION}")
     agent = d.get("agent")
     if not isinstance(agent, dict):

@@ -93,6 +93,10 @@ class Limits:
     max_records: int = 5000  # per request
     past_s: float = 35 * 86400  # oldest accepted measured_at
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
+    # Distinct series (kind + tag values) one station may open (collector.guard).
+    max_series_per_station: int = 500
+    # Point keys of the most recent writes kept to refuse a history rewrite (collector.guard).
+    recent_points: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -225,15 +229,19 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     sweeper = r.get(st, "sweeper", "status", _boolean, "true or false", True)
     sweep_iv = r.get(st, "sweep_interval_s", "status", number(1, 3600), "seconds, 1..3600", 30.0)
 
-    li = r.mapping(
-        top.get("limits"), "limits", {"max_body_bytes", "max_records", "past_s", "future_s"}, set()
-    )
+    limit_keys = {"max_body_bytes", "max_records", "past_s", "future_s"}
+    limit_keys |= {"max_series_per_station", "recent_points"}
+    li = r.mapping(top.get("limits"), "limits", limit_keys, set())
     max_body = r.get(
         li, "max_body_bytes", "limits", _integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
     )
     max_rec = r.get(li, "max_records", "limits", _integer(1, 100_000), "1..100000", 5000)
     past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
     future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
+    series = r.get(
+        li, "max_series_per_station", "limits", _integer(1, 10**6), "series, 1..1000000", 500
+    )
+    points = r.get(li, "recent_points", "limits", _integer(0, 10**8), "points, 0..1e8", 500_000)
 
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
@@ -250,6 +258,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             max_rec or 5000,
             past or 35 * 86400.0,
             300.0 if future is None else future,
+            series or 500,
+            500_000 if points is None else points,
         ),
     )
 

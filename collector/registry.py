@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import _NAME_RE, _STATION_ID_RE, _show, _timezone
+from agent.record import FORMULA_LEAD
 
 log = logging.getLogger("sinyal.collector.registry")
 
@@ -203,9 +204,11 @@ def _got(value: str) -> str:
 
 
 def _text(value: str) -> str | None:
+    # isprintable() refuses control, bidi and zero-width characters (categories Cc, Cf); a
+    # leading = + - @ would be a formula in the spreadsheet the value may be exported to.
     if not value or len(value) > _MAX_TEXT or not value.isprintable():
         return None
-    return value
+    return None if value[0] in FORMULA_LEAD else value
 
 
 def _degrees(value: str, lo: float, hi: float) -> float | None:
@@ -319,7 +322,9 @@ class _CsvReader:
             self.error(line, "column id", _got(sid), expected)
         for col in ("name", "province", "regency"):
             if _text(v[col]) is None:
-                self.error(line, f"column {col}", _got(v[col]), _EXPECTED[col])
+                formula = v[col][:1] in tuple(FORMULA_LEAD)
+                why = ", not starting with =, +, - or @ (a spreadsheet formula)" if formula else ""
+                self.error(line, f"column {col}", _got(v[col]), _EXPECTED[col] + why)
         coords: list[float] = []
         for col, limit, what in (("lat", 90.0, "latitude"), ("lon", 180.0, "longitude")):
             value = _degrees(v[col], -limit, limit)
