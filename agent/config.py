@@ -61,6 +61,9 @@ class Collector:
     token_file: Path | None = None
     ca_bundle: Path | None = None
     timeout_s: float = 10.0
+    # Plain http:// to a host other than loopback: refused unless this is true (warned at
+    # each start; see agent.preflight.collector_exposure).
+    allow_insecure: bool = False
 
     def read_token(self) -> str:
         if self.token is not None:
@@ -368,6 +371,22 @@ def _http_url(v: Any) -> str | None:
     return v
 
 
+def _protected_url(url: str) -> bool:
+    """https, or http to this machine (loopback): what needs no allow_insecure."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
 class _Loader:
     def __init__(self, reader: _Reader, base: Path) -> None:
         self.r = reader
@@ -419,7 +438,7 @@ class _Loader:
         if raw is None:
             return None
         r = self.r
-        keys = {"url", "token", "token_file", "ca_bundle", "timeout_s"}
+        keys = {"url", "token", "token_file", "ca_bundle", "timeout_s", "allow_insecure"}
         m = r.mapping(raw, "collector", keys, {"url"})
         url = r.get(m, "url", "collector", _http_url, "an http:// or https:// URL")
         token = r.get(m, "token", "collector", _string(), "a non-empty token string")
@@ -443,9 +462,17 @@ class _Loader:
             "seconds, > 0 and <= 600",
             10.0,
         )
+        insecure = r.get(m, "allow_insecure", "collector", _boolean, "true or false", False)
+        if url is not None and not insecure and not _protected_url(url):
+            r.error(
+                "collector.url",
+                _show(url),
+                "an https:// URL (plain http only to loopback, or with "
+                "collector.allow_insecure: true)",
+            )
         if url is None:
             return None
-        return Collector(url, token, token_file, ca, timeout or 10.0)
+        return Collector(url, token, token_file, ca, timeout or 10.0, bool(insecure))
 
     def uplinks(self, raw: Any) -> tuple[Uplink, ...]:
         r = self.r

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.clock import clock_synced
 from agent.config import AgentConfig
@@ -230,12 +232,49 @@ def collector_checks(config: AgentConfig) -> list[Check]:
     return out
 
 
+def exposure_checks(config: AgentConfig) -> list[Check]:
+    """What exposes the token or the data: a plain-http collector (allowed by
+    collector.allow_insecure) and a token file others can read. Warnings at each start
+    and in doctor; nothing when all is well."""
+    c = config.collector
+    if c is None:
+        return []
+    out: list[Check] = []
+    parts = urlsplit(c.url)
+    if parts.scheme == "http" and c.allow_insecure:
+        out.append(
+            Check(
+                "collector tls",
+                WARN,
+                f"collector.url is plain http to {parts.hostname} (collector.allow_insecure): "
+                "the token and every result travel unencrypted and can be altered on the way",
+                "use an https:// collector URL and remove allow_insecure",
+            )
+        )
+    if c.token_file is not None:
+        try:
+            mode = c.token_file.stat().st_mode
+        except OSError:
+            return out  # the collector check says why it cannot be read
+        if mode & 0o077:
+            out.append(
+                Check(
+                    "token file",
+                    WARN,
+                    f"{c.token_file} is readable by other users (mode {stat.S_IMODE(mode):04o})",
+                    f"chmod 600 {c.token_file}",
+                )
+            )
+    return out
+
+
 def run_checks(config: AgentConfig) -> list[Check]:
     checks = [Check("config", OK, f"{config.path} is valid")]
     if config.probes.icmp is not None and config.probes.icmp.enabled:
         checks.append(icmp_mode()[1])
     checks += [clock_check(), data_dir_check(config.data_dir), disk_check(config.data_dir)]
     checks += uplink_checks(config)
+    checks += exposure_checks(config)
     checks += collector_checks(config)
     return checks
 

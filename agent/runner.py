@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
 from agent.heartbeat import Heartbeat
-from agent.preflight import Check, icmp_mode
+from agent.preflight import Check, exposure_checks, icmp_mode
 from agent.probes import ProbeEnv, build_probes
 from agent.record import Record
 from agent.scheduler import Scheduler
@@ -123,6 +123,8 @@ class Daemon:
         self.show(records)
 
     async def run(self, stop: asyncio.Event) -> None:
+        for check in exposure_checks(self.env.config):  # at each start, as the config says
+            log.warning("%s: %s; fix: %s", check.name, check.detail, check.fix)
         collector = self.env.config.collector
         if collector is None:
             await self.scheduler.run(stop)
