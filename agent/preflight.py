@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.clock import clock_synced
-from agent.config import AgentConfig
+from agent.config import AgentConfig, Collector
 from agent.netutil import SourceUnavailable, uplink_source
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -147,7 +147,8 @@ def uplink_checks(config: AgentConfig) -> list[Check]:
 
 
 def collector_checks(config: AgentConfig) -> list[Check]:
-    """Reachability, token validity (an empty upload: nothing is written) and clock offset."""
+    """Reachability, token validity (an empty upload: nothing is written) and clock offset.
+    The collector's answers are read bounded in size and time (agent.safehttp)."""
     c = config.collector
     if c is None:
         return [
@@ -158,20 +159,38 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                 "add a collector: section (url and token_file)",
             )
         ]
+    import asyncio
+
+    return asyncio.run(_collector_checks(config, c))
+
+
+async def _collector_checks(config: AgentConfig, c: Collector) -> list[Check]:
+    import json
+
     import httpx
 
-    from agent.record import parse_time
+    from agent import safehttp
+    from agent.timekeeper import plausible_ns
     from agent.uploader import PATH, envelope_bytes
 
     verify: str | bool = str(c.ca_bundle) if c.ca_bundle else True
+    deadline = c.timeout_s * safehttp.DEADLINE_FACTOR
     out: list[Check] = []
     try:
-        with httpx.Client(base_url=c.url.rstrip("/"), timeout=c.timeout_s, verify=verify) as h:
+        async with httpx.AsyncClient(
+            base_url=c.url.rstrip("/"), timeout=c.timeout_s, verify=verify
+        ) as h:
             t0 = time.time()
-            r = h.get("/api/v1/time")
+            r = await safehttp.request(h, "GET", "/api/v1/time", deadline_s=deadline)
             t1 = time.time()
-            r.raise_for_status()
-            offset_ms = (parse_time(r.json()["server_time"]).timestamp() - (t0 + t1) / 2) * 1000
+            if r.status != 200:
+                raise safehttp.AnswerError(f"/api/v1/time answered HTTP {r.status}")
+            server_ns = json.loads(r.body).get("unix_ns")
+            if not plausible_ns(server_ns):
+                raise safehttp.AnswerError(
+                    f"implausible time from the collector: {server_ns!r:.40}"
+                )
+            offset_ms = (server_ns / 1e9 - (t0 + t1) / 2) * 1000
             out.append(Check("collector", OK, f"{c.url} answers in {(t1 - t0) * 1000:.0f} ms"))
             if abs(offset_ms) > 2000:
                 out.append(
@@ -196,8 +215,11 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                     )
                 )
                 return out
-            r = h.post(
+            r = await safehttp.request(
+                h,
+                "POST",
                 PATH,
+                deadline_s=deadline,
                 content=envelope_bytes(config.station.id, []),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
@@ -216,15 +238,21 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                 ),
             }
             status, detail, fix = answers.get(
-                r.status_code, (WARN, f"could not check: HTTP {r.status_code}", "")
+                r.status, (WARN, f"could not check: HTTP {r.status}", "")
             )
             out.append(Check("token", status, detail, fix))
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (
+        httpx.HTTPError,
+        safehttp.AnswerError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         out.append(
             Check(
                 "collector",
                 FAIL,
-                f"{c.url} not reachable: {type(exc).__name__}: {exc}",
+                f"{c.url} not reachable: {type(exc).__name__}: {str(exc)[:300]}",
                 "check the uplink and collector.url; results stay in the spool "
                 "until it is reachable",
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import config as agent_config
 from agent.config import Collector
 from agent.record import Record
 from agent.safehttp import DEADLINE_FACTOR, MAX_ANSWER_BYTES
@@ -37,7 +38,7 @@ def fill_spool(data: Path, n: int = SPOOLED) -> list[str]:
     return [r.id for r in records]
 
 
-def agent_config(tmp_path: Path, url: str, timeout_s: float = 5) -> Path:
+def agent_config_file(tmp_path: Path, url: str, timeout_s: float = 5) -> Path:
     secret = tmp_path / "token"
     secret.write_text("tok-hostile-test")
     secret.chmod(0o600)
@@ -79,7 +80,7 @@ def test_memory_stays_bounded_and_nothing_is_lost(tmp_path: Path, ack: str) -> N
     data = tmp_path / "data"
     ids = fill_spool(data)
     with hostile_collector(Behaviour(ack=ack)) as hostile:
-        peak_mb, log = peak_rss_mb_of_agent_run(agent_config(tmp_path, hostile.url), 4)
+        peak_mb, log = peak_rss_mb_of_agent_run(agent_config_file(tmp_path, hostile.url), 4)
         assert hostile.behaviour.uploads >= 1
     print(f"{ack}: agent peak RSS {peak_mb:.0f} MB")
     assert peak_mb < RSS_BOUND_MB, log[-2000:]
@@ -144,3 +145,24 @@ def test_an_answer_that_is_not_the_collectors_dead_letters_nothing(
     assert outcome is not None and not outcome.ok and outcome.rejected == 0
     with Spool.in_dir(data) as s:
         assert s.ids() == set(ids) and s.dead_letter_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("time_body", "ack", "words"),
+    [
+        (b'{"unix_ns": Infinity}', "ok", "implausible"),
+        (0.0, "huge", "more than"),
+        (0.0, "bomb", "more than"),
+    ],
+    ids=["infinite-time", "huge-answer", "gzip-bomb"],
+)
+def test_doctor_reads_the_collector_bounded(
+    tmp_path: Path, time_body: bytes | float, ack: str, words: str
+) -> None:
+    from agent.preflight import FAIL, collector_checks
+
+    with hostile_collector(Behaviour(time_bodies=[time_body], ack=ack)) as hostile:
+        cfg = agent_config.load(agent_config_file(tmp_path, hostile.url), environ={})
+        checks = {c.name: c for c in collector_checks(cfg)}
+    failed = [c for c in checks.values() if c.status == FAIL]
+    assert failed and words in failed[0].detail, checks
