@@ -199,9 +199,9 @@ class Collector:
         prepared = prepare_raw(
             header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
         )
-        self.guard.check(prepared)  # repeated ids, series cap, history rewrite
+        points = self.guard.check(prepared)  # repeated ids, series cap, history rewrite
         accepted = await self.write(prepared)
-        self.guard.remember(prepared, accepted)
+        self.guard.remember(prepared, points, accepted)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()
         self.metrics.accepted.inc(len(accepted))

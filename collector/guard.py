@@ -39,16 +39,19 @@ class Guard:
         self._series: dict[str, set[int]] = {}  # station -> hashes of its series
         self._points: dict[int, int] = {}  # hash of point key -> hash of id, oldest first
 
-    def check(self, prepared: Prepared) -> None:
-        """Drop repeated ids and move refused records to `prepared.rejected`, in place."""
+    def check(self, prepared: Prepared) -> list[int]:
+        """Drop repeated ids and move refused records to `prepared.rejected`, in place.
+        Returns the point keys of the records kept (for `remember`)."""
         keep: list[int] = []
+        keys: list[int] = []
         seen_ids: set[str] = set()
         batch_points: dict[int, str] = {}
         for i, record in enumerate(prepared.records):
             if record.id in seen_ids:
                 continue  # the same record again in this request: stored once
             seen_ids.add(record.id)
-            point = _point_key(record, prepared.lines[i])
+            series = (record.kind, tuple(sorted(record.tags.items())))
+            point = hash((series, prepared.lines[i].rsplit(" ", 1)[-1]))
             other = batch_points.get(point)
             known = self._points.get(point)
             if (other is not None and other != record.id) or (
@@ -63,24 +66,25 @@ class Guard:
                     )
                 )
                 continue
-            refused = self._admit_series(record)
+            refused = self._admit_series(record, hash(series))
             if refused is not None:
                 prepared.rejected.append(Rejection(record.id, "series_limit", refused))
                 continue
             batch_points[point] = record.id
             keep.append(i)
+            keys.append(point)
         if len(keep) != len(prepared.records):
             prepared.records[:] = [prepared.records[i] for i in keep]
             prepared.stations[:] = [prepared.stations[i] for i in keep]
             prepared.lines[:] = [prepared.lines[i] for i in keep]
+        return keys
 
-    def remember(self, prepared: Prepared, accepted: Iterable[str]) -> None:
-        """The point keys of the records the database confirmed."""
+    def remember(self, prepared: Prepared, keys: list[int], accepted: Iterable[str]) -> None:
+        """The point keys (from `check`) of the records the database confirmed."""
         ok = set(accepted)
         points = self._points
-        for record, line in zip(prepared.records, prepared.lines, strict=True):
+        for record, key in zip(prepared.records, keys, strict=True):
             if record.id in ok:
-                key = _point_key(record, line)
                 points.pop(key, None)  # re-inserted as the newest
                 points[key] = hash(record.id)
         excess = len(points) - self.max_points
@@ -91,10 +95,11 @@ class Guard:
     def series_count(self, station: str) -> int:
         return len(self._series.get(station, ()))
 
-    def _admit_series(self, record: Record) -> str | None:
+    def _admit_series(self, record: Record, key: int) -> str | None:
         station = record.tags.get("station", "")
-        known = self._series.setdefault(station, set())
-        key = hash((record.kind, tuple(sorted(record.tags.items()))))
+        known = self._series.get(station)
+        if known is None:
+            known = self._series[station] = set()
         if key in known:
             return None
         if len(known) >= self.max_series:
@@ -106,9 +111,3 @@ class Guard:
             )
         known.add(key)
         return None
-
-
-def _point_key(record: Record, line: str) -> int:
-    """Series and time of the record's point: its kind, tags and the line's timestamp (the
-    time as written, with the seq nanoseconds)."""
-    return hash((record.kind, tuple(sorted(record.tags.items())), line.rsplit(" ", 1)[-1]))

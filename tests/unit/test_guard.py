@@ -65,8 +65,7 @@ def test_series_beyond_the_cap_are_refused_known_ones_pass() -> None:
 def test_a_new_id_for_a_remembered_point_is_refused() -> None:
     g = Guard(Limits())
     first = prepared(record("a", rid(1)))
-    g.check(first)
-    g.remember(first, [rid(1)])
+    g.remember(first, g.check(first), [rid(1)])
     forged = prepared(record("a", rid(2)))
     g.check(forged)
     assert [r.reason for r in forged.rejected] == ["point_conflict"] and not forged.records
@@ -79,8 +78,7 @@ def test_remembered_points_are_bounded_oldest_forgotten_first() -> None:
     g = Guard(Limits(recent_points=10))
     for i in range(25):
         p = prepared(record("a", rid(i), i % 60))
-        g.check(p)
-        g.remember(p, [rid(i)])
+        g.remember(p, g.check(p), [rid(i)])
     assert len(g._points) == 10
     old = prepared(record("a", rid(99), 0))  # point of rid(0): forgotten
     g.check(old)
