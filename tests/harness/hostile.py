@@ -8,6 +8,7 @@ to an upload:
 
     "ok"          the collector's real acknowledgement: every id of the envelope accepted
     "huge"        200 with a body of `huge_bytes` bytes, sent in 1 MiB writes
+    "huge_chunked" the same without a Content-Length (chunked): only reading tells the size
     "bomb"        200, Content-Encoding gzip: `bomb_bytes` of zeros compressed (~1000:1)
     "drip"        200 with Content-Length 1 MiB, then one byte every 0.2 s
     "reject_huge" 200, the first three ids rejected with a reason of `reason_bytes` characters
