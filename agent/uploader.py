@@ -46,7 +46,7 @@ import httpx
 from agent import __version__, safehttp
 from agent.clock import boot_id
 from agent.config import Collector
-from agent.record import SCHEMA_VERSION, format_time, parse_time
+from agent.record import SCHEMA_VERSION, format_time, parse_time, printable
 from agent.spool import Spool
 from agent.timekeeper import TimeKeeper, plausible_ns
 
@@ -353,8 +353,10 @@ async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: f
 
 
 def clip(text: str, limit: int = 300) -> str:
-    """A collector-supplied text cut for a log line or the spool's state."""
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+    """A collector-supplied text for a log line or the spool's state: cut, and with control,
+    bidi and zero-width characters shown escaped (one line, nothing a terminal acts on)."""
+    cut = text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+    return printable(cut)
 
 
 def _json(body: bytes) -> Any:
