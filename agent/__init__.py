@@ -1,3 +1,5 @@
 """Sinyal agent: measures a polling station's links and keeps every result."""
 
-__version__ = "0.1.0"
+from agent.contract.version import __version__
+
+__all__ = ["__version__"]

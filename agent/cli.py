@@ -15,18 +15,22 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent import __version__
 from agent import config as agent_config
-from agent import thresholds as agent_thresholds
 from agent.config import AgentConfig, ConfigError
-from agent.record import printable
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.record import printable
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 
 log = logging.getLogger("sinyal.agent")
+
+# A command: the parsed arguments, the loaded config and thresholds -> the exit code. Each
+# subparser names its handler (set_defaults), as the collector's CLI does.
+Handler = Callable[[argparse.Namespace, AgentConfig, agent_thresholds.Thresholds], int]
 
 DESCRIPTION = """\
 Sinyal agent: measures a polling station's links (latency, jitter, loss, DNS and
@@ -40,11 +44,9 @@ examples:
   sinyal-agent once --json            one JSON record per line
   sinyal-agent run                    live view on a terminal, log lines under systemd
   sinyal-agent doctor                 what is wrong and how to fix it
-  sinyal-agent simulate --collector URL --tokens tokens.csv --profile good4g=0.9,congested=0.1
-                                      a simulated fleet for load tests and drills
 
 exit codes: 0 ok, 1 failure, 2 invalid config or usage, 3 environment cannot run the probes
-docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md, docs/simulate.md
+docs: docs/agent.md (technicians), docs/configuration.md, docs/data-model.md
 """
 
 
@@ -82,25 +84,30 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"sinyal-agent {__version__}")
+    p.set_defaults(handler=None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, help_: str, desc: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
+    def add(name: str, handler: Handler, help_: str, desc: str) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = sub.add_parser(
             name,
             help=help_,
             description=desc,
             parents=[sub_common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        q.set_defaults(handler=handler)
+        return q
 
     add(
         "check-config",
+        cmd_check_config,
         "validate the configuration (exit 2 when invalid)",
         "Validate the config and the thresholds file. Every problem is printed at once as\n"
         "FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid, 2 when not.",
     )
     once = add(
         "once",
+        cmd_once,
         "run every configured probe once and print the results",
         "Run every configured probe once (ICMP targets concurrently) and print a table,\n"
         "or with --json one JSON record per line (the wire format, docs/data-model.md).\n"
@@ -112,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run = add(
         "run",
+        cmd_run,
         "run the agent: scheduled probes, spool, live view",
         "Run the agent until stopped (Ctrl-C or SIGTERM). On a terminal it shows a live\n"
         "table per target and uplink: latest p50/p95, loss, jitter, a sparkline of recent\n"
@@ -135,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = add(
         "status",
+        cmd_status,
         "spool depth, oldest unsent record, last results",
         "Show what the spool holds: records waiting, their size, the oldest unsent\n"
         "record's age, how many were dropped at the size cap, and the latest result\n"
@@ -143,71 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = add(
         "doctor",
+        cmd_doctor,
         "check this machine: ICMP permission, clock, disk, uplinks",
         "Preflight checks with the fix for each problem: config, ICMP permission\n"
         "(CAP_NET_RAW or net.ipv4.ping_group_range), clock synchronisation, data dir\n"
         "and disk space, uplink addresses, collector. Exit 1 when a check fails.",
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_simulate(add)
     return p
-
-
-def _add_simulate(add: Any) -> None:
-    sim = add(
-        "simulate",
-        "simulate a fleet of stations uploading to a collector (load tests, drills)",
-        "Play many stations against a collector through the real upload protocol: each\n"
-        "station uses its own token from FILE (written by sinyal-collector agents add\n"
-        "--all-stations --out FILE), makes --targets icmp records per round every\n"
-        "--interval-s (spread over the interval like the real scheduler) plus a heartbeat a\n"
-        "minute, and uploads them gzip-compressed as the agent does. No agent config is read.\n"
-        "Profiles: good4g, congested, flapping, deadzone (never uploads), clockwrong (wrong\n"
-        "clock; times from the collector's clock). docs/simulate.md has the details.",
-    )
-    sim.add_argument("--collector", required=True, metavar="URL", help="collector base URL")
-    sim.add_argument("--tokens", required=True, metavar="FILE", help="station,token_id,token CSV")
-    sim.add_argument("--stations", type=int, metavar="N", help="use the first N rows (default all)")
-    sim.add_argument(
-        "--profile",
-        default="good4g",
-        metavar="NAME[=SHARE][,NAME=SHARE...]",
-        help="profiles and their shares of the fleet, e.g. good4g=0.9,congested=0.1"
-        " (default good4g)",
-    )
-    sim.add_argument(
-        "--interval-s", type=float, default=60.0, metavar="S", help="round interval (default 60)"
-    )
-    sim.add_argument(
-        "--targets", type=int, default=3, metavar="N", help="icmp targets per round (default 3)"
-    )
-    sim.add_argument(
-        "--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)"
-    )
-    sim.add_argument(
-        "--concurrency",
-        type=int,
-        default=50,
-        metavar="C",
-        help="uploads in flight at most (default 50)",
-    )
-    sim.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
-    sim.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
-    sim.add_argument(
-        "--drain-s",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="after the duration, upload what is pending for at most this long (default 10)",
-    )
-    sim.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the stations' random values"
-    )
-    sim.add_argument(
-        "--record-log",
-        metavar="FILE",
-        help="append every record made to FILE, one JSON line each (to compare with the database)",
-    )
 
 
 def _load(args: argparse.Namespace) -> tuple[AgentConfig, agent_thresholds.Thresholds]:
@@ -236,12 +188,11 @@ def _setup_logging(verbose: bool, handler: logging.Handler | None = None) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.command:
+    handler: Handler | None = args.handler
+    if handler is None:
         parser.print_help()
         return EXIT_CONFIG
     _setup_logging(args.verbose)
-    if args.command == "simulate":
-        return cmd_simulate(args)  # a load generator: no agent config
     try:
         cfg, th = _load(args)
     except ConfigError as exc:
@@ -250,13 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = len(exc.errors)
         print(f"{n} problem{'s' if n != 1 else ''}; see docs/configuration.md", file=sys.stderr)
         return EXIT_CONFIG
-    handler = {
-        "check-config": cmd_check_config,
-        "once": cmd_once,
-        "run": cmd_run,
-        "status": cmd_status,
-        "doctor": cmd_doctor,
-    }[args.command]
     try:
         return handler(args, cfg, th)
     except KeyboardInterrupt:
@@ -507,81 +451,6 @@ def cmd_doctor(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
             if c.fix and c.status != "ok":
                 print(f"       fix: {c.fix}")
     return EXIT_FAIL if any(c.status == FAIL for c in checks) else EXIT_OK
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from agent import simulate
-
-    def bad(message: str) -> int:
-        print(f"sinyal-agent simulate: {message}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    checks = (
-        (
-            "--stations",
-            args.stations,
-            args.stations is None or args.stations >= 1,
-            "an integer >= 1",
-        ),
-        ("--interval-s", args.interval_s, 0.1 <= args.interval_s <= 86400, "seconds, 0.1..86400"),
-        ("--targets", args.targets, 1 <= args.targets <= 100, "an integer 1..100"),
-        ("--duration", args.duration, args.duration is None or args.duration > 0, "seconds > 0"),
-        ("--concurrency", args.concurrency, 1 <= args.concurrency <= 10_000, "1..10000"),
-        ("--drain-s", args.drain_s, 0 <= args.drain_s <= 3600, "seconds, 0..3600"),
-    )
-    for option, value, ok, expected in checks:
-        if not ok:
-            return bad(f"{option}: got {value}, expected {expected}")
-    if not args.collector.startswith(("http://", "https://")):
-        return bad(f"--collector: got {args.collector!r}, expected an http:// or https:// URL")
-    for option, value in (("--report", args.report), ("--record-log", args.record_log)):
-        if value is not None and not Path(value).resolve().parent.is_dir():
-            return bad(f"{option}: {value}: its directory does not exist")
-    ca = Path(args.ca_bundle) if args.ca_bundle else None
-    if ca is not None and not ca.is_file():
-        return bad(f"--ca-bundle: {ca}: no such file")
-    try:
-        profiles = simulate.parse_profiles(args.profile)
-        stations = simulate.load_tokens(Path(args.tokens), args.stations)
-    except simulate.SimulateError as exc:
-        return bad(str(exc))
-    cfg = simulate.SimConfig(
-        collector=args.collector,
-        stations=stations,
-        profiles=profiles,
-        interval_s=args.interval_s,
-        targets=args.targets,
-        duration_s=args.duration,
-        concurrency=args.concurrency,
-        ca_bundle=ca,
-        drain_s=args.drain_s,
-        seed=args.seed,
-        record_log=Path(args.record_log) if args.record_log else None,
-    )
-
-    async def main_() -> simulate.Report:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        return await simulate.run(cfg, stop)
-
-    log.info(
-        "simulating %d stations (%s) against %s, a round every %g s",
-        len(stations),
-        ", ".join(f"{n}={s:g}" for n, s in profiles),
-        args.collector,
-        args.interval_s,
-    )
-    report = asyncio.run(main_())
-    print(report.summary())
-    if args.report:
-        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    # Nothing acknowledged while requests failed: the collector was not usable.
-    return EXIT_FAIL if report.errors and not report.records_accepted else EXIT_OK
 
 
 if __name__ == "__main__":

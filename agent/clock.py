@@ -7,7 +7,7 @@ import ctypes.util
 import time
 from functools import lru_cache
 
-from agent.record import ClockInfo
+from agent.contract.record import ClockInfo
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
 _TIMEX_SIZE = 512  # struct timex is ~208 bytes on 64-bit; a larger zeroed buffer is safe

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.clock import clock_info
-from agent.record import MEASUREMENTS, FieldValue, Record, utcnow
+from agent.contract.record import MEASUREMENTS, FieldValue, Record, utcnow
 from agent.spool import Spool, oldest_age_s
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -44,13 +44,18 @@ def board_temp_c(path: Path = THERMAL) -> float | None:
         return None
 
 
+HEARTBEAT_INTERVAL_S = 60.0
+
+
 class Heartbeat:
     """A Probe (see agent.probes.base) whose records describe the agent."""
 
     kind = "agent"
     exclusive = False
 
-    def __init__(self, station: str, spool: Spool, interval_s: float = 60.0) -> None:
+    def __init__(
+        self, station: str, spool: Spool, interval_s: float = HEARTBEAT_INTERVAL_S
+    ) -> None:
         self.station = station
         self.spool = spool
         self.interval_s = interval_s

@@ -10,7 +10,7 @@ import ssl
 import struct
 
 from agent.config import Uplink
-from agent.record import ErrorCode
+from agent.contract.record import ErrorCode
 
 _SIOCGIFADDR = 0x8915
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.clock import clock_synced
-from agent.config import AgentConfig, Collector
+from agent.config import AgentConfig, CollectorEndpoint
 from agent.netutil import SourceUnavailable, uplink_source
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -164,7 +164,7 @@ def collector_checks(config: AgentConfig) -> list[Check]:
     return asyncio.run(_collector_checks(config, c))
 
 
-async def _collector_checks(config: AgentConfig, c: Collector) -> list[Check]:
+async def _collector_checks(config: AgentConfig, c: CollectorEndpoint) -> list[Check]:
     import json
 
     import httpx

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
+from agent.contract.record import Record
 from agent.heartbeat import Heartbeat
 from agent.preflight import Check, exposure_checks, icmp_mode
 from agent.probes import ProbeEnv, build_probes
-from agent.record import Record
 from agent.scheduler import Scheduler
 from agent.spool import Spool, SpoolFullError
 from agent.timekeeper import TimeKeeper

@@ -23,8 +23,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from agent.contract.record import Record
 from agent.probes.base import Probe
-from agent.record import Record
 
 log = logging.getLogger("sinyal.scheduler")
 

@@ -42,8 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent import tcpmeter
+from agent.contract.record import ErrorCode
 from agent.netutil import error_code_for
-from agent.record import ErrorCode
 
 # speedtest.net's defaults as get_config derives them (upload ratio 5, maxchunkcount 50,
 # threadsperurl 4, threadcount 4), so a mini test loads the link as an Ookla test does.

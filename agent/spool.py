@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.record import Record, format_time, parse_time
+from agent.contract.record import Record, format_time, parse_time
 
 SPOOL_FILE = "spool.sqlite3"
 log = logging.getLogger("sinyal.spool")

@@ -43,7 +43,7 @@ import logging
 from collections.abc import Sequence
 
 from agent.clock import boot_id
-from agent.record import Record
+from agent.contract.record import Record
 from agent.spool import Spool, from_unix_ns
 
 log = logging.getLogger(__name__)

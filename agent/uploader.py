@@ -43,10 +43,11 @@ from typing import Any
 
 import httpx
 
-from agent import __version__, safehttp
+from agent import safehttp
 from agent.clock import boot_id
-from agent.config import Collector
-from agent.record import SCHEMA_VERSION, format_time, parse_time, printable
+from agent.config import CollectorEndpoint
+from agent.contract.record import encode_envelope_records, format_time, parse_time, printable
+from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.spool import Spool
 from agent.timekeeper import TimeKeeper, plausible_ns
 
@@ -55,6 +56,7 @@ log = logging.getLogger("sinyal.uploader")
 PATH = "/api/v1/measurements"
 TIME_PATH = "/api/v1/time"
 CLOCK_SYNC_EVERY_S = 600.0
+BATCH_SIZE = 500  # records per upload (a 413 halves it)
 
 
 @dataclass
@@ -101,21 +103,12 @@ class Backoff:
 
 
 def envelope_bytes(station: str, bodies: list[str], boot: str | None = None) -> bytes:
-    """The upload envelope built around the spooled JSON bodies as they are. `boot` is the
+    """The upload envelope around the spooled JSON bodies as they are. `boot` is the
     sender's boot id (default: this machine's; the fleet simulator gives each station its own)."""
-    head = json.dumps(
-        {
-            "schema": SCHEMA_VERSION,
-            "agent": {
-                "station": station,
-                "version": __version__,
-                "boot_id": boot if boot is not None else boot_id(),
-            },
-            "sent_at": format_time(datetime.now(UTC)),
-        },
-        separators=(",", ":"),
+    sent_at = datetime.now(UTC)
+    return encode_envelope_records(
+        station, __version__, sent_at, bodies, boot if boot is not None else boot_id()
     )
-    return (head[:-1] + ',"records":[' + ",".join(bodies) + "]}").encode()
 
 
 def upload_body(station: str, bodies: list[str], boot: str | None = None) -> bytes:
@@ -135,9 +128,9 @@ class Uploader:
     def __init__(
         self,
         spool: Spool,
-        collector: Collector,
+        collector: CollectorEndpoint,
         station: str,
-        batch_size: int = 500,
+        batch_size: int = BATCH_SIZE,
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timekeeper: TimeKeeper | None = None,
@@ -159,7 +152,7 @@ class Uploader:
             timeout=collector.timeout_s,
             verify=verify,
             transport=transport,
-            headers={"User-Agent": f"sinyal-agent/{__version__}"},
+            headers={"User-Agent": AGENT_USER_AGENT},
         )
 
     async def aclose(self) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.record import Record
-from agent.thresholds import Grade, Thresholds
+from agent.contract.record import Record
+from agent.contract.thresholds import Grade, Thresholds
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample
 
-from agent.record import Record, format_time
+from agent.contract.record import Record, format_time
 from collector.lineproto import record_to_point
 from collector.registry import Registry
 from tests.harness.dbs import free_port, influxd

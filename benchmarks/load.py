@@ -6,7 +6,7 @@ the largest fleet's stations and issues their tokens with the real CLI
 each fleet size:
 
 1. starts `sinyal-collector serve` (a separate process, sink v1, its own database) and runs
-   the fleet simulator's Python API (agent.simulate.run: each station its own token, one
+   the fleet simulator's Python API (benchmarks.simulate.run: each station its own token, one
    gzip envelope per round of 3 icmp records + a heartbeat, rounds spread over the 60 s
    interval by the real scheduler's offsets) for --seconds, in --generators child processes;
    samples the CPU of the collector, InfluxDB and the generators from /proc, the
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import BIN, RESULTS, machine, post_http, proc_sample
 from ingest import pct, stations_csv
 
-from agent import simulate
-from agent.simulate import SimConfig, SimStation, StationToken
+from benchmarks import simulate
+from benchmarks.simulate import SimConfig, SimStation, StationToken
 from collector.lineproto import record_to_point
 from tests.harness.dbs import free_port, influxd
 
@@ -414,7 +414,7 @@ work. InfluxDB 1.6.7 (Debian `influxd`, loopback, `tests.harness.dbs.influxd` co
 
     .venv/bin/python benchmarks/load.py {" ".join(sys.argv[1:])}
 
-Load generator: `agent.simulate.run` (the `sinyal-agent simulate` fleet simulator) in
+Load generator: `benchmarks.simulate.run` (the `python -m benchmarks.simulate` fleet simulator) in
 child processes (the count is in the table), {args.concurrency} uploads in flight per process.
 Every station has its own token (issued by `sinyal-collector agents add --all-stations --out`)
 and uploads one gzip envelope per round: 3 icmp records + the heartbeat (the real agent's

@@ -34,7 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, RESULTS, machine, proc_sample
 
-from agent.record import format_time
+from agent.contract.record import format_time
 from collector.config import Limits
 from collector.registry import Registry
 from tests.harness.dbs import InfluxServer, free_port, influxd

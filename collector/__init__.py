@@ -1,7 +1,5 @@
 """Sinyal collector: ingest API, station registry, InfluxDB sinks, station status.
 
-It imports the record contract from agent.record (stdlib only), never the agent's
-probes or their libraries.
+It imports only the public contract from `agent.contract` (records, thresholds, the config
+toolkit, the version; stdlib and PyYAML), never the agent's probes or their libraries.
 """
-
-__version__ = "0.1.0"

@@ -29,54 +29,28 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.record import ContractError, decode_envelope_header, format_time
-from agent.thresholds import load as load_thresholds
-from collector import __version__
+from agent.contract import __version__
+from agent.contract.record import (
+    ContractError,
+    decode_envelope_header,
+    envelope_json_schema,
+    format_time,
+)
+from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.guard import Guard
-from collector.ingest import FastPath, Prepared, Rejection, prepare_raw
+from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
 from collector.sinks import Sink, SinkUnavailable, make_sink
 from collector.speedtest import SpeedtestEndpoint
-from collector.status import StationInfo, StatusEngine
+from collector.station import Station
+from collector.status import StatusEngine
 
 log = logging.getLogger("sinyal.collector")
 
-ENVELOPE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["schema", "agent", "sent_at", "records"],
-    "properties": {
-        "schema": {"type": "integer", "enum": [1]},
-        "agent": {
-            "type": "object",
-            "required": ["station", "version"],
-            "properties": {
-                "station": {"type": "string"},
-                "version": {"type": "string"},
-                "boot_id": {"type": ["string", "null"]},
-            },
-        },
-        "sent_at": {"type": "string", "format": "date-time"},
-        "records": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "kind", "measured_at", "tags", "fields"],
-                "properties": {
-                    "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                    "kind": {"type": "string"},
-                    "measured_at": {"type": "string", "format": "date-time"},
-                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "fields": {"type": "object"},
-                    "error": {"type": ["string", "null"]},
-                    "clock": {"type": ["object", "null"]},
-                },
-            },
-        },
-    },
-}
+ENVELOPE_SCHEMA: dict[str, Any] = envelope_json_schema()
 
 
 class Metrics:
@@ -111,7 +85,7 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
-class Collector:
+class IngestService:
     """The ingest pipeline with its collaborators; one per process."""
 
     def __init__(
@@ -196,8 +170,9 @@ class Collector:
         if not scope.allows(header.station):
             raise HttpError(403, f"token may not write for station {header.station}")
         now = datetime.now(UTC)
-        prepared = prepare_raw(
-            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
+        prepare = prepare_decoded if decoded else prepare_raw
+        prepared = prepare(
+            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast
         )
         points = self.guard.check(prepared)  # repeated ids, series cap, history rewrite
         accepted = await self.write(prepared)
@@ -241,9 +216,9 @@ class Collector:
         return accepted
 
     async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
-        changed: list[StationInfo] = []
+        changed: list[Station] = []
         for station, records in by_station.values():
-            info = _station_info(station)
+            info = station
             records.sort(key=lambda r: r.measured_at)
             first = not self.engine.knows(info.id)  # the map learns of a new station at once
             if self.engine.observe(info, records) or first:
@@ -251,7 +226,7 @@ class Collector:
         if changed:
             await self.write_status(changed)
 
-    async def write_status(self, stations: list[StationInfo]) -> None:
+    async def write_status(self, stations: list[Station]) -> None:
         """Status points are derived data: a failed write is logged and rewritten later."""
         points = self.engine.status_points(stations, datetime.now(UTC))
         lines = [encode_point(m, tags, fields, t) for m, tags, fields, t in points]
@@ -272,7 +247,7 @@ class Collector:
                 await asyncio.wait_for(stop.wait(), interval)
                 return
             try:
-                known = [_station_info(s) for s in self.registry.stations()]
+                known = self.registry.stations()
                 changes = self.engine.sweep(known)
                 if time.monotonic() - last_refresh >= refresh_every:
                     await self.write_status(known)
@@ -294,7 +269,7 @@ class IngestRoute:
 
     PATH = "/api/v1/measurements"
 
-    def __init__(self, app: ASGIApp, collector: Collector) -> None:
+    def __init__(self, app: ASGIApp, collector: IngestService) -> None:
         self.app = app
         self.collector = collector
 
@@ -312,18 +287,6 @@ class IngestRoute:
         await send({"type": "http.response.body", "body": body})
 
 
-def _station_info(station: Any) -> StationInfo:
-    return StationInfo(
-        id=station.id,
-        province=station.province,
-        regency=station.regency,
-        lat=station.lat,
-        lon=station.lon,
-        operator=station.expected_operator,
-        tz=station.tz,
-    )
-
-
 def _bearer(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
@@ -331,8 +294,8 @@ def _bearer(header: str) -> str | None:
     return None
 
 
-def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> FastAPI:
-    c = collector or Collector(cfg)
+def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> FastAPI:
+    c = collector or IngestService(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -344,9 +307,7 @@ def create_app(cfg: CollectorConfig, collector: Collector | None = None) -> Fast
             stop.set()
             if task is not None:
                 await task
-            aclose = getattr(c.sink, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await c.sink.aclose()
             c.sink.close()
 
     app = FastAPI(

@@ -7,13 +7,9 @@ from the queue) once `min_lines` are waiting, or when a write finishes and nothi
 flight. So a busy database gets several writes of a few hundred lines rather than a stream of
 one-request writes, and a quiet one is never kept waiting.
 
-Why these limits (measured with benchmarks/ingest.py, docs/collector.md "Performance"): with
-32 agents posting 100 records each, 2 writes in flight of up to 20,000 lines left the
-machine's cores partly idle (150-157 % of 200 % busy) and reached 0.54 of the rate of writing
-the same lines directly; 8 writes of up to 1,000 lines kept InfluxDB busier (about 172 %),
-and waiting for 400 lines before a further write busier still (about 180 %, 1-7 % more
-points/s than without). 16 x 500 and 32 x 300 were no better (more requests, more overhead
-per point on both sides).
+Why these limits: a few large writes leave the database's cores idle between them, many small
+ones cost more per point on both sides; the defaults are the best of the variants measured
+with benchmarks/ingest.py (benchmarks/results/ingest-tuning.md).
 
 Every request still gets exactly its own outcome: the lines the database refused are mapped
 back to the request they came from, and when the database is unavailable every waiting
@@ -25,8 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from starlette.concurrency import run_in_threadpool
 
 from collector.sinks import Sink, WriteResult
 
@@ -94,12 +88,8 @@ class Batcher:
     async def _write(self, batch: list[_Pending]) -> None:
         lines = [line for p in batch for line in p.lines]
         self.writes += 1
-        write_async = getattr(self.sink, "write_async", None)
         try:
-            if write_async is not None:
-                result = await write_async(lines)
-            else:
-                result = await run_in_threadpool(self.sink.write, lines)
+            result = await self.sink.write_async(lines)
         except Exception as exc:  # SinkUnavailable, or a bug: every waiter learns of it
             for p in batch:
                 if not p.future.done():

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent import __version__
-from agent import thresholds as agent_thresholds
-from agent.config import ConfigError
-from agent.record import printable
+from agent.contract import __version__
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.configkit import ConfigError
+from agent.contract.record import printable
 from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.registry import COLUMNS, Registry, RegistryError

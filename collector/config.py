@@ -16,20 +16,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config import (
+from agent.contract.configkit import (
     ConfigError,
-    _apply_env,
-    _boolean,
-    _http_url,
-    _integer,
-    _Reader,
-    _show,
-    _string,
+    Key,
+    Reader,
+    apply_env,
+    boolean,
+    http_url,
+    integer,
+    number,
+    one_of,
     read_yaml,
+    show,
+    string,
 )
-from agent.config import _number as number
 
 DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
+DEFAULT_DATA_DIR = Path("/var/lib/sinyal")
 SINK_KINDS = ("v1", "v2")
 
 
@@ -116,152 +119,130 @@ class CollectorConfig:
 
 _TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
 
+# One key table per section; each default is stated on the section's dataclass above.
+LISTEN_KEYS = {
+    "host": Key(string(), "an address to listen on"),
+    "port": Key(integer(1, 65535), "a port, 1..65535"),
+}
+SINK_KEYS = {
+    "kind": Key(one_of(*SINK_KINDS), "v1 or v2"),
+    "url": Key(http_url, "the database's http(s) base URL"),
+    "database": Key(string(), "a database name"),
+    "retention_policy": Key(string(), "a retention policy name"),
+    "bucket": Key(string(), "a bucket name"),
+    "org": Key(string(), "an organisation name"),
+    "username": Key(string(), "a user name"),
+    "password": Key(string(), "a password"),
+    "token": Key(string(), "an API token"),
+    "timeout_s": Key(number(0, 600, lo_open=True), "seconds, 0..600"),
+    "retry_after_s": Key(integer(1, 3600), "seconds, 1..3600"),
+    "gzip": Key(one_of("auto", "always", "never"), "auto, always or never"),
+}
+STATUS_KEYS = {
+    "breach_m": Key(integer(1, 100), "rounds, 1..100"),
+    "window_n": Key(integer(1, 100), "rounds, 1..100"),
+    "silent_after_s": Key(number(10, 86400), "seconds, 10..86400"),
+    "sweeper": Key(boolean, "true or false"),
+    "sweep_interval_s": Key(number(1, 3600), "seconds, 1..3600"),
+}
+LIMITS_KEYS = {
+    "max_body_bytes": Key(integer(1024, 2**30), "bytes, 1024..1073741824"),
+    "max_records": Key(integer(1, 100_000), "1..100000"),
+    "past_s": Key(number(60, 400 * 86400), "seconds"),
+    "future_s": Key(number(0, 86400), "seconds, 0..86400"),
+    "max_series_per_station": Key(integer(1, 10**6), "series, 1..1000000"),
+    "recent_points": Key(integer(0, 10**8), "points, 0..100000000"),
+}
+
+
+class _Loader:
+    """Reads each section of a collector config into its dataclass (the agent's loader has
+    the same shape: agent/config.py)."""
+
+    def __init__(self, reader: Reader, base: Path) -> None:
+        self.r = reader
+        self.base = base
+
+    def path_value(self, v: Any) -> Path | None:
+        if not isinstance(v, str) or not v:
+            return None
+        q = Path(v).expanduser()
+        return q if q.is_absolute() else self.base / q
+
+    def existing_file(self, v: Any) -> Path | None:
+        q = self.path_value(v)
+        return q if q is not None and q.is_file() else None
+
+    def listen(self, raw: Any) -> Listen:
+        return Listen(**self.r.section(raw, "listen", Listen, LISTEN_KEYS))
+
+    def sink(self, raw: Any) -> SinkConfig | None:
+        r = self.r
+        values = r.section(raw, "sink", SinkConfig, SINK_KEYS, frozenset({"kind", "url"}))
+        user, password = values["username"], values["password"]
+        if values["token"] is not None and (user is not None or password is not None):
+            r.error("sink.token", "'***'", "either token or username/password, not both")
+        if (user is None) != (password is None):
+            r.error(
+                "sink.password" if user else "sink.username",
+                "nothing",
+                "username and password together",
+            )
+        if values["kind"] is None or values["url"] is None:
+            return None
+        return SinkConfig(**values)
+
+    def status(self, raw: Any) -> StatusConfig:
+        values = self.r.section(raw, "status", StatusConfig, STATUS_KEYS)
+        if values["breach_m"] > values["window_n"]:
+            self.r.error(
+                "status.breach_m",
+                show(values["breach_m"]),
+                f"at most window_n ({values['window_n']})",
+            )
+        return StatusConfig(**values)
+
+    def limits(self, raw: Any) -> Limits:
+        return Limits(**self.r.section(raw, "limits", Limits, LIMITS_KEYS))
+
+    def thresholds_file(self, top: dict[str, Any]) -> Path:
+        r = self.r
+        default = self.base / "thresholds.yaml"
+        path = r.get(
+            top,
+            "thresholds_file",
+            "",
+            self.existing_file,
+            "a readable thresholds YAML file",
+            default,
+        )
+        if "thresholds_file" not in top and not path.is_file():
+            r.error("thresholds_file", "nothing", f"a thresholds file (none at {path})")
+        return path
+
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Load and validate a collector config; raises ConfigError listing every problem."""
     p = Path(path)
     name = str(path)
     doc = read_yaml(p, " (give one with -c FILE)")
     if doc is None:
         doc = {}
-    doc, sources = _apply_env(doc, os.environ if environ is None else environ, _TOP)
-    r = _Reader(name, sources)
+    doc, sources = apply_env(doc, os.environ if environ is None else environ, _TOP)
+    r = Reader(name, sources)
     if not isinstance(doc, dict):
-        raise ConfigError([f"{name}: (top level): got {_show(doc)}, expected a mapping"])
+        raise ConfigError([f"{name}: (top level): got {show(doc)}, expected a mapping"])
     top = r.mapping(doc, "", _TOP, {"sink"})
-    base = p.resolve().parent
-
-    def path_of(v: Any) -> Path | None:
-        if not isinstance(v, str) or not v:
-            return None
-        q = Path(v).expanduser()
-        return q if q.is_absolute() else base / q
-
-    def existing(v: Any) -> Path | None:
-        q = path_of(v)
-        return q if q is not None and q.is_file() else None
-
-    lm = r.mapping(top.get("listen"), "listen", {"host", "port"}, set())
-    host = r.get(lm, "host", "listen", _string(), "an address to listen on", "127.0.0.1")
-    port = r.get(lm, "port", "listen", _integer(1, 65535), "a port, 1..65535", 8080)
-
-    sink: SinkConfig | None = None
-    sk = {
-        "kind",
-        "url",
-        "database",
-        "retention_policy",
-        "bucket",
-        "org",
-        "username",
-        "password",
-        "token",
-        "timeout_s",
-        "retry_after_s",
-        "gzip",
-    }
-    sm = r.mapping(top.get("sink"), "sink", sk, {"kind", "url"})
-    kind = r.get(sm, "kind", "sink", lambda v: v if v in SINK_KINDS else None, "v1 or v2")
-    url = r.get(sm, "url", "sink", _http_url, "the database's http(s) base URL")
-    database = r.get(sm, "database", "sink", _string(), "a database name", "sinyal")
-    rp = r.get(sm, "retention_policy", "sink", _string(), "a retention policy name")
-    bucket = r.get(sm, "bucket", "sink", _string(), "a bucket name")
-    org = r.get(sm, "org", "sink", _string(), "an organisation name", "sinyal")
-    user = r.get(sm, "username", "sink", _string(), "a user name")
-    password = r.get(sm, "password", "sink", _string(), "a password")
-    token = r.get(sm, "token", "sink", _string(), "an API token")
-    if token is not None and (user is not None or password is not None):
-        r.error("sink.token", "'***'", "either token or username/password, not both")
-    if (user is None) != (password is None):
-        r.error(
-            "sink.password" if user else "sink.username",
-            "nothing",
-            "username and password together",
-        )
-    timeout = r.get(sm, "timeout_s", "sink", number(0, 600, lo_open=True), "seconds, 0..600", 10.0)
-    retry = r.get(sm, "retry_after_s", "sink", _integer(1, 3600), "seconds, 1..3600", 10)
-    gz = r.get(
-        sm,
-        "gzip",
-        "sink",
-        lambda v: v if v in ("auto", "always", "never") else None,
-        "auto, always or never",
-        "auto",
-    )
-    if kind is not None and url is not None:
-        sink = SinkConfig(
-            kind,
-            url,
-            database or "sinyal",
-            rp,
-            bucket,
-            org or "sinyal",
-            user,
-            password,
-            token,
-            timeout or 10.0,
-            retry or 10,
-            gz or "auto",
-        )
-
-    data_dir = r.get(top, "data_dir", "", path_of, "a directory path", Path("/var/lib/sinyal"))
-    thresholds = r.get(
-        top,
-        "thresholds_file",
-        "",
-        existing,
-        "a readable thresholds YAML file",
-        path_of("thresholds.yaml"),
-    )
-    if "thresholds_file" not in top and thresholds is not None and not thresholds.is_file():
-        r.error("thresholds_file", "nothing", f"a thresholds file (none at {thresholds})")
-
-    st = r.mapping(
-        top.get("status"),
-        "status",
-        {"breach_m", "window_n", "silent_after_s", "sweeper", "sweep_interval_s"},
-        set(),
-    )
-    m = r.get(st, "breach_m", "status", _integer(1, 100), "rounds, 1..100", 3)
-    n = r.get(st, "window_n", "status", _integer(1, 100), "rounds, 1..100", 5)
-    if m is not None and n is not None and m > n:
-        r.error("status.breach_m", _show(m), f"at most window_n ({n})")
-    silent = r.get(st, "silent_after_s", "status", number(10, 86400), "seconds, 10..86400", 300.0)
-    sweeper = r.get(st, "sweeper", "status", _boolean, "true or false", True)
-    sweep_iv = r.get(st, "sweep_interval_s", "status", number(1, 3600), "seconds, 1..3600", 30.0)
-
-    limit_keys = {"max_body_bytes", "max_records", "past_s", "future_s"}
-    limit_keys |= {"max_series_per_station", "recent_points"}
-    li = r.mapping(top.get("limits"), "limits", limit_keys, set())
-    max_body = r.get(
-        li, "max_body_bytes", "limits", _integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
-    )
-    max_rec = r.get(li, "max_records", "limits", _integer(1, 100_000), "1..100000", 5000)
-    past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
-    future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
-    series = r.get(
-        li, "max_series_per_station", "limits", _integer(1, 10**6), "series, 1..1000000", 500
-    )
-    points = r.get(li, "recent_points", "limits", _integer(0, 10**8), "points, 0..1e8", 500_000)
-
+    loader = _Loader(r, p.resolve().parent)
+    listen = loader.listen(top.get("listen"))
+    sink = loader.sink(top.get("sink"))
+    data_dir = r.get(top, "data_dir", "", loader.path_value, "a directory path", DEFAULT_DATA_DIR)
+    thresholds = loader.thresholds_file(top)
+    status = loader.status(top.get("status"))
+    limits = loader.limits(top.get("limits"))
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
-    assert data_dir is not None and thresholds is not None
-    return CollectorConfig(
-        path=p,
-        listen=Listen(host or "127.0.0.1", port or 8080),
-        sink=sink,
-        data_dir=data_dir,
-        thresholds_file=thresholds,
-        status=StatusConfig(m or 3, n or 5, silent or 300.0, bool(sweeper), sweep_iv or 30.0),
-        limits=Limits(
-            max_body or 5 * 2**20,
-            max_rec or 5000,
-            past or 35 * 86400.0,
-            300.0 if future is None else future,
-            series or 500,
-            500_000 if points is None else points,
-        ),
-    )
+    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits)
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> str:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.record import Record
+from agent.contract.record import Record
+from collector.admission import Prepared, Rejection
 from collector.config import Limits
-from collector.ingest import Prepared, Rejection
 
 
 class Guard:

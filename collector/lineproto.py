@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from agent.record import Record
+from agent.contract.record import Record
 
 FieldValue = int | float | str
 

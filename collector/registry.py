@@ -69,8 +69,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import _NAME_RE, _STATION_ID_RE, _show, _timezone
-from agent.record import FORMULA_LEAD
+from agent.contract.configkit import NAME_RE, STATION_ID_RE, show, timezone
+from agent.contract.record import FORMULA_LEAD
+from collector.station import Station
 
 log = logging.getLogger("sinyal.collector.registry")
 
@@ -129,21 +130,6 @@ class RegistryError(Exception):
         self.errors = errors
 
 
-@dataclass(frozen=True, slots=True)
-class Station:
-    id: str
-    name: str
-    province: str
-    regency: str
-    lat: float
-    lon: float
-    tz: str
-    expected_operator: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(frozen=True)
 class ImportResult:
     added: int
@@ -200,7 +186,7 @@ def _hash(token: str) -> bytes:
 
 
 def _got(value: str) -> str:
-    return _show(value) if value else "nothing"
+    return show(value) if value else "nothing"
 
 
 def _text(value: str) -> str | None:
@@ -315,7 +301,7 @@ class _CsvReader:
     def _station(self, line: int, v: dict[str, str]) -> Station | None:
         n = len(self.errors)
         sid = v["id"]
-        if not _STATION_ID_RE.fullmatch(sid):
+        if not STATION_ID_RE.fullmatch(sid):
             expected = "a station id: the 13-digit TPS code or 1..64 letters, digits, '.', '_', '-'"
             if _SCIENTIFIC_RE.fullmatch(sid):
                 expected += " (a spreadsheet turned the code into a number: format it as text)"
@@ -338,10 +324,10 @@ class _CsvReader:
                 )
             else:
                 coords.append(value)
-        if _timezone(v["tz"]) is None:
+        if timezone(v["tz"]) is None:
             self.error(line, "column tz", _got(v["tz"]), _EXPECTED["tz"])
         operator = v["expected_operator"].lower() or None
-        if operator is not None and not _NAME_RE.fullmatch(operator):
+        if operator is not None and not NAME_RE.fullmatch(operator):
             self.error(
                 line,
                 "column expected_operator",
@@ -556,7 +542,7 @@ class Registry:
         scope). Bulk provisioning of a fleet uses this; it is as fast per token as it gets."""
         errors: list[str] = []
         if note and (len(note) > _MAX_TEXT or not note.isprintable()):
-            errors.append(f"note: got {_show(note)}, expected one line of at most 200 characters")
+            errors.append(f"note: got {show(note)}, expected one line of at most 200 characters")
         many = len(scopes) > 1
         for n, (station, region) in enumerate(scopes, 1):
             where = f"scope {n}: " if many else ""
@@ -599,7 +585,7 @@ class Registry:
         if (station is None) == (region is None):
             return "scope: expected exactly one of a station id or a region prefix"
         if station is not None:
-            if not _STATION_ID_RE.fullmatch(station):
+            if not STATION_ID_RE.fullmatch(station):
                 return (
                     f"station: got {_got(station)}, expected a station id: the 13-digit TPS"
                     " code or 1..64 letters, digits, '.', '_', '-'"

@@ -43,13 +43,10 @@ GC_YOUNG_THRESHOLD = 100_000
 def tune_gc() -> None:
     """Fewer cyclic-GC passes on the ingest path. A 100-record upload allocates some
     thousands of objects that reference counting frees on its own; at CPython's default
-    threshold each upload set off several young collections, which cost the collector
-    about 3-4 µs of CPU per point with 2,000 stations (benchmarks/results/ingest.md).
-    A young collection scans what is alive at that moment (the requests in flight: about
-    3 ms each here, whatever the threshold), so fewer of them cost less: in the ingest
-    benchmark, 10,000 allocations between them took 0.40 s of GC in 7 s of CPU, 100,000
-    took 0.15 s. What was loaded at start (registry, thresholds, code) is frozen out of
-    every scan."""
+    threshold each upload sets off several young collections. A young collection scans what
+    is alive at that moment (the requests in flight, whatever the threshold), so fewer of
+    them cost less (figures: benchmarks/results/ingest-tuning.md). What was loaded at start
+    (registry, thresholds, code) is frozen out of every scan."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()

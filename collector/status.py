@@ -63,7 +63,7 @@ Reasons
     i.e. `kind[series@uplink]` followed by the breaching fields of the series' latest round at
     that level: `field=value` then the threshold it crossed (`>`/`>=`, or `<`/`<=` for
     lower-is-worse metrics; `>=` where the metric is `inclusive`). Failed rounds show
-    `error=<code>` (agent.record.ErrorCode) or `ok=0`. `causes` is the compact code list for
+    `error=<code>` (contract.record.ErrorCode) or `ok=0`. `causes` is the compact code list for
     tables and alert titles: threshold metric names and error codes, sorted, comma-separated,
     e.g. `loss,mos,timeout`; a silent station has the cause `silent`. The point's `reasons`
     field joins the strings with "; ".
@@ -133,11 +133,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import Protocol
 
-from agent.record import MEASUREMENTS, FieldValue, Record, utcnow
-from agent.thresholds import Grade, Threshold, Thresholds
+from agent.contract.record import MEASUREMENTS, FieldValue, Record, utcnow
+from agent.contract.thresholds import Grade, Threshold, Thresholds
 from collector.config import StatusConfig
+from collector.station import Station
 
 MEASUREMENT = "station_status"
 MAX_REASONS = 3
@@ -160,48 +160,6 @@ class Status(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
-
-
-class StationLike(Protocol):
-    """What status points need from a registry row. `operator` (or `expected_operator`) is
-    read with getattr, so registry objects that name it either way are accepted."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def province(self) -> str | None: ...
-    @property
-    def regency(self) -> str | None: ...
-    @property
-    def lat(self) -> float | None: ...
-    @property
-    def lon(self) -> float | None: ...
-
-
-@dataclass(frozen=True)
-class StationInfo:
-    id: str
-    province: str | None = None
-    regency: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-    operator: str | None = None  # the registry's expected operator
-    tz: str | None = None  # IANA zone: Asia/Jakarta WIB, Asia/Makassar WITA, Asia/Jayapura WIT
-
-    @classmethod
-    def of(cls, row: object) -> StationInfo:
-        """From any object with id, province, regency, lat, lon, tz and operator or
-        expected_operator attributes (missing ones become None)."""
-        op = getattr(row, "operator", None) or getattr(row, "expected_operator", None)
-        return cls(
-            id=str(getattr(row, "id")),  # noqa: B009 - a row without an id is a bug
-            province=getattr(row, "province", None),
-            regency=getattr(row, "regency", None),
-            lat=getattr(row, "lat", None),
-            lon=getattr(row, "lon", None),
-            operator=op,
-            tz=getattr(row, "tz", None),
-        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +258,7 @@ class StatusEngine:
 
     # -- public API --------------------------------------------------------------------------
 
-    def observe(self, station: StationLike | str, records: Sequence[Record]) -> list[StatusChange]:
+    def observe(self, station: Station | str, records: Sequence[Record]) -> list[StatusChange]:
         """One upload's accepted records of one station, in measured_at order.
 
         Returns the station's StatusChange when this upload changed its status, else []."""
@@ -321,7 +279,7 @@ class StatusEngine:
             st.since = now
             return [StatusChange(sid, old, st.status, st.reasons, now)]
 
-    def sweep(self, known: Iterable[StationLike] = ()) -> list[StatusChange]:
+    def sweep(self, known: Iterable[Station] = ()) -> list[StatusChange]:
         """Mark silent the stations nothing arrived from for silent_after_s; return the
         changes. `known` (the registry's stations) adds those that never reported, once the
         engine has run for silent_after_s."""
@@ -362,7 +320,7 @@ class StatusEngine:
             return None if st is None else self._snapshot(station_id, st, self._clock())
 
     def status_points(
-        self, stations: Iterable[StationLike], now: datetime
+        self, stations: Iterable[Station], now: datetime
     ) -> list[tuple[str, dict[str, str], dict[str, int | float | str], int]]:
         """`station_status` points at `now` for the given stations that have state here."""
         t_ns = _time_ns(now)
@@ -617,20 +575,18 @@ def _time_ns(t: datetime) -> int:
     return (t - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _tags(info: StationLike) -> dict[str, str]:
+def _tags(info: Station) -> dict[str, str]:
     sid = info.id
     province, regency = info.province, info.regency
     if sid.isdigit() and len(sid) >= 4:
         province = province or sid[:2]
         regency = regency or sid[:4]
-    op = getattr(info, "operator", None) or getattr(info, "expected_operator", None)
+    op = info.expected_operator
     tags = {"station": sid, "province": province, "regency": regency, "operator": op}
     return {k: str(v) for k, v in tags.items() if v}
 
 
-def _fields(
-    snap: StationSnapshot, info: StationLike, now: datetime
-) -> dict[str, int | float | str]:
+def _fields(snap: StationSnapshot, info: Station, now: datetime) -> dict[str, int | float | str]:
     f: dict[str, int | float | str] = {
         "status": int(snap.status),
         "status_name": snap.status.label,
@@ -656,7 +612,6 @@ def _fields(
         f["icmp_target"] = snap.icmp_target
     if snap.icmp_uplink:
         f["icmp_uplink"] = snap.icmp_uplink
-    tz = getattr(info, "tz", None)
-    if tz:  # the station's local zone, for times shown to the control room
-        f["tz"] = str(tz)
+    if info.tz:  # the station's local zone, for times shown to the control room
+        f["tz"] = info.tz
     return f

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from agent.contract.thresholds import load as load_thresholds
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DASHBOARDS = HERE / "dashboards"
@@ -884,28 +886,21 @@ def station() -> dict[str, Any]:
     )
 
 
-def warn_limits() -> dict[str, float]:
-    """The warn level of the ICMP metrics in config/thresholds.yaml, by field."""
-    doc = yaml.safe_load(THRESHOLDS.read_text())
-    out: dict[str, float] = {}
-    for metric in doc["metrics"].values():
-        for f in metric["fields"]:
-            kind, _, name = f.partition(".")
-            if kind == "icmp":
-                out[name] = float(metric["warn"])
-    return out
+WITHIN_FIELDS = ("rtt_p50_ms", "jitter_ms", "loss_pct", "mos")
 
 
 def within_conditions() -> tuple[str, ...]:
-    """A round is within thresholds when latency, jitter and loss are better than warn (and
-    MOS at least warn). A round with no replies has no RTT fields, so it is never within."""
-    w = warn_limits()
-    return (
-        f"{q('rtt_p50_ms')} <= {w['rtt_p50_ms']:g}",
-        f"{q('jitter_ms')} <= {w['jitter_ms']:g}",
-        f"{q('loss_pct')} < {w['loss_pct']:g}",
-        f"{q('mos')} >= {w['mos']:g}",
-    )
+    """A round is within thresholds when none of latency, jitter, loss and MOS breaches its
+    warn level in config/thresholds.yaml, by the thresholds' own comparison (`inclusive`
+    honoured). A round with no replies has no RTT fields, so it is never within."""
+    limits = load_thresholds(THRESHOLDS)
+    out = []
+    for name in WITHIN_FIELDS:
+        t = limits.for_field("icmp", name)
+        if t is None:
+            raise SystemExit(f"{THRESHOLDS}: no threshold grades icmp.{name}")
+        out.append(f"{q(name)} {t.within_operator()} {t.warn:g}")
+    return tuple(out)
 
 
 def operators() -> dict[str, Any]:

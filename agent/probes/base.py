@@ -9,7 +9,7 @@ from typing import Protocol
 
 from agent.clock import clock_info
 from agent.config import AgentConfig, Uplink
-from agent.record import ClockInfo, ErrorCode, FieldValue, Record, utcnow
+from agent.contract.record import ClockInfo, ErrorCode, FieldValue, Record, utcnow
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 
 from agent.config import DnsProbeConfig, Resolver, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
 
 _BACKEND = dns.asyncbackend.get_backend("asyncio")
 

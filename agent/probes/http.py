@@ -21,7 +21,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 # httpcore imports these on the first connection; importing them here keeps that import
 # (~20 ms) out of the first measurement's timings.
@@ -31,13 +31,11 @@ import h11  # noqa: F401
 import httpcore  # noqa: F401
 import httpx
 
-from agent import __version__
 from agent.config import HttpProbeConfig, HttpTarget, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
+from agent.contract.version import AGENT_USER_AGENT
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
-
-USER_AGENT = f"sinyal-agent/{__version__}"
 
 
 def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -91,10 +89,11 @@ class HttpProbe:
 
     async def measure(self, uplink: Uplink, target: HttpTarget) -> Record:
         stamp = Stamp()
-        fields: dict[str, FieldValue | None] = {"ok": 0}
+        exchange = _Exchange(self, uplink, target)
+        fields = exchange.fields
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
-                error = await self._get(uplink, target, fields)
+                error = await exchange.run()
         except TimeoutError:
             error = ErrorCode.TIMEOUT
         except SourceUnavailable:
@@ -118,94 +117,120 @@ class HttpProbe:
             self.kind, stamp, self.station, uplink, {"target": target.name}, fields, error
         )
 
-    async def _get(
-        self, uplink: Uplink, target: HttpTarget, fields: dict[str, FieldValue | None]
-    ) -> ErrorCode | None:
-        source = uplink_source(uplink)
-        parts = urlsplit(target.url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+
+class _Exchange:
+    """One GET of one target over one uplink. Its fields fill in as the phases complete,
+    so a failure keeps what was measured before it (dns_ms, connect_ms, ...)."""
+
+    def __init__(self, probe: HttpProbe, uplink: Uplink, target: HttpTarget) -> None:
+        self.probe = probe
+        self.cfg = probe.cfg
+        self.uplink = uplink
+        self.target = target
+        self.fields: dict[str, FieldValue | None] = {"ok": 0}
+        self.trace = Trace()
+
+    async def run(self) -> ErrorCode | None:
+        source = uplink_source(self.uplink)
+        parts = urlsplit(self.target.url)
         # The client (and its TLS context, ~tens of ms) is built before the clock starts:
         # total_ms measures the network exchange, not our set-up.
         transport = httpx.AsyncHTTPTransport(
             local_address=source,
             retries=0,
-            verify=self.ssl_context() if parts.scheme == "https" else False,
+            verify=self.probe.ssl_context() if parts.scheme == "https" else False,
         )
-        trace = Trace()
         async with httpx.AsyncClient(
             transport=transport, follow_redirects=False, timeout=self.cfg.timeout_s
         ) as client:
             t0 = time.monotonic()
             try:
-                address = host
-                if not _is_ip(host):
-                    family = socket.AF_UNSPEC
-                    if source is not None:
-                        family = socket.AF_INET6 if _is_ip(source, 6) else socket.AF_INET
-                    loop = asyncio.get_running_loop()
-                    try:
-                        infos = await loop.getaddrinfo(
-                            host, port, family=family, type=socket.SOCK_STREAM
-                        )
-                    except socket.gaierror:
-                        return ErrorCode.NAME_NOT_RESOLVED
-                    address = str(infos[0][4][0])
-                    fields["dns_ms"] = round((time.monotonic() - t0) * 1000, 3)
-                netloc = f"[{address}]" if _is_ip(address, 6) else address
-                if parts.port:
-                    netloc += f":{parts.port}"
-                url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-                request = client.build_request(
-                    "GET",
-                    url,
-                    headers={
-                        "Host": parts.netloc.rpartition("@")[2],
-                        "User-Agent": USER_AGENT,
-                        "Accept-Encoding": "identity",
-                        "Connection": "close",
-                    },
-                    extensions={"trace": trace, "sni_hostname": host},
-                )
-                response = await client.send(request, stream=True)
-                fields["status"] = response.status_code
-                try:
-                    # Chunks come as the socket delivers them (up to 64 KiB): stop at the one
-                    # that holds byte max_bytes and count no further, so total_ms is the time
-                    # to that byte and bytes never exceeds max_bytes (0: headers only).
-                    received = 0
-                    if self.cfg.max_bytes > 0:
-                        async for chunk in response.aiter_raw():
-                            received += len(chunk)
-                            if received >= self.cfg.max_bytes:
-                                received = self.cfg.max_bytes
-                                break
-                    fields["total_ms"] = round((time.monotonic() - t0) * 1000, 3)
-                    fields["bytes"] = received
-                finally:
-                    await response.aclose()
+                address = await self._resolve(parts, source, t0)
+                if address is None:
+                    return ErrorCode.NAME_NOT_RESOLVED
+                status = await self._fetch(client, parts, address, t0)
             finally:
-                # Phases that completed are kept even when a later one failed.
-                fields.update(
-                    connect_ms=_r(
-                        trace.span(
-                            "connection.connect_tcp.started", "connection.connect_tcp.complete"
-                        )
-                    ),
-                    tls_ms=_r(
-                        trace.span("connection.start_tls.started", "connection.start_tls.complete")
-                    ),
-                    ttfb_ms=_r(
-                        trace.span(
-                            "http11.send_request_headers.started",
-                            "http11.receive_response_headers.complete",
-                        )
-                    ),
-                )
-        if response.status_code not in target.expect_status:
+                self.fields.update(self._phases())  # those that completed, even on failure
+        if status not in self.target.expect_status:
             return ErrorCode.HTTP_STATUS
-        fields["ok"] = 1
+        self.fields["ok"] = 1
         return None
+
+    async def _resolve(self, parts: SplitResult, source: str | None, t0: float) -> str | None:
+        """The address to connect to (the URL's own when it is one), timed as dns_ms; None
+        when the name does not resolve."""
+        host = parts.hostname or ""
+        if _is_ip(host):
+            return host
+        family = socket.AF_UNSPEC
+        if source is not None:
+            family = socket.AF_INET6 if _is_ip(source, 6) else socket.AF_INET
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, family=family, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror:
+            return None
+        self.fields["dns_ms"] = round((time.monotonic() - t0) * 1000, 3)
+        return str(infos[0][4][0])
+
+    async def _fetch(
+        self, client: httpx.AsyncClient, parts: SplitResult, address: str, t0: float
+    ) -> int:
+        """GET the resolved address with the URL's Host and SNI; the status."""
+        netloc = f"[{address}]" if _is_ip(address, 6) else address
+        if parts.port:
+            netloc += f":{parts.port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        request = client.build_request(
+            "GET",
+            url,
+            headers={
+                "Host": parts.netloc.rpartition("@")[2],
+                "User-Agent": AGENT_USER_AGENT,
+                "Accept-Encoding": "identity",
+                "Connection": "close",
+            },
+            extensions={"trace": self.trace, "sni_hostname": parts.hostname or ""},
+        )
+        response = await client.send(request, stream=True)
+        self.fields["status"] = response.status_code
+        try:
+            received = await self._read_body(response)
+            self.fields["total_ms"] = round((time.monotonic() - t0) * 1000, 3)
+            self.fields["bytes"] = received
+        finally:
+            await response.aclose()
+        return response.status_code
+
+    async def _read_body(self, response: httpx.Response) -> int:
+        """Chunks come as the socket delivers them (up to 64 KiB): stop at the one that holds
+        byte max_bytes and count no further, so total_ms is the time to that byte and bytes
+        never exceeds max_bytes (0: headers only)."""
+        limit = self.cfg.max_bytes
+        received = 0
+        if limit > 0:
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received >= limit:
+                    return limit
+        return received
+
+    def _phases(self) -> dict[str, FieldValue | None]:
+        span = self.trace.span
+        return {
+            "connect_ms": _r(
+                span("connection.connect_tcp.started", "connection.connect_tcp.complete")
+            ),
+            "tls_ms": _r(span("connection.start_tls.started", "connection.start_tls.complete")),
+            "ttfb_ms": _r(
+                span(
+                    "http11.send_request_headers.started",
+                    "http11.receive_response_headers.complete",
+                )
+            ),
+        }
 
 
 def _is_ip(text: str, version: int | None = None) -> bool:

@@ -41,9 +41,9 @@ from icmplib.utils import unique_identifier
 
 from agent import stats
 from agent.config import IcmpProbeConfig, IcmpTarget, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
 
 _ECHO_REPLY = {4: 0, 6: 129}
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) on Linux x86, arm and arm64; Python does not export it.
@@ -170,123 +170,181 @@ class IcmpProbe:
         Receive times are the kernel's (SO_TIMESTAMPNS), so a busy event loop
         does not inflate RTTs; send times are icmplib's, taken just before sendto.
         """
-        cfg = self.cfg
-        result = RoundResult()
         version = ipaddress.ip_address(address).version
         sock_cls = ICMPv6Socket if version == 6 else ICMPv4Socket
         try:
             icmp_sock = sock_cls(source, self.env.icmp_privileged)
         except SocketAddressError:
-            result.send_error = ErrorCode.SOURCE_UNAVAILABLE
-            return result
+            return RoundResult(send_error=ErrorCode.SOURCE_UNAVAILABLE)
         except SocketPermissionError:
-            result.send_error = ErrorCode.PERMISSION_DENIED
-            return result
+            return RoundResult(send_error=ErrorCode.PERMISSION_DENIED)
         if start_delay_s > 0:
             await asyncio.sleep(start_delay_s)
+        echo = _EchoRound(self.cfg, address, version, self.env.icmp_privileged)
+        with icmp_sock:
+            await echo.run(icmp_sock)
+        return echo.result
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What a received ICMP message says about which request it answers."""
+
+    type: int
+    code: int
+    ident: int
+    sequence: int
+
+
+# ICMP offsets (bytes) per IP version: the IP header a raw socket delivers before the ICMP
+# header, and what precedes the embedded request's header in an error message (the error's
+# own ICMP header and the request's IP header).
+_IP_HEADER = {4: 20, 6: 0}
+_EMBEDDED = {4: 8 + 20, 6: 8 + 40}
+
+
+def parse_reply(packet: bytes, version: int, with_ip_header: bool) -> _Reply | None:
+    """An echo reply's identifier and sequence; for an ICMP error (unreachable, time
+    exceeded), those of the request it embeds. None when the message is too short.
+    Raw IPv4 sockets deliver the IP header (taken as 20 bytes, as icmplib does); datagram
+    sockets and IPv6 do not."""
+    at = _IP_HEADER[version] if with_ip_header else 0
+    if len(packet) < at + 8:
+        return None
+    kind, code = packet[at], packet[at + 1]
+    if kind != _ECHO_REPLY[version]:
+        at += _EMBEDDED[version]
+        if len(packet) < at + 8:
+            return None
+    ident, sequence = struct.unpack_from("!2H", packet, at + 4)
+    return _Reply(kind, code, ident, sequence)
+
+
+class _EchoRound:
+    """The state of one round on one socket: the requests sent, the replies accepted."""
+
+    def __init__(self, cfg: IcmpProbeConfig, address: str, version: int, privileged: bool) -> None:
+        self.cfg = cfg
+        self.address = address
+        self.version = version
+        self.privileged = privileged
+        self.result = RoundResult()
         # A raw socket sees every ICMP packet of the machine, so another pinger's replies
         # must never pass for ours: icmplib's identifiers (pid + n) can equal fping's (its
         # pid), so the identifier and the first sequence number are random per round, and a
         # reply must match both. (Unprivileged sockets get a kernel-chosen identifier.)
-        ident = secrets.randbits(16) if self.env.icmp_privileged else unique_identifier()
-        seq_base = secrets.randbits(16)
-        seq_of: dict[int, int] = {}  # sequence number on the wire -> index in the round
-        sent_at: dict[int, float] = {}  # index -> wall-clock send time (s)
-        sent_mono: dict[int, float] = {}  # index -> monotonic send time (s)
-        idents: set[int] = set()
-        got = asyncio.Event()  # set whenever a reply is accepted
-        timeout = cfg.timeout_s
+        self.ident = secrets.randbits(16) if privileged else unique_identifier()
+        self.seq_base = secrets.randbits(16)
+        self.seq_of: dict[int, int] = {}  # sequence number on the wire -> index in the round
+        self.sent_at: dict[int, float] = {}  # index -> wall-clock send time (s)
+        self.sent_mono: dict[int, float] = {}  # index -> monotonic send time (s)
+        self.idents: set[int] = set()
+        self.got = asyncio.Event()  # set whenever a reply is accepted
+        self.recverr = False
+
+    async def run(self, icmp_sock: ICMPv4Socket | ICMPv6Socket) -> None:
+        sock = icmp_sock.sock
+        self._configure(sock)
         loop = asyncio.get_running_loop()
-        with icmp_sock:
-            sock = icmp_sock.sock
-            sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            recverr = not self.env.icmp_privileged
-            if recverr:
-                # A raw socket sees ICMP errors as packets; a datagram (unprivileged)
-                # socket hears of host/network unreachable only through its error queue.
-                level = socket.IPPROTO_IPV6 if version == 6 else socket.IPPROTO_IP
-                try:
-                    sock.setsockopt(level, _IPV6_RECVERR if version == 6 else _IP_RECVERR, 1)
-                except OSError:
-                    recverr = False
+        loop.add_reader(sock.fileno(), self._on_readable, sock)
+        try:
+            last_sent = await self._send_all(icmp_sock)
+            await self._await_replies(last_sent + self.cfg.timeout_s)
+        finally:
+            loop.remove_reader(sock.fileno())
 
-            def on_readable() -> None:
-                if recverr:
-                    # Drained on every wake-up: a non-empty error queue keeps the
-                    # socket readable.
-                    code = _drain_error_queue(sock)
-                    result.icmp_error = code or result.icmp_error
-                while True:
-                    try:
-                        data, ancdata, _flags, peer = sock.recvmsg(2048, 64)
-                    except (BlockingIOError, InterruptedError):
-                        return
-                    except OSError as exc:
-                        # The socket's pending error (the same ICMP error, as errno);
-                        # reading it clears it and later replies still count.
-                        result.icmp_error = error_code_for(exc) or result.icmp_error
-                        return
-                    rx = _kernel_time(ancdata)
-                    rx_mono = time.monotonic()
-                    reply = icmp_sock._parse_reply(data, peer[0], rx)
-                    if reply is None or reply.id not in idents or reply.sequence not in seq_of:
-                        continue  # another socket's traffic (raw sockets see all ICMP)
-                    if reply.type != _ECHO_REPLY[version]:
-                        result.icmp_error = (
-                            ErrorCode.NETWORK_UNREACHABLE
-                            if reply.type == 3 and reply.code in _NET_UNREACHABLE_CODES
-                            else ErrorCode.HOST_UNREACHABLE
-                        )
-                        continue
-                    seq = seq_of[reply.sequence]
-                    if seq not in sent_at:
-                        continue
-                    rtt_ms = (rx - sent_at[seq]) * 1000
-                    upper_ms = (rx_mono - sent_mono[seq]) * 1000
-                    if not 0 <= rtt_ms <= upper_ms + _STEP_SLACK_MS:
-                        rtt_ms = upper_ms  # the wall clock stepped during this exchange
-                    if seq not in result.rtts_by_seq and 0 <= rtt_ms <= timeout * 1000:
-                        result.rtts_by_seq[seq] = rtt_ms
-                        got.set()
+    def _configure(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        if self.privileged:
+            return
+        # A raw socket sees ICMP errors as packets; a datagram (unprivileged) socket hears
+        # of host/network unreachable only through its error queue.
+        level = socket.IPPROTO_IPV6 if self.version == 6 else socket.IPPROTO_IP
+        try:
+            sock.setsockopt(level, _IPV6_RECVERR if self.version == 6 else _IP_RECVERR, 1)
+            self.recverr = True
+        except OSError:
+            self.recverr = False
 
-            loop.add_reader(sock.fileno(), on_readable)
+    async def _send_all(self, icmp_sock: ICMPv4Socket | ICMPv6Socket) -> float:
+        """Send the round's requests at their fixed spacing; the monotonic time of the last."""
+        cfg, result = self.cfg, self.result
+        start = time.monotonic()
+        last_sent = start
+        for seq in range(cfg.count):
+            delay = start + seq * cfg.spacing_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            wire_seq = (self.seq_base + seq) & 0xFFFF
+            self.seq_of[wire_seq] = seq
+            request = ICMPRequest(
+                self.address, self.ident, wire_seq, payload_size=cfg.payload_bytes
+            )
+            t_mono = time.monotonic()
             try:
-                start = time.monotonic()
-                last_sent = start
-                for seq in range(cfg.count):
-                    delay = start + seq * cfg.spacing_s - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    wire_seq = (seq_base + seq) & 0xFFFF
-                    seq_of[wire_seq] = seq
-                    request = ICMPRequest(address, ident, wire_seq, payload_size=cfg.payload_bytes)
-                    t_mono = time.monotonic()
-                    try:
-                        icmp_sock.send(request)
-                    except ICMPLibError as exc:
-                        result.send_error = error_code_for(exc) or ErrorCode.NETWORK_UNREACHABLE
-                        continue
-                    sent_at[seq] = request.time
-                    sent_mono[seq] = t_mono
-                    last_sent = time.monotonic()
-                    idents.add(request.id)  # unprivileged sockets: the kernel's id
-                    result.sent += 1
-                # Wait for the missing replies, until Tmax after the last request.
-                deadline = last_sent + timeout
-                while len(result.rtts_by_seq) < len(sent_at):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    got.clear()
-                    try:
-                        await asyncio.wait_for(got.wait(), remaining)
-                    except TimeoutError:
-                        break
-            finally:
-                loop.remove_reader(sock.fileno())
-        return result
+                icmp_sock.send(request)
+            except ICMPLibError as exc:
+                result.send_error = error_code_for(exc) or ErrorCode.NETWORK_UNREACHABLE
+                continue
+            self.sent_at[seq] = request.time
+            self.sent_mono[seq] = t_mono
+            last_sent = time.monotonic()
+            self.idents.add(request.id)  # unprivileged sockets: the kernel's id
+            result.sent += 1
+        return last_sent
+
+    async def _await_replies(self, deadline: float) -> None:
+        """Wait for the missing replies, until Tmax after the last request."""
+        while len(self.result.rtts_by_seq) < len(self.sent_at):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.got.clear()
+            try:
+                await asyncio.wait_for(self.got.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        result = self.result
+        if self.recverr:
+            # Drained on every wake-up: a non-empty error queue keeps the socket readable.
+            result.icmp_error = _drain_error_queue(sock) or result.icmp_error
+        while True:
+            try:
+                data, ancdata, _flags, _peer = sock.recvmsg(2048, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # The socket's pending error (the same ICMP error, as errno); reading it
+                # clears it and later replies still count.
+                result.icmp_error = error_code_for(exc) or result.icmp_error
+                return
+            self._accept(data, _kernel_time(ancdata), time.monotonic())
+
+    def _accept(self, data: bytes, rx: float, rx_mono: float) -> None:
+        reply = parse_reply(data, self.version, self.privileged)
+        if reply is None or reply.ident not in self.idents or reply.sequence not in self.seq_of:
+            return  # another socket's traffic (raw sockets see all ICMP)
+        result = self.result
+        if reply.type != _ECHO_REPLY[self.version]:
+            unreachable_net = reply.type == 3 and reply.code in _NET_UNREACHABLE_CODES
+            result.icmp_error = (
+                ErrorCode.NETWORK_UNREACHABLE if unreachable_net else ErrorCode.HOST_UNREACHABLE
+            )
+            return
+        seq = self.seq_of[reply.sequence]
+        if seq not in self.sent_at:
+            return
+        rtt_ms = (rx - self.sent_at[seq]) * 1000
+        upper_ms = (rx_mono - self.sent_mono[seq]) * 1000
+        if not 0 <= rtt_ms <= upper_ms + _STEP_SLACK_MS:
+            rtt_ms = upper_ms  # the wall clock stepped during this exchange
+        if seq not in result.rtts_by_seq and 0 <= rtt_ms <= self.cfg.timeout_s * 1000:
+            result.rtts_by_seq[seq] = rtt_ms
+            self.got.set()
 
 
 def _drain_error_queue(sock: socket.socket) -> ErrorCode | None:

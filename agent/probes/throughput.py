@@ -36,9 +36,9 @@ from typing import Any
 
 from agent.budget import MB, Budget
 from agent.config import ThroughputProbeConfig, Uplink
+from agent.contract.record import ErrorCode, FieldValue, Record
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
-from agent.record import ErrorCode, FieldValue, Record
 
 log = logging.getLogger("sinyal.probe.throughput")
 

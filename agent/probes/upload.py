@@ -27,17 +27,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from agent import __version__
 from agent.budget import Budget
 from agent.config import Uplink, UploadProbeConfig, UploadTarget
+from agent.contract.record import ErrorCode, FieldValue, Record
+from agent.contract.version import AGENT_USER_AGENT
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
 from agent.probes.http import Trace, make_ssl_context
-from agent.record import ErrorCode, FieldValue, Record
 
 log = logging.getLogger("sinyal.probe.upload")
 
-USER_AGENT = f"sinyal-agent/{__version__}"
 CHUNK = 64 * 1024
 
 
@@ -147,7 +146,7 @@ class UploadProbe:
                 target.url,
                 content=body(),
                 headers={
-                    "User-Agent": USER_AGENT,
+                    "User-Agent": AGENT_USER_AGENT,
                     "Content-Type": "image/jpeg",
                     "Content-Length": str(len(payload)),
                     "Connection": "close",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.registry import Station
+from collector.station import Station
 
 OPERATORS = ("telkomsel", "indosat", "xlsmart")
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.registry import Station
+from collector.station import Station
 
 STATUS_NAMES = ("ok", "degraded", "critical", "silent")
 

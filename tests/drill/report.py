@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from collector.registry import Station
+from collector.station import Station
 from tests.drill.plan import STATUS_NAMES, Problem, Timing
 from tests.drill.run import Observed, Point
 

@@ -5,7 +5,7 @@ simulator when there is one, the scripted timeline; then reads back what the con
  root namespace (loopback)                        lab: core namespace         station namespaces
  influxd 127.0.0.1:P1  <- collector 127.0.0.1:P2  socat 198.18.0.2:8080  <-  sinyal-agent run
                           <- socat UNIX-LISTEN <--- (Unix socket) ------       (one per station,
- sinyal-agent simulate -> collector (loopback)                                  impaired by the
+ benchmarks.simulate -> collector (loopback)                                     impaired by the
                                                                                 router)
 ```
 
@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import yaml
 
-from collector.registry import Station
+from collector.station import Station
 from tests.drill import fleet
 from tests.drill.plan import CLEAR, STATUS_NAMES, Problem, Timing, timeline
 from tests.harness.dbs import InfluxServer, influxd
@@ -94,16 +94,16 @@ def environment_problems() -> list[str]:
 
 
 def simulator_available() -> tuple[bool, str]:
-    """Whether this installation has `sinyal-agent simulate`, and what it said if not."""
-    cmd = [sys.executable, "-m", "agent.cli", "simulate", "--help"]
+    """Whether this installation has `python -m benchmarks.simulate`, and what it said if not."""
+    cmd = [sys.executable, "-m", "benchmarks.simulate", "--help"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return False, "`sinyal-agent simulate --help` did not answer within 30 s"
+        return False, "`python -m benchmarks.simulate --help` did not answer within 30 s"
     if p.returncode == 0:
         return True, ""
     said = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
-    return False, f"`sinyal-agent simulate --help` exited {p.returncode}: {said}"
+    return False, f"`python -m benchmarks.simulate --help` exited {p.returncode}: {said}"
 
 
 def _clean_env() -> dict[str, str]:
@@ -330,7 +330,7 @@ class Drill:
         t = self.t
         duration = t.baseline_s + t.blackout_s + t.settle_s + 120
         cmd = [
-            *(sys.executable, "-m", "agent.cli", "simulate"),
+            *(sys.executable, "-m", "benchmarks.simulate"),
             *("--collector", url, "--tokens", str(path), "--stations", str(len(self.sim))),
             *("--profile", self.opts.sim_profile, "--interval-s", f"{t.interval_s:g}"),
             *("--targets", str(N_TARGETS), "--duration", f"{duration:g}"),
@@ -340,7 +340,7 @@ class Drill:
             _process(stack, cmd, self.run_dir / "simulator.log", cwd=ROOT)
         )
         self.obs.simulator = (
-            f"Simulated stations: {len(self.sim)} from `sinyal-agent simulate` "
+            f"Simulated stations: {len(self.sim)} from `python -m benchmarks.simulate` "
             f"(profile {self.opts.sim_profile}) in {fleet.SIM_REGION.province}."
         )
 

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 import yaml
 
-from agent.record import format_time
+from agent.contract.record import format_time
 from collector import config as collector_config
 from collector.app import create_app
 from collector.config import CollectorConfig

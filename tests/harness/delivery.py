@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.record import parse_time
+from agent.contract.record import parse_time
 from tests.harness.dbs import InfluxServer
 
 

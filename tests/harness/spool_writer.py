@@ -19,7 +19,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
-from agent.record import ClockInfo, Record
+from agent.contract.record import ClockInfo, Record
 from agent.spool import Spool
 
 _STATION = "3171011001001"

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.record import Record, parse_time
+from agent.contract.record import Record, parse_time
 from agent.spool import Spool
 from collector.registry import Registry
 from tests.conftest import base_config, require_tool, write_config

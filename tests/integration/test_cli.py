@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent import cli
-from agent.record import Record
+from agent.contract.record import Record
 from agent.spool import SPOOL_FILE, Spool
 from tests.conftest import base_config, require, require_root, require_tool, write_config
 
@@ -59,9 +59,8 @@ def clean_environ() -> dict[str, str]:
         (["run"], "Run the agent until stopped"),
         (["status"], "Show what the spool holds"),
         (["doctor"], "Preflight checks with the fix for each problem"),
-        (["simulate"], "Play many stations against a collector through the real upload protocol"),
     ],
-    ids=["top", "check-config", "once", "run", "status", "doctor", "simulate"],
+    ids=["top", "check-config", "once", "run", "status", "doctor"],
 )
 def test_help(command: list[str], purpose: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -79,8 +78,9 @@ def test_top_level_help_lists_every_command_and_exit_code(
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    for command in ("check-config", "once", "run", "status", "doctor", "simulate"):
+    for command in ("check-config", "once", "run", "status", "doctor"):
         assert re.search(rf"^\s+{command}\s+\S", out, re.M), command
+    assert "simulate" not in out  # the fleet simulator is a bench tool: benchmarks/simulate.py
     assert "exit codes: 0 ok, 1 failure, 2 invalid config or usage, 3 environment" in out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.record import format_time
+from agent.contract.record import format_time
 from tests.conftest import GOLDEN_RECORDS, require_tool
 from tests.harness.collector_stack import (
     STATION,

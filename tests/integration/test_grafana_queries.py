@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from agent import thresholds as agent_thresholds
-from agent.record import Record
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.record import Record
 from collector.config import StatusConfig
 from collector.lineproto import encode_point, record_to_point
-from collector.registry import Registry, Station
-from collector.status import StationInfo, StatusEngine
+from collector.registry import Registry
+from collector.station import Station
+from collector.status import StatusEngine
 from tests.conftest import ROOT
 from tests.harness.dbs import InfluxServer
 from tests.harness.grafana_artifacts import (
@@ -160,7 +161,7 @@ def scenario(influxdb: InfluxServer, tmp_path_factory: pytest.TempPathFactory) -
     thresholds = agent_thresholds.load(ROOT / "config" / "thresholds.yaml")
     engine = StatusEngine(thresholds, StatusConfig(silent_after_s=300), clock)
     sc = Scenario(db, now, known)
-    infos = {sid: StationInfo.of(st) for sid, st in known.items()}
+    infos = dict(known)
     lines: list[str] = []
 
     def status_points(ids: list[str]) -> None:

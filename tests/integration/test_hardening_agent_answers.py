@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent import config as agent_config
-from agent.config import Collector
-from agent.record import Record
+from agent.config import CollectorEndpoint
+from agent.contract.record import Record
 from agent.safehttp import DEADLINE_FACTOR, MAX_ANSWER_BYTES
 from agent.spool import REASON_CHARS, Spool
 from agent.uploader import Uploader
@@ -93,7 +93,9 @@ def test_memory_stays_bounded_and_nothing_is_lost(tmp_path: Path, ack: str) -> N
 
 def uploader(data: Path, url: str, timeout_s: float = 1) -> Uploader:
     spool = Spool.in_dir(data)
-    return Uploader(spool, Collector(url, token="tok", timeout_s=timeout_s), "3171011001001")
+    return Uploader(
+        spool, CollectorEndpoint(url, token="tok", timeout_s=timeout_s), "3171011001001"
+    )
 
 
 async def one_upload(up: Uploader) -> tuple[object, float]:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from agent.record import Record
-from agent.thresholds import load as load_thresholds
+from agent.contract.record import Record
+from agent.contract.thresholds import load as load_thresholds
 from agent.view import BoardView
 from collector import cli, view
 from tests.conftest import ROOT

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import Collector
-from agent.record import Record
+from agent.config import CollectorEndpoint
+from agent.contract.record import Record
 from agent.spool import Spool
 from agent.uploader import Uploader
 from tests.conftest import require_tool
@@ -117,7 +117,9 @@ def test_a_full_database_makes_other_stations_retry_not_dead_letter(
         spool = Spool(tmp_path / "other.sqlite3")
         records = [Record.from_dict(r) for r in hostile_records(5, OTHER, prefix="ok")]
         spool.put(records)
-        up = Uploader(spool, Collector(stack.url, token=stack.region_token, timeout_s=10), OTHER)
+        up = Uploader(
+            spool, CollectorEndpoint(stack.url, token=stack.region_token, timeout_s=10), OTHER
+        )
 
         async def once() -> Any:
             try:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent import config as agent_config
+from agent.contract.record import Record
 from agent.heartbeat import Heartbeat, board_temp_c
 from agent.preflight import FAIL, OK, collector_checks
-from agent.record import Record
 from agent.spool import Spool
 from tests.conftest import base_config, write_config
 from tests.harness.collector_stack import (

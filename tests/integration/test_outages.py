@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from agent.record import parse_time
+from agent.contract.record import parse_time
 from agent.spool import Spool
 from tests.conftest import ROOT, base_config, require, require_tool, write_config
 from tests.harness.collector_stack import Stack, collector_config_file, running_collector

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
+from agent.contract.record import Record
 from agent.probes.base import ProbeEnv
 from agent.probes.dns import DnsProbe
-from agent.record import Record
 from tests.conftest import require_tool
 from tests.harness.servers import DnsServer, black_hole_udp, closed_port, dnsmasq
 

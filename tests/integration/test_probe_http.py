@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
+from agent.contract.record import Record
+from agent.contract.version import AGENT_USER_AGENT as USER_AGENT
 from agent.probes.base import ProbeEnv
-from agent.probes.http import USER_AGENT, HttpProbe
-from agent.record import Record
+from agent.probes.http import HttpProbe
 from tests.conftest import ROOT, require, require_tool
 from tests.harness.servers import HttpServer, closed_port, http_server
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from agent.contract.record import Record
 from agent.probes.base import ProbeEnv
 from agent.probes.icmp import IcmpProbe, RoundResult, summarise
-from agent.record import Record
 from tests.conftest import require_tool
 from tests.harness.lab.measure import binomial_interval
 from tests.harness.netns import Lab, Link, Netns, netns_lab

@@ -23,9 +23,9 @@ import pytest
 from agent import speedtest_worker
 from agent.budget import Budget, in_quiet_window
 from agent.config import AgentConfig, QuietWindow
+from agent.contract.record import MEASUREMENTS, Record
 from agent.probes.base import ProbeEnv
 from agent.probes.throughput import ThroughputProbe
-from agent.record import MEASUREMENTS, Record
 from tests.conftest import base_config, require_tool, write_config
 from tests.harness.lab.measure import expected_goodput_mbit
 from tests.harness.netns import Lab

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
+from agent.contract.record import MEASUREMENTS, Record
 from agent.probes.base import ProbeEnv
 from agent.probes.upload import UploadProbe
-from agent.record import MEASUREMENTS, Record
 from tests.harness.servers import LOOPBACK, closed_port
 from tests.harness.speedtest_lab import endpoint, no_speedtest_net
 

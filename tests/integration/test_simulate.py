@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import simulate
-from agent.cli import main
-from agent.record import Record
+from agent.contract.record import Record
+from benchmarks import simulate
+from benchmarks.simulate import main
 from collector.config import CollectorConfig
 from collector.registry import Registry
 from tests.harness.collector_stack import Stack, collector_config_file, free_port, running_collector
@@ -137,7 +137,7 @@ def test_fleet_lands_once_with_the_statuses_its_profiles_call_for(
 def test_cli_runs_the_fleet_and_writes_the_report(tmp_path: Path, fleet: Fleet) -> None:
     out = tmp_path / "report.json"
     code = main(
-        ["simulate", "--collector", fleet.stack.url, "--tokens", str(fleet.tokens),
+        ["--collector", fleet.stack.url, "--tokens", str(fleet.tokens),
          "--stations", "5", "--interval-s", "1", "--duration", "2.5", "--concurrency", "4",
          "--report", str(out)]
     )  # fmt: skip
@@ -243,7 +243,7 @@ def test_bad_input_is_exit_2_with_what_was_expected(
     message: str,
 ) -> None:
     path = tokens_file(tmp_path, text)
-    code = main(["simulate", "--collector", "http://127.0.0.1:9", "--tokens", str(path), *extra])
+    code = main(["--collector", "http://127.0.0.1:9", "--tokens", str(path), *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
@@ -251,6 +251,6 @@ def test_bad_input_is_exit_2_with_what_was_expected(
 
 
 def test_missing_tokens_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["simulate", "--collector", "http://127.0.0.1:9", "--tokens", str(tmp_path / "no")])
+    code = main(["--collector", "http://127.0.0.1:9", "--tokens", str(tmp_path / "no")])
     assert code == 2
     assert f"{tmp_path / 'no'}: cannot read" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.record import MEASUREMENTS, Record
+from agent.contract.record import MEASUREMENTS, Record
 from collector.config import SinkConfig
 from collector.lineproto import (
     encode_point,

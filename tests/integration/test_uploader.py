@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Collector
-from agent.record import Record
+from agent.config import CollectorEndpoint
+from agent.contract.record import Record
 from agent.spool import Spool
 from agent.uploader import Backoff, Outcome, Uploader
 from tests.harness.collector_stack import (
@@ -38,7 +38,7 @@ def spool_with(tmp_path: Path, records: list[dict[str, object]]) -> Spool:
 
 
 def uploader(spool: Spool, url: str, token: str, batch: int = 500) -> Uploader:
-    return Uploader(spool, Collector(url, token=token, timeout_s=5), "3171011001001", batch)
+    return Uploader(spool, CollectorEndpoint(url, token=token, timeout_s=5), "3171011001001", batch)
 
 
 async def once(up: Uploader) -> Outcome | None:
@@ -148,7 +148,7 @@ def test_a_probe_that_succeeds_again_ends_a_long_backoff(
     spool = spool_with(tmp_path, [golden("icmp-ok") for _ in range(5)])
     up = Uploader(
         spool,
-        Collector(f"http://{cfg.listen.host}:{cfg.listen.port}", token="x", timeout_s=2),
+        CollectorEndpoint(f"http://{cfg.listen.host}:{cfg.listen.port}", token="x", timeout_s=2),
         "3171011001001",
         backoff=Backoff(base_s=600, cap_s=600),  # every wait is up to ten minutes
     )
@@ -158,7 +158,7 @@ def test_a_probe_that_succeeds_again_ends_a_long_backoff(
         task = asyncio.create_task(up.run(stop, asyncio.Event()))
         await asyncio.sleep(1.0)  # the first attempt failed: nothing listens yet
         with running_collector(cfg) as s:
-            up.collector = Collector(s.url, token=s.token, timeout_s=2)
+            up.collector = CollectorEndpoint(s.url, token=s.token, timeout_s=2)
             t0 = asyncio.get_running_loop().time()
             up.link_back.set()  # what the daemon does when a probe succeeds
             while spool.stats().records and asyncio.get_running_loop().time() - t0 < 20:

@@ -15,8 +15,8 @@ import yaml
 
 from agent import cli
 from agent import config as agent_config
-from agent import thresholds as agent_thresholds
 from agent.config import ConfigError
+from agent.contract import thresholds as agent_thresholds
 from tests.conftest import FIXTURES, ROOT, base_config, write_config
 
 INVALID = FIXTURES / "config" / "invalid"

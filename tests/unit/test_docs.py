@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from agent.record import MEASUREMENTS, ErrorCode
+from agent.contract.record import MEASUREMENTS, ErrorCode
 from tests.conftest import ROOT
 
 DATA_MODEL = (ROOT / "docs" / "data-model.md").read_text()

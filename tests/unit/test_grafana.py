@@ -280,3 +280,24 @@ def test_docs_describe_every_panel_and_rule() -> None:
     for variant in ("influxdb1.yaml", "influxdb2.yaml", "influxdb3.yaml"):
         assert variant in DOCS
     assert "not run" in DOCS.lower()
+
+
+def test_the_within_thresholds_query_follows_inclusive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operators board's "within thresholds" conditions come from the thresholds model:
+    flipping `inclusive` on a metric flips its comparison (a value at the limit breaches)."""
+    shipped = build.within_conditions()
+    assert '"loss_pct" < ' in " ".join(shipped)  # loss is inclusive in the shipped file
+    assert '"rtt_p50_ms" <= ' in " ".join(shipped)
+    doc = yaml.safe_load((ROOT / "config" / "thresholds.yaml").read_text())
+    doc["metrics"]["latency"]["inclusive"] = True
+    doc["metrics"]["loss"]["inclusive"] = False
+    doc["metrics"]["mos"]["inclusive"] = True
+    changed = tmp_path / "thresholds.yaml"
+    changed.write_text(yaml.safe_dump(doc))
+    monkeypatch.setattr(build, "THRESHOLDS", changed)
+    flipped = " ".join(build.within_conditions())
+    assert '"rtt_p50_ms" < ' in flipped
+    assert '"loss_pct" <= ' in flipped
+    assert '"mos" > ' in flipped

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.record import Record
+from agent.contract.record import Record
 from collector.config import Limits
 from collector.guard import Guard
 from collector.ingest import Prepared

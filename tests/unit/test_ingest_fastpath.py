@@ -18,17 +18,20 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.record import (
+from agent.contract.record import (
     MEASUREMENTS,
     ContractError,
     decode_envelope_header,
     decode_envelope_lenient,
     format_time,
 )
+from collector.admission import Prepared
 from collector.config import Limits
-from collector.ingest import FastPath, Prepared, _values_text, prepare, prepare_raw
+from collector.fastpath import FastPath, _values_text
+from collector.ingest import prepare_decoded, prepare_raw
 from tests.conftest import FIXTURES
 from tests.harness.collector_stack import golden
+from tests.harness.reference_ingest import prepare
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
 
@@ -218,7 +221,7 @@ def test_fast_plausibility_agrees_with_the_reference(
     rec["measured_at"] = format_time(NOW - timedelta(minutes=5))
     rec["fields"].update(changes)
     hit = FastPath().decode(copy.deepcopy(rec))
-    assert hit is not None and hit[3] is plausible
+    assert hit is not None and hit.plausible is plausible
     want = reference([rec])
     got = prepare_raw([rec], Scope(), Registry(), LIMITS, NOW, FastPath())
     assert got.lines == want.lines and len(got.lines) == (1 if plausible else 0)
@@ -299,7 +302,7 @@ def test_envelope_pass_answers_like_record_by_record(
     if want_header[0] == "error":
         return
     want = prepare_raw(parsed["records"], Scope(), Registry(), LIMITS, NOW, FastPath())
-    got = prepare_raw(wire["records"], Scope(), Registry(), LIMITS, NOW, FAST, decoded=True)
+    got = prepare_decoded(wire["records"], Scope(), Registry(), LIMITS, NOW, FAST)
     assert got.lines == want.lines
     assert [r.to_dict() for r in got.rejected] == [r.to_dict() for r in want.rejected]
     assert got.stations == want.stations
@@ -377,5 +380,5 @@ def test_a_record_without_fields_is_its_id_alone() -> None:
     wire = FastPath().decode_envelope(json.dumps(doc).encode())
     assert wire is not None
     fast = FastPath()
-    got = prepare_raw(wire["records"], Scope(), Registry(), LIMITS, NOW, fast, decoded=True)
+    got = prepare_decoded(wire["records"], Scope(), Registry(), LIMITS, NOW, fast)
     assert got.lines == want.lines

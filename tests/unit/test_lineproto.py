@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.record import Record
+from agent.contract.record import Record
 from collector.lineproto import (
     encode_point,
     escape_field_key,

@@ -1,4 +1,4 @@
-"""agent.record: the wire contract, checked against the golden records.
+"""agent.contract.record: the wire contract, checked against the golden records.
 
 tests/fixtures/records/*.json are read by the collector's tests too: a change that
 breaks one of these files breaks the contract between agent and collector.
@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.record import (
+from agent.contract import record
+from agent.contract.record import (
     MEASUREMENTS,
     SCHEMA_VERSION,
     ContractError,
@@ -252,3 +253,38 @@ def test_encoding_refuses_a_non_finite_field() -> None:
     broken = Record(rec.kind, rec.measured_at, rec.tags, {**rec.fields, "rtt_avg_ms": float("nan")})
     with pytest.raises(ValueError):
         broken.to_json()
+
+
+def test_the_openapi_envelope_schema_is_the_contract() -> None:
+    """The collector's OpenAPI schema is derived from the contract: the golden envelope (with
+    seq and clock) validates, and what the decoder refuses the schema refuses too."""
+    import jsonschema
+
+    schema = record.envelope_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    env = json.loads((FIXTURES / "records" / "envelope.json").read_text())
+    for i, raw in enumerate(env["records"]):
+        raw["seq"] = i
+    validator.validate(env)
+    record.decode_envelope(json.dumps(env))
+    item = schema["properties"]["records"]["items"]["oneOf"]
+    assert {s["properties"]["kind"]["const"] for s in item} == set(record.MEASUREMENTS)
+    for s in item:
+        assert set(s["properties"]) == record.RECORD_KEYS
+    bad = json.loads(json.dumps(env))
+    bad["records"][0]["fields"]["loss_pct"] = 250
+    assert not validator.is_valid(bad)
+    with pytest.raises(record.ContractError):
+        record.decode_envelope(json.dumps(bad))
+
+
+def test_the_uploaders_envelope_is_the_contracts_encoding() -> None:
+    from agent.uploader import envelope_bytes
+
+    env = record.decode_envelope((FIXTURES / "records" / "envelope.json").read_bytes())
+    raw = envelope_bytes(env.station, [r.to_json() for r in env.records], "b" * 32)
+    again = record.decode_envelope(raw)
+    assert again.records == env.records
+    assert set(json.loads(raw)) == record.ENVELOPE_KEYS
+    assert set(json.loads(raw)["agent"]) == record.AGENT_KEYS

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agent.contract.record import Record
 from agent.probes.base import Probe
-from agent.record import Record
 from agent.scheduler import (
     OnRecords,
     ProbeState,
@@ -72,7 +72,7 @@ def _is_probe(p: Probe) -> Probe:
 _is_probe(FakeProbe("a", 1.0))  # mypy checks the fake against the protocol
 
 
-class Collector:
+class RecordSink:
     def __init__(self) -> None:
         self.records: list[Record] = []
 
@@ -88,7 +88,7 @@ def run_for(
 ) -> tuple[Scheduler, float]:
     """Run a Scheduler for `seconds`; returns it and how long run() took to return after stop."""
     sched = Scheduler(
-        station, probes, on_records or Collector(), rng=random.Random(1), startup_spread_s=0.05
+        station, probes, on_records or RecordSink(), rng=random.Random(1), startup_spread_s=0.05
     )
 
     async def main() -> float:
@@ -168,7 +168,7 @@ def test_jitter_bound(interval: float, fraction: float, max_s: float, expected: 
 
 def test_plan_starts_in_the_slot_within_the_jitter() -> None:
     probe = FakeProbe("icmp", 60.0)
-    sched = Scheduler(STATION, [probe], Collector(), 0.1, 30.0, rng=random.Random(3))
+    sched = Scheduler(STATION, [probe], RecordSink(), 0.1, 30.0, rng=random.Random(3))
     state = sched.states[0]
     assert state.jitter_s == 6.0
     assert state.offset_s == station_offset(STATION, "icmp", 60.0)
@@ -185,7 +185,7 @@ def test_plan_starts_in_the_slot_within_the_jitter() -> None:
 
 def test_first_run_is_within_the_startup_spread() -> None:
     slow = FakeProbe("icmp", 900.0)  # jitter bound 30 s, but the first run comes sooner
-    sched = Scheduler(STATION, [slow], Collector(), rng=random.Random(4))
+    sched = Scheduler(STATION, [slow], RecordSink(), rng=random.Random(4))
     state: ProbeState = sched.states[0]
     plans = [sched.plan(state, 1000.0, first=True) - 1000.0 for _ in range(200)]
     assert all(0 <= d <= 5.0 for d in plans)
@@ -240,7 +240,7 @@ def test_lock_cancelled_exclusive_waiter_does_not_block_shared_ones() -> None:
 
 def test_probes_run_on_their_slots() -> None:
     fast, slow = FakeProbe("fast", 0.2), FakeProbe("slow", 0.5)
-    collect = Collector()
+    collect = RecordSink()
     sched, _ = run_for([fast, slow], 1.6, on_records=collect)
     assert 7 <= len(fast.runs) <= 10
     assert 3 <= len(slow.runs) <= 5
@@ -285,7 +285,7 @@ def test_exclusive_probe_runs_alone_and_shared_probes_together() -> None:
 
 def test_a_failing_probe_does_not_stop_the_scheduler(caplog: pytest.LogCaptureFixture) -> None:
     bad, good = FakeProbe("bad", 0.2, fail=True), FakeProbe("good", 0.2)
-    collect = Collector()
+    collect = RecordSink()
     with caplog.at_level(logging.ERROR, logger="sinyal.scheduler"):
         sched, _ = run_for([bad, good], 1.0, on_records=collect)
     assert len(bad.runs) >= 4 and len(good.runs) >= 4

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.record import ContractError, Record
+from agent.contract.record import ContractError, Record
 from agent.spool import Spool, SpoolFullError
 from tests.conftest import ROOT, require
 from tests.harness.spool_writer import sample_record
@@ -48,7 +48,7 @@ def icmp(
 
 
 def heartbeat(i: int) -> Record:
-    """An `agent` heartbeat. The contract (agent.record.MEASUREMENTS) does not know this kind
+    """An `agent` heartbeat. The contract (MEASUREMENTS) does not know this kind
     yet, so such a record can be put and evicted but not read back by batch()."""
     return Record(
         "agent",
@@ -272,7 +272,7 @@ def test_cap_evicts_heartbeats_before_measurements(tmp_path: Path) -> None:
 def test_a_record_of_a_kind_the_contract_does_not_know_yet_never_blocks_the_upload(
     spool: Spool,
 ) -> None:
-    # Heartbeats ('agent') are not in agent.record.MEASUREMENTS yet: batch() cannot decode
+    # Heartbeats ('agent') are not in agent.contract.record.MEASUREMENTS yet: batch() cannot decode
     # them, so the uploader sends the spooled JSON undecoded (batch_raw) and the collector
     # accepts or rejects each record on its own.
     spool.put([heartbeat(1), icmp(1)])

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import thresholds as agent_thresholds
-from agent.record import MEASUREMENTS, ErrorCode, Record, new_id
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.record import MEASUREMENTS, ErrorCode, Record, new_id
 from collector.config import StatusConfig
+from collector.station import Station
 from collector.status import (
     _GOOD_ROUND,
     MAX_REASON_LEN,
     MAX_REASONS,
-    StationInfo,
     Status,
     StatusChange,
     StatusEngine,
@@ -31,7 +31,22 @@ from tests.conftest import FIXTURES, ROOT
 TH = agent_thresholds.load(ROOT / "config" / "thresholds.yaml")
 T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
 SID = "3171011001001"
-INFO = StationInfo(SID, "31", "3171", -6.1754, 106.8272, "telkomsel")
+
+
+def station(
+    sid: str,
+    province: str = "",
+    regency: str = "",
+    lat: float = 0.0,
+    lon: float = 0.0,
+    operator: str | None = None,
+    tz: str = "",
+) -> Station:
+    """A registry row (collector.station.Station, the collector's one station model)."""
+    return Station(sid, sid, province, regency, lat, lon, tz, operator)
+
+
+INFO = station(SID, "31", "3171", -6.1754, 106.8272, "telkomsel")
 OK, DEG, CRIT, SILENT = Status.OK, Status.DEGRADED, Status.CRITICAL, Status.SILENT
 
 
@@ -337,8 +352,8 @@ def test_resend_during_silence_still_ends_it() -> None:
 
 def test_registry_stations_that_never_reported_become_silent() -> None:
     eng, clock = engine(3, 5, silent=300)
-    quiet = StationInfo("3171011001002", "31", "3171", -6.18, 106.83, "indosat")
-    talker = StationInfo("3171011001003", "31", "3171", -6.19, 106.84, "xl")
+    quiet = station("3171011001002", "31", "3171", -6.18, 106.83, "indosat")
+    talker = station("3171011001003", "31", "3171", -6.19, 106.84, "xl")
     clock.advance(10)
     eng.observe(talker, [icmp("G", 0, random.Random(2))])
     assert eng.snapshot(quiet.id) is None
@@ -364,7 +379,7 @@ def test_status_points_tags_fields_types() -> None:
     statuses, _ = drive(eng, clock, "GGCCC")
     assert statuses[-1] is CRIT
     now = clock.t + timedelta(seconds=42)
-    other = StationInfo("9999999999999")  # no state: no point
+    other = station("9999999999999")  # no state: no point
     points = eng.status_points([INFO, other], now)
     assert len(points) == 1
     measurement, tags, fields, t_ns = points[0]
@@ -402,41 +417,23 @@ def test_status_points_tags_fields_types() -> None:
 def test_status_points_ok_station_and_registry_fallbacks() -> None:
     eng, clock = engine(3, 5)
 
-    class Row:  # a registry row that names the operator differently and lacks regions
-        id = "3273010001007"
-        province = ""
-        regency = None
-        lat = None
-        lon = None
-        expected_operator = "indihome"
+    row = Station("3273010001007", "x", "", "", math.nan, math.nan, "", "indihome")  # no regions
 
-    eng.observe(Row.id, [golden("dns-ok")])
-    ((_, tags, fields, _),) = eng.status_points([Row()], clock.t)
-    assert tags == {"station": Row.id, "province": "32", "regency": "3273", "operator": "indihome"}
+    eng.observe(row.id, [golden("dns-ok")])
+    ((_, tags, fields, _),) = eng.status_points([row], clock.t)
+    assert tags == {"station": row.id, "province": "32", "regency": "3273", "operator": "indihome"}
     assert fields["status"] == 0 and fields["reasons"] == "" and fields["causes"] == ""
     assert "lat" not in fields and "rtt_p50_ms" not in fields and "icmp_target" not in fields
-    assert StationInfo.of(Row()) == StationInfo(Row.id, "", None, None, None, "indihome")
 
 
 def test_status_points_carry_the_registry_zone() -> None:
     """Dashboards show the station's local zone (WIB/WITA/WIT) next to its times."""
     eng, clock = engine(3, 5)
-    jayapura = StationInfo("9171011001006", "Papua", "Kota Jayapura", -2.53, 140.72, "tsel",
-                           "Asia/Jayapura")  # fmt: skip
+    jayapura = station("9171011001006", "Papua", "Kota Jayapura", -2.53, 140.72, "tsel",
+                       "Asia/Jayapura")  # fmt: skip
     eng.observe(jayapura, [golden("icmp-ok")])
     ((_, _, fields, _),) = eng.status_points([jayapura], clock.t)
     assert fields["tz"] == "Asia/Jayapura"
-
-    class Row:  # a registry row (collector.registry.Station has tz)
-        id = "9171011001006"
-        province = "Papua"
-        regency = "Kota Jayapura"
-        lat = -2.53
-        lon = 140.72
-        tz = "Asia/Jayapura"
-        expected_operator = "tsel"
-
-    assert StationInfo.of(Row()) == jayapura
 
 
 def test_breach_m_above_window_n_is_refused() -> None:
@@ -451,7 +448,7 @@ def test_concurrent_observers() -> None:
     def work(k: int) -> None:
         try:
             rng = random.Random(k)
-            info = StationInfo(f"31710110010{k:02d}")
+            info = station(f"31710110010{k:02d}")
             for i in range(200):
                 eng.observe(info, [icmp(rng.choice("GDCE"), i, rng)])
                 if i % 50 == 0:

@@ -1,4 +1,4 @@
-"""agent.thresholds: the shipped file, grading at and around each limit, invalid files."""
+"""agent.contract.thresholds: the shipped file, grading at and around each limit, invalid files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from agent import cli
-from agent import thresholds as agent_thresholds
 from agent.config import ConfigError
-from agent.thresholds import Grade, Threshold
+from agent.contract import thresholds as agent_thresholds
+from agent.contract.thresholds import Grade, Threshold
 from tests.conftest import ROOT, base_config, write_config
 
 SHIPPED = ROOT / "config" / "thresholds.yaml"
@@ -299,3 +299,14 @@ def test_invalid_thresholds_via_check_config(
         "expected the regulation, recommendation or 'project default'",
         "1 problem; see docs/configuration.md",
     ]
+
+
+def test_a_typo_in_a_known_kinds_field_is_refused(tmp_path: Path) -> None:
+    src = (ROOT / "config" / "thresholds.yaml").read_text()
+    assert "throughput.download_mbps" in src
+    bad = tmp_path / "thresholds.yaml"
+    bad.write_text(src.replace("throughput.download_mbps", "throughput.downlod_mbps", 1))
+    with pytest.raises(ConfigError) as info:
+        agent_thresholds.load(bad)
+    assert "throughput.downlod_mbps" in str(info.value)
+    assert "a kind.field of the data model" in str(info.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.record import ClockInfo, Record
+from agent.contract.record import ClockInfo, Record
 from agent.spool import Spool, from_unix_ns
 from agent.timekeeper import TimeKeeper
 

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, read_yaml
-from agent.record import MEASUREMENTS
+from agent.contract.configkit import ConfigError, read_yaml
+from agent.contract.record import MEASUREMENTS
 
 
 class Grade(StrEnum):
@@ -46,6 +46,14 @@ class Threshold:
         """Whether the value grades warn or alert (good and fair do not breach)."""
         v, warn = (value, self.warn) if self.higher_is_worse else (-value, -self.warn)
         return v > warn or (self.inclusive and v == warn)
+
+    def within_operator(self) -> str:
+        """The comparison `value OP warn` that holds exactly when the value does not breach:
+        `breaches` written for a query language (InfluxQL, SQL), so dashboards and reports
+        draw the same line the status engine does, `inclusive` included."""
+        if self.higher_is_worse:
+            return "<" if self.inclusive else "<="
+        return ">" if self.inclusive else ">="
 
     def grade(self, value: float) -> Grade:
         # Mirror lower-is-worse metrics so one set of comparisons serves both directions.
@@ -77,9 +85,9 @@ class Thresholds:
         return None if t is None else t.grade(value)
 
 
-# Fields of measurements that later issues add (throughput, upload, signal)
-# may be named before their probes exist; the collector's contract grows with them.
-_FUTURE_KINDS = {"throughput", "upload", "signal", "agent", "station_status"}
+# Thresholds for the cellular signal are stated before its measurement joins MEASUREMENTS;
+# any other kind must name a field of the record contract, so a typo is an error.
+_FUTURE_KINDS = {"signal"} - MEASUREMENTS.keys()
 
 
 def load(path: str | Path) -> Thresholds:

@@ -16,7 +16,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -251,7 +251,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     ),
 }
 
-_TAG_VALUE_MAX = 256
+TAG_VALUE_MAX = 256
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|z|[+-]\d\d:\d\d)$")
 # Characters no text from an agent (or the registry) may carry: C0 and C1 controls, DEL, and
@@ -328,6 +328,16 @@ class ClockInfo:
 
 TIME_SOURCES = ("system", "collector", "unknown")
 SEQ_MAX = 2**63 - 1
+BOOT_ID_MAX = 64
+
+# The keys of the wire objects, stated once: the decoders below, the collector's fast path
+# (its msgspec structs are checked against these at import), the OpenAPI schema
+# (envelope_json_schema) and the encoders all follow them.
+RECORD_REQUIRED_KEYS = frozenset({"id", "kind", "measured_at", "tags", "fields"})
+RECORD_KEYS = RECORD_REQUIRED_KEYS | {"error", "clock", "seq"}
+CLOCK_KEYS = frozenset({"boot_id", "monotonic_ns", "synced", "source"})
+ENVELOPE_KEYS = frozenset({"schema", "agent", "sent_at", "records"})
+AGENT_KEYS = frozenset({"station", "version", "boot_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,11 +382,10 @@ class Record:
         p = f"{path}." if path else ""
         if not isinstance(d, dict):
             raise ContractError(path, f"got {type(d).__name__}, expected an object")
-        allowed = {"id", "kind", "measured_at", "tags", "fields", "error", "clock", "seq"}
-        unknown = sorted(set(d) - allowed)
+        unknown = sorted(set(d) - RECORD_KEYS)
         if unknown:
             raise ContractError(f"{p}{unknown[0]}", "unknown key")
-        for key in ("id", "kind", "measured_at", "tags", "fields"):
+        for key in ("id", "kind", "measured_at", "tags", "fields"):  # RECORD_REQUIRED_KEYS
             if key not in d:
                 raise ContractError(f"{p}{key}", "missing")
         rid = d["id"]
@@ -416,9 +425,9 @@ def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
             raise ContractError(
                 f"{path}.{key}", f"unknown tag, expected one of {', '.join(spec.tags)}"
             )
-        if not isinstance(value, str) or not value or len(value) > _TAG_VALUE_MAX:
+        if not isinstance(value, str) or not value or len(value) > TAG_VALUE_MAX:
             raise ContractError(
-                f"{path}.{key}", f"got {value!r}, expected a string of 1..{_TAG_VALUE_MAX} chars"
+                f"{path}.{key}", f"got {value!r}, expected a string of 1..{TAG_VALUE_MAX} chars"
             )
         if _CONTROL_RE.search(value):
             raise ContractError(
@@ -488,11 +497,11 @@ def _convert_field(value: Any, fs: FieldSpec, path: str) -> FieldValue:
 def _decode_clock(raw: Any, path: str) -> ClockInfo | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"boot_id", "monotonic_ns", "synced", "source"}:
+    if not isinstance(raw, dict) or set(raw) - CLOCK_KEYS:
         raise ContractError(path, "expected an object with boot_id, monotonic_ns, synced, source")
     boot_id, mono, synced = raw.get("boot_id"), raw.get("monotonic_ns"), raw.get("synced")
     source = raw.get("source")
-    if boot_id is not None and (not isinstance(boot_id, str) or len(boot_id) > 64):
+    if boot_id is not None and (not isinstance(boot_id, str) or len(boot_id) > BOOT_ID_MAX):
         raise ContractError(f"{path}.boot_id", f"got {boot_id!r}, expected a string")
     if mono is not None and (isinstance(mono, bool) or not isinstance(mono, int) or mono < 0):
         raise ContractError(f"{path}.monotonic_ns", f"got {mono!r}, expected an integer >= 0")
@@ -530,7 +539,35 @@ class Envelope:
 
 
 def encode_envelope(env: Envelope) -> bytes:
-    return json.dumps(env.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    return encode_envelope_records(
+        env.station,
+        env.agent_version,
+        env.sent_at,
+        [r.to_json() for r in env.records],
+        env.boot_id,
+    )
+
+
+def encode_envelope_records(
+    station: str,
+    agent_version: str,
+    sent_at: datetime,
+    record_json: Sequence[str],
+    boot_id: str | None = None,
+) -> bytes:
+    """The envelope around records already encoded by Record.to_json, as they are (the
+    agent's spool keeps each record's JSON; re-encoding a batch of 500 would cost more
+    than the upload). The one envelope writer: encode_envelope uses it too."""
+    head = json.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "agent": {"station": station, "version": agent_version, "boot_id": boot_id},
+            "sent_at": format_time(sent_at),
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    return (head[:-1] + ',"records":[' + ",".join(record_json) + "]}").encode()
 
 
 def decode_envelope(data: bytes | str) -> Envelope:
@@ -619,3 +656,77 @@ def record_id_of(raw: Any) -> str | None:
     """The id of a raw record that may be invalid, when it has a string one."""
     rid = raw.get("id") if isinstance(raw, dict) else None
     return rid if isinstance(rid, str) else None
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string"}
+
+
+def _record_schema(spec: Measurement) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, fs in spec.fields.items():
+        f: dict[str, Any] = {
+            "type": _JSON_TYPES[fs.type],
+            "description": f"{fs.description} ({fs.unit})",
+        }
+        if fs.minimum is not None:
+            f["minimum"] = fs.minimum
+        if fs.maximum is not None:
+            f["maximum"] = fs.maximum
+        fields[name] = f
+    tag = {"type": "string", "minLength": 1, "maxLength": TAG_VALUE_MAX}
+    return {
+        "type": "object",
+        "description": spec.description,
+        "required": sorted(RECORD_REQUIRED_KEYS),
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": _ID_RE.pattern},
+            "kind": {"const": spec.name},
+            "measured_at": {"type": "string", "format": "date-time"},
+            "tags": {
+                "type": "object",
+                "required": list(spec.tags),
+                "additionalProperties": False,
+                "properties": {t: tag for t in spec.tags},
+            },
+            "fields": {"type": "object", "additionalProperties": False, "properties": fields},
+            "error": {"enum": [*(e.value for e in ErrorCode), None]},
+            "clock": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "properties": {
+                    "boot_id": {"type": ["string", "null"], "maxLength": BOOT_ID_MAX},
+                    "monotonic_ns": {"type": ["integer", "null"], "minimum": 0},
+                    "synced": {"enum": [0, 1, None]},
+                    "source": {"enum": [*TIME_SOURCES, None]},
+                },
+            },
+            "seq": {"type": ["integer", "null"], "minimum": 0, "maximum": SEQ_MAX},
+        },
+    }
+
+
+def envelope_json_schema() -> dict[str, Any]:
+    """The envelope as a JSON Schema (the collector's OpenAPI document), built from the
+    same key sets and measurement table the decoders use."""
+    return {
+        "type": "object",
+        "required": sorted(ENVELOPE_KEYS),
+        "properties": {
+            "schema": {"type": "integer", "enum": [SCHEMA_VERSION]},
+            "agent": {
+                "type": "object",
+                "required": ["station", "version"],
+                "properties": {
+                    "station": {"type": "string"},
+                    "version": {"type": "string"},
+                    "boot_id": {"type": ["string", "null"]},
+                },
+            },
+            "sent_at": {"type": "string", "format": "date-time"},
+            "records": {
+                "type": "array",
+                "items": {"oneOf": [_record_schema(m) for m in MEASUREMENTS.values()]},
+            },
+        },
+    }

@@ -1,6 +1,7 @@
 """Fleet simulator: many stations' records, uploaded through the real protocol.
 
-`sinyal-agent simulate` (and `run(config)` for benchmarks and drills) plays a fleet of stations
+`python -m benchmarks.simulate` (and `run(config)` for benchmarks and drills) plays a fleet of
+stations
 against a collector: each station has its own token (the CSV of
 `sinyal-collector agents add --all-stations --out FILE`), its own boot id, CLOCK_MONOTONIC
 and spool sequence numbers, and uploads exactly what the real agent uploads: one gzip envelope
@@ -24,18 +25,26 @@ them and backs off (agent.uploader.Backoff, honouring Retry-After), and they go 
 with the next attempt. When the run's duration is over no new rounds start and what is
 pending is uploaded for at most `drain_s` more.
 
-Stdlib and httpx only (nothing from the collector), so it runs wherever the agent runs.
+Stdlib and httpx only (nothing from the collector), so it runs wherever the agent runs. It
+lives with the benchmarks, not in the agent package: a load generator is a tool of the
+control room's test bench (benchmarks/load.py, the drill in tests/drill), and an agent
+installed on a polling station's Raspberry Pi has no use for it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import csv
 import hashlib
 import heapq
+import json
+import logging
 import math
 import random
+import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -47,22 +56,32 @@ from typing import IO, Any
 
 import httpx
 
-from agent import __version__
+from agent.config import IcmpProbeConfig
+from agent.contract.record import ClockInfo, FieldValue, Record, new_id
+from agent.contract.version import AGENT_USER_AGENT, __version__
+from agent.heartbeat import HEARTBEAT_INTERVAL_S
 from agent.probes.icmp import RoundResult, summarise
-from agent.record import ClockInfo, FieldValue, Record, new_id
 from agent.scheduler import next_slot, station_offset
 from agent.stats import percentile
 from agent.timekeeper import TimeKeeper
-from agent.uploader import PATH, TIME_PATH, Backoff, upload_body, upload_headers
+from agent.uploader import (
+    BATCH_SIZE,
+    CLOCK_SYNC_EVERY_S,
+    PATH,
+    TIME_PATH,
+    Backoff,
+    upload_body,
+    upload_headers,
+)
 
 PROFILES = ("good4g", "congested", "flapping", "deadzone", "clockwrong")
 TOKEN_PREFIX = "sny_"  # what `sinyal-collector agents add` issues
 TOKENS_HEADER = ["station", "token_id", "token"]
-BATCH_MAX = 500  # records per upload, as the agent's uploader
-HEARTBEAT_S = 60.0
-PINGS = 10  # echo requests per round (the agent's default count)
-TIMEOUT_S = 2.0  # Tmax (the agent's default)
-CLOCK_SYNC_EVERY_S = 600.0  # as the agent's uploader
+# What a real agent does, from the modules that do it.
+BATCH_MAX = BATCH_SIZE
+HEARTBEAT_S = HEARTBEAT_INTERVAL_S
+PINGS = IcmpProbeConfig.count  # echo requests per round
+TIMEOUT_S = IcmpProbeConfig.timeout_s  # Tmax
 TARGET_NAMES = ("kpu-sirekap", "dns-google", "nix-jakarta", "dns-cloudflare", "idx-surabaya")
 OPERATORS = ("telkomsel", "indosat", "xl", "smartfren", "tri")
 UPLINK = "modem0"
@@ -665,8 +684,7 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
     report.profiles = dict(Counter(s.profile for s in fleet.stations))
     verify: str | bool = str(cfg.ca_bundle) if cfg.ca_bundle else True
     # Several small connection pools rather than one large one: httpcore's pool does work
-    # proportional to its connections for every request, so one client with 64 connections
-    # spends ~10 ms of CPU a request where eight clients of 8 spend ~1.4 ms (measured here).
+    # proportional to its connections for every request (benchmarks/results/load.md).
     per_pool = min(cfg.concurrency, POOL_SIZE)
     pools = math.ceil(cfg.concurrency / per_pool)
     limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
@@ -681,7 +699,7 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
                         timeout=cfg.timeout_s,
                         verify=verify,
                         limits=limits,
-                        headers={"User-Agent": f"sinyal-agent/{__version__} (simulate)"},
+                        headers={"User-Agent": f"{AGENT_USER_AGENT} (simulate)"},
                     )
                 )
                 for _ in range(pools)
@@ -699,3 +717,148 @@ async def run(cfg: SimConfig, stop: asyncio.Event | None = None) -> Report:
         if s.pending:
             report.held[s.profile] += len(s.pending)
     return report
+
+
+# -- command line ------------------------------------------------------------------------------
+
+log = logging.getLogger("sinyal.simulate")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DESCRIPTION = (
+    "Play many stations against a collector through the real upload protocol: each\n"
+    "station uses its own token from FILE (written by sinyal-collector agents add\n"
+    "--all-stations --out FILE), makes --targets icmp records per round every\n"
+    "--interval-s (spread over the interval like the real scheduler) plus a heartbeat a\n"
+    "minute, and uploads them gzip-compressed as the agent does. No agent config is read.\n"
+    "Profiles: good4g, congested, flapping, deadzone (never uploads), clockwrong (wrong\n"
+    "clock; times from the collector's clock). docs/simulate.md has the details."
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    sim = argparse.ArgumentParser(
+        prog="python -m benchmarks.simulate",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim.add_argument("--collector", required=True, metavar="URL", help="collector base URL")
+    sim.add_argument("--tokens", required=True, metavar="FILE", help="station,token_id,token CSV")
+    sim.add_argument("--stations", type=int, metavar="N", help="use the first N rows (default all)")
+    sim.add_argument(
+        "--profile",
+        default="good4g",
+        metavar="NAME[=SHARE][,NAME=SHARE...]",
+        help="profiles and their shares of the fleet, e.g. good4g=0.9,congested=0.1"
+        " (default good4g)",
+    )
+    sim.add_argument(
+        "--interval-s", type=float, default=60.0, metavar="S", help="round interval (default 60)"
+    )
+    sim.add_argument(
+        "--targets", type=int, default=3, metavar="N", help="icmp targets per round (default 3)"
+    )
+    sim.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+    sim.add_argument(
+        "--concurrency",
+        type=int,
+        default=50,
+        metavar="C",
+        help="uploads in flight at most (default 50)",
+    )
+    sim.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
+    sim.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
+    sim.add_argument(
+        "--drain-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="after the duration, upload what is pending for at most this long (default 10)",
+    )
+    sim.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the stations' random values"
+    )
+    sim.add_argument(
+        "--record-log",
+        metavar="FILE",
+        help="append every record made to FILE, one JSON line each (to compare with the database)",
+    )
+    return sim
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def bad(message: str) -> int:
+        print(f"simulate: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    checks = (
+        (
+            "--stations",
+            args.stations,
+            args.stations is None or args.stations >= 1,
+            "an integer >= 1",
+        ),
+        ("--interval-s", args.interval_s, 0.1 <= args.interval_s <= 86400, "seconds, 0.1..86400"),
+        ("--targets", args.targets, 1 <= args.targets <= 100, "an integer 1..100"),
+        ("--duration", args.duration, args.duration is None or args.duration > 0, "seconds > 0"),
+        ("--concurrency", args.concurrency, 1 <= args.concurrency <= 10_000, "1..10000"),
+        ("--drain-s", args.drain_s, 0 <= args.drain_s <= 3600, "seconds, 0..3600"),
+    )
+    for option, value, ok, expected in checks:
+        if not ok:
+            return bad(f"{option}: got {value}, expected {expected}")
+    if not args.collector.startswith(("http://", "https://")):
+        return bad(f"--collector: got {args.collector!r}, expected an http:// or https:// URL")
+    for option, value in (("--report", args.report), ("--record-log", args.record_log)):
+        if value is not None and not Path(value).resolve().parent.is_dir():
+            return bad(f"{option}: {value}: its directory does not exist")
+    ca = Path(args.ca_bundle) if args.ca_bundle else None
+    if ca is not None and not ca.is_file():
+        return bad(f"--ca-bundle: {ca}: no such file")
+    try:
+        profiles = parse_profiles(args.profile)
+        stations = load_tokens(Path(args.tokens), args.stations)
+    except SimulateError as exc:
+        return bad(str(exc))
+    cfg = SimConfig(
+        collector=args.collector,
+        stations=stations,
+        profiles=profiles,
+        interval_s=args.interval_s,
+        targets=args.targets,
+        duration_s=args.duration,
+        concurrency=args.concurrency,
+        ca_bundle=ca,
+        drain_s=args.drain_s,
+        seed=args.seed,
+        record_log=Path(args.record_log) if args.record_log else None,
+    )
+
+    async def main_() -> Report:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        return await run(cfg, stop)
+
+    log.info(
+        "simulating %d stations (%s) against %s, a round every %g s",
+        len(stations),
+        ", ".join(f"{n}={s:g}" for n, s in profiles),
+        args.collector,
+        args.interval_s,
+    )
+    report = asyncio.run(main_())
+    print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    # Nothing acknowledged while requests failed: the collector was not usable.
+    return EXIT_FAIL if report.errors and not report.records_accepted else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
