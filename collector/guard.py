@@ -14,7 +14,7 @@ prepared records before they are written, with state kept across requests.
   a record whose point key is known under a different id is refused with `point_conflict`.
   A resend of the same record (same id) is the idempotent retry and passes.
 
-Residual risk, documented in docs/security-agent-data.md: the series counts and point keys
+Residual risk, documented in docs/security.md ("Agent and data"): the series counts and point keys
 live in this process only (a restart forgets them: a station can open up to the cap again,
 and older points can be rewritten); a point older than the `recent_points` most recent ones
 can still be overwritten by a token scoped to its station or region.
