@@ -209,8 +209,9 @@ TSM files within it, and InfluxDB's RSS before -> after (its in-memory index, De
   `series_limit` with the station and the limit in its detail, so the operator sees it in
   `sinyal_records_rejected_total{{reason="series_limit"}}`.
 - The cap lives in the collector process: a restart lets a station open up to the cap again
-  (docs/security.md, "Agent and data"). InfluxDB's own `max-series-per-database` stays the last line;
-  when it is reached the collector answers 503 (agents retry), never a per-record refusal.
+  (docs/security.md, "Agent and data"). InfluxDB's own `max-series-per-database` stays the
+  last line; when it is reached the collector answers 503 (agents retry), never a per-record
+  refusal.
 """
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "hardening-series.md").write_text(text)
