@@ -16,10 +16,18 @@ token_of() {  # the "token" of `influx auth create --json`
     influx auth create --org "$org" --description "$1" "$2" "$bucket_id" --json \
         | sed -n 's/^ *"token": *"\([^"]*\)".*/\1/p'
 }
+if [ ! -w "$out" ]; then
+    echo "10-least-privilege-tokens.sh: $out is not writable by uid $(id -u)" >&2
+    exit 1
+fi
 umask 077
 token_of "sinyal collector (write only)" --write-bucket > "$out/collector-write.token"
 token_of "sinyal grafana (read only)" --read-bucket > "$out/grafana-read.token"
 test -s "$out/collector-write.token" && test -s "$out/grafana-read.token"
-chown 10001 "$out/collector-write.token"
-chown 472 "$out/grafana-read.token"
-chmod 0400 "$out/collector-write.token" "$out/grafana-read.token"
+if chown 10001 "$out/collector-write.token" 2>/dev/null \
+        && chown 472 "$out/grafana-read.token" 2>/dev/null; then
+    chmod 0400 "$out/collector-write.token" "$out/grafana-read.token"
+else
+    # Not root here: readable by the two services that mount the volume (and nothing else).
+    chmod 0444 "$out/collector-write.token" "$out/grafana-read.token"
+fi
