@@ -24,6 +24,7 @@ from agent import config as agent_config
 from agent.config import AgentConfig, ConfigError
 from agent.contract import thresholds as agent_thresholds
 from agent.contract.configkit import http_url
+from agent.contract.record import printable
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 
@@ -591,10 +592,14 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
             print(f"uploads:        FAILING since {local(health.since)}: {health.reason}")
         print(f"last upload:    {local(health.last_ok_at) if health.last_ok_at else 'never'}")
         if health.last_error:
-            print(f"last error:     {health.last_error} (at {local(health.last_error_at)})")
+            print(
+                f"last error:     {printable(health.last_error)} (at {local(health.last_error_at)})"
+            )
     print(f"dead letters:   {dead_total} (rejected by the collector; never retried)")
     for d in dead:
-        print(f"  {local(d['rejected_at'])} {d['kind']} {d['id']}: {d['reason']} {d['detail']}")
+        # reason and detail are the collector's words: shown, never interpreted by the terminal
+        why = printable(f"{d['reason']} {d['detail']}")
+        print(f"  {local(d['rejected_at'])} {d['kind']} {d['id']}: {why}")
     print("last results:")
     for r in latest:
         print("  " + format_line(r, tz))
@@ -610,7 +615,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: AgentConfig, th: agent_thresholds.
     else:
         marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
         for c in checks:
-            print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+            print(f"[{marks[c.status]}] {c.name}: {printable(c.detail)}")
             if c.fix and c.status != "ok":
                 print(f"       fix: {c.fix}")
     return EXIT_FAIL if any(c.status == FAIL for c in checks) else EXIT_OK

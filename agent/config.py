@@ -10,6 +10,7 @@ See docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -45,6 +46,23 @@ from agent.contract.envcheck import AGENT_KEYS, unknown_env_errors
 
 __all__ = ["ENV_PREFIX", "ConfigError", "read_yaml"]
 
+
+def _protected_url(url: str) -> bool:
+    """https, or http to this machine (loopback): what needs no collector.allow_insecure."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
 DEFAULT_CONFIG = "/etc/sinyal/agent.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/sinyal")
 
@@ -65,6 +83,9 @@ class CollectorEndpoint:
     token_file: Path | None = None
     ca_bundle: Path | None = None
     timeout_s: float = 10.0
+    # Plain http:// to a host other than loopback: refused unless this is true (warned at
+    # each start and by doctor: agent.preflight.exposure_checks).
+    allow_insecure: bool = False
 
     def read_token(self) -> str:
         if self.token is not None:
@@ -322,6 +343,7 @@ COLLECTOR_KEYS = {
     "url": Key(http_url, "an http:// or https:// URL"),
     "token": Key(string(), "a non-empty token string"),
     "timeout_s": Key(number(0, 600, lo_open=True), TIMEOUT.format(600)),
+    "allow_insecure": Key(boolean, "true or false"),
 }
 UPLINK_KEYS = {
     "name": Key(string(NAME_RE), "a name of 1..64 letters, digits, '.', '_', ':', '-'"),
@@ -490,7 +512,15 @@ class _Loader:
             )
         if m and m.get("token") is None and m.get("token_file") is None:
             r.error("collector.token", "nothing", "token or token_file (required with url)")
-        if values["url"] is None:
+        url = values["url"]
+        if url is not None and not values["allow_insecure"] and not _protected_url(url):
+            r.error(
+                "collector.url",
+                show(url),
+                "an https:// URL (plain http only to loopback, or with "
+                "collector.allow_insecure: true)",
+            )
+        if url is None:
             return None
         return CollectorEndpoint(**values)
 

@@ -9,13 +9,14 @@ synchronised, the agent's CPU and memory, and the board temperature where one is
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from pathlib import Path
 
 from agent import __version__
 from agent.clock import clock_info
-from agent.contract.record import FieldValue, Record, parse_time, utcnow
+from agent.contract.record import MEASUREMENTS, FieldValue, Record, parse_time, utcnow
 from agent.spool import Spool, oldest_age_s
 from agent.uploadstate import CODE, NEVER, OK, Health
 
@@ -83,7 +84,7 @@ class Heartbeat:
             "lost_total": self.spool.lost_total,
             "disk_full": int(self.spool.disk_full),
             "untimed": self.spool.untimed(clock.boot_id) if clock.boot_id else None,
-            "clock_offset_ms": _float(state.get("clock_offset_ms")),
+            "clock_offset_ms": _offset(state.get("clock_offset_ms")),
             "clock_synced": clock.synced,
             # Over less than a second the figure is mostly clock granularity: left out.
             "cpu_pct": round(100 * (cpu - last_cpu) / (now_mono - last_mono), 3)
@@ -123,3 +124,14 @@ def upload_fields(state: dict[str, str]) -> dict[str, FieldValue | None]:
         "upload_state": CODE.get(health.kind, CODE["other"]),
         "upload_failing_s": 0.0 if health.kind == OK else failing_s,
     }
+
+
+def _offset(text: str | None) -> float | None:
+    """The stored clock offset, unless it is not a finite value the record may carry (a state
+    written by an agent that still trusted any answer of the collector)."""
+    spec = MEASUREMENTS["agent"].fields["clock_offset_ms"]
+    value = _float(text)
+    if value is None or not math.isfinite(value):
+        return None
+    lo, hi = spec.minimum, spec.maximum
+    return value if (lo is None or value >= lo) and (hi is None or value <= hi) else None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.clock import clock_synced
-from agent.config import AgentConfig
+from agent.config import AgentConfig, CollectorEndpoint
 from agent.netutil import SourceUnavailable, uplink_source
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -145,7 +147,8 @@ def uplink_checks(config: AgentConfig) -> list[Check]:
 
 
 def collector_checks(config: AgentConfig) -> list[Check]:
-    """Reachability, token validity (an empty upload: nothing is written) and clock offset."""
+    """Reachability, token validity (an empty upload: nothing is written) and clock offset.
+    The collector's answers are read bounded in size and time (agent.safehttp)."""
     c = config.collector
     if c is None:
         return [
@@ -156,20 +159,38 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                 "add a collector: section (url and token_file)",
             )
         ]
+    import asyncio
+
+    return asyncio.run(_collector_checks(config, c))
+
+
+async def _collector_checks(config: AgentConfig, c: CollectorEndpoint) -> list[Check]:
+    import json
+
     import httpx
 
-    from agent.contract.record import parse_time
+    from agent import safehttp
+    from agent.timekeeper import plausible_ns
     from agent.uploader import PATH, envelope_bytes
 
     verify: str | bool = str(c.ca_bundle) if c.ca_bundle else True
+    deadline = c.timeout_s * safehttp.DEADLINE_FACTOR
     out: list[Check] = []
     try:
-        with httpx.Client(base_url=c.url.rstrip("/"), timeout=c.timeout_s, verify=verify) as h:
+        async with httpx.AsyncClient(
+            base_url=c.url.rstrip("/"), timeout=c.timeout_s, verify=verify
+        ) as h:
             t0 = time.time()
-            r = h.get("/api/v1/time")
+            r = await safehttp.request(h, "GET", "/api/v1/time", deadline_s=deadline)
             t1 = time.time()
-            r.raise_for_status()
-            offset_ms = (parse_time(r.json()["server_time"]).timestamp() - (t0 + t1) / 2) * 1000
+            if r.status != 200:
+                raise safehttp.AnswerError(f"/api/v1/time answered HTTP {r.status}")
+            server_ns = json.loads(r.body).get("unix_ns")
+            if not plausible_ns(server_ns):
+                raise safehttp.AnswerError(
+                    f"implausible time from the collector: {server_ns!r:.40}"
+                )
+            offset_ms = (server_ns / 1e9 - (t0 + t1) / 2) * 1000
             out.append(Check("collector", OK, f"{c.url} answers in {(t1 - t0) * 1000:.0f} ms"))
             if abs(offset_ms) > 2000:
                 out.append(
@@ -194,8 +215,11 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                     )
                 )
                 return out
-            r = h.post(
+            r = await safehttp.request(
+                h,
+                "POST",
                 PATH,
+                deadline_s=deadline,
                 content=envelope_bytes(config.station.id, []),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
@@ -214,10 +238,16 @@ def collector_checks(config: AgentConfig) -> list[Check]:
                 ),
             }
             status, detail, fix = answers.get(
-                r.status_code, (WARN, f"could not check: HTTP {r.status_code}", "")
+                r.status, (WARN, f"could not check: HTTP {r.status}", "")
             )
             out.append(Check("token", status, detail, fix))
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (
+        httpx.HTTPError,
+        safehttp.AnswerError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         out.append(
             Check(
                 "collector",
@@ -282,6 +312,42 @@ def upload_check(config: AgentConfig) -> list[Check]:
     ]
 
 
+def exposure_checks(config: AgentConfig) -> list[Check]:
+    """What exposes the token or the data: a plain-http collector (allowed by
+    collector.allow_insecure) and a token file others can read. Warnings at each start
+    and in doctor; nothing when all is well."""
+    c = config.collector
+    if c is None:
+        return []
+    out: list[Check] = []
+    parts = urlsplit(c.url)
+    if parts.scheme == "http" and c.allow_insecure:
+        out.append(
+            Check(
+                "collector tls",
+                WARN,
+                f"collector.url is plain http to {parts.hostname} (collector.allow_insecure): "
+                "the token and every result travel unencrypted and can be altered on the way",
+                "use an https:// collector URL and remove allow_insecure",
+            )
+        )
+    if c.token_file is not None:
+        try:
+            mode = c.token_file.stat().st_mode
+        except OSError:
+            return out  # the collector check says why it cannot be read
+        if mode & 0o077:
+            out.append(
+                Check(
+                    "token file",
+                    WARN,
+                    f"{c.token_file} is readable by other users (mode {stat.S_IMODE(mode):04o})",
+                    f"chmod 600 {c.token_file}",
+                )
+            )
+    return out
+
+
 def run_checks(config: AgentConfig) -> list[Check]:
     checks = [Check("config", OK, f"{config.path} is valid")]
     if config.probes.icmp is not None and config.probes.icmp.enabled:
@@ -293,6 +359,7 @@ def run_checks(config: AgentConfig) -> list[Check]:
 
         checks += signal_checks(config)
     checks += resolve_checks(config)
+    checks += exposure_checks(config)
     checks += collector_checks(config)
     checks += upload_check(config)
     return checks
@@ -305,7 +372,7 @@ def _in_words(exc: Exception, url: str) -> str:
 
     if isinstance(exc, httpx.HTTPError):
         return classify_exception(exc, httpx.URL(url).host)[1]
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _read(path: str) -> str | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from agent.config import AgentConfig
 from agent.contract.record import Record
 from agent.heartbeat import Heartbeat
-from agent.preflight import Check, icmp_mode
+from agent.preflight import Check, exposure_checks, icmp_mode
 from agent.probes import ProbeEnv, build_probes
 from agent.scheduler import Scheduler
 from agent.spool import Spool, SpoolFullError
@@ -137,6 +137,8 @@ class Daemon:
         self.show(records)
 
     async def run(self, stop: asyncio.Event) -> None:
+        for check in exposure_checks(self.env.config):  # at each start, as the config says
+            log.warning("%s: %s; fix: %s", check.name, check.detail, check.fix)
         collector = self.env.config.collector
         if collector is None:
             await self.scheduler.run(stop)

@@ -32,6 +32,9 @@ from agent.contract.record import Record, format_time, parse_time
 SPOOL_FILE = "spool.sqlite3"
 log = logging.getLogger("sinyal.spool")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A dead letter's reason is a short code and its detail a sentence; both come from the
+# collector's answer, so what is stored is cut (an answer must not fill the disk).
+REASON_CHARS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -397,7 +400,7 @@ class Spool:
                 kind, measured_at, body, size = row
                 db.execute(
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (rid, kind, measured_at, body, reason, detail[:500], now),
+                    (rid, kind, measured_at, body, reason[:REASON_CHARS], detail[:500], now),
                 )
                 db.execute("DELETE FROM records WHERE id = ?", (rid,))
                 db.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (size,))

@@ -17,6 +17,12 @@ Ordering: after start-up and after every failure, the first batch is the NEWEST 
 the control room sees the station's current state as soon as the link is back; then the
 backlog is sent oldest first.
 
+Answers are read as from a stranger (agent.safehttp): at most 4 MiB, compressed or not,
+within one deadline per request (6 x collector.timeout_s). An answer that is too large, too
+slow, or not the collector's acknowledgement leaves the batch in the spool: only a
+well-formed answer acknowledges or dead-letters anything, and what is stored of a rejection
+reason is cut.
+
 Time: with a TimeKeeper (agent.timekeeper), the collector's clock is read before uploading
 whenever records of this boot wait for it, and every 10 minutes; records whose time is not
 established yet are held back until it is.
@@ -26,22 +32,25 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from agent import safehttp
 from agent.clock import boot_id
 from agent.config import CollectorEndpoint
-from agent.contract.record import encode_envelope_records, parse_time
+from agent.contract.record import encode_envelope_records, parse_time, printable
 from agent.contract.version import AGENT_USER_AGENT, __version__
 from agent.spool import Spool
-from agent.timekeeper import TimeKeeper
+from agent.timekeeper import TimeKeeper, plausible_ns
 from agent.uploadstate import Tracker, classify_exception, classify_status
 
 log = logging.getLogger("sinyal.uploader")
@@ -142,6 +151,7 @@ class Uploader:
         self.health = Tracker(spool)
         self.host = urlsplit(collector.url).hostname or collector.url
         self.clock_problem: tuple[str, str] | None = None  # last failed clock read
+        self.deadline_s = collector.timeout_s * safehttp.DEADLINE_FACTOR
         verify: str | bool = str(collector.ca_bundle) if collector.ca_bundle else True
         self.client = httpx.AsyncClient(
             base_url=collector.url.rstrip("/"),
@@ -157,25 +167,40 @@ class Uploader:
     async def sync_clock(self) -> bool:
         """Read the collector's clock (GET /api/v1/time, no database involved, so the answer
         is quick): the offset of ours for the heartbeat, and for the TimeKeeper a reading
-        against CLOCK_MONOTONIC. False when the collector did not answer."""
+        against CLOCK_MONOTONIC. False when the collector did not answer, or answered with a
+        time the agent refuses (not an integer, implausible, or going back): such an answer
+        is neither used nor stored."""
         t0_mono, t0_wall = time.monotonic_ns(), time.time_ns()
         try:
-            response = await self.client.get(TIME_PATH)
+            answer = await safehttp.request(
+                self.client, "GET", TIME_PATH, deadline_s=self.deadline_s
+            )
             t1_mono, t1_wall = time.monotonic_ns(), time.time_ns()
-            response.raise_for_status()
-            server_ns = int(response.json()["unix_ns"])
-        except httpx.HTTPStatusError as exc:
-            self.clock_problem = ("clock", f"HTTP {exc.response.status_code} from {TIME_PATH}")
-            log.debug("collector clock not read: %s", exc)
-            return False
+            if answer.status != 200:
+                self.clock_problem = ("clock", f"HTTP {answer.status} from {TIME_PATH}")
+                log.debug("collector clock not read: HTTP %s", answer.status)
+                return False
+            payload = json.loads(answer.body)
+            server_ns = payload["unix_ns"] if isinstance(payload, dict) else None
         except httpx.HTTPError as exc:
             self.clock_problem = classify_exception(exc, self.host)
-            log.debug("collector clock not read: %s", exc)
+            log.debug("collector clock not read: %s", clip(str(exc)))
             return False
-        except (ValueError, KeyError, TypeError) as exc:
-            self.clock_problem = ("clock", f"unreadable answer from {TIME_PATH}: {exc}")
-            log.debug("collector clock not read: %s", exc)
+        except (safehttp.AnswerError, ValueError, RecursionError, KeyError) as exc:
+            self.clock_problem = ("clock", f"unreadable answer from {TIME_PATH}: {clip(str(exc))}")
+            log.debug("collector clock not read: %s", clip(str(exc)))
             return False
+        if self.timekeeper is not None:
+            refused = self.timekeeper.check(server_ns, t0_mono, t1_mono)
+        elif not plausible_ns(server_ns):
+            refused = f"implausible time {clip(repr(server_ns))}"
+        else:
+            refused = None
+        if refused is not None:
+            self.clock_problem = ("clock", f"the collector's time was refused: {refused}")
+            log.warning("collector clock refused: %s", refused)
+            return False
+        assert isinstance(server_ns, int)
         self.clock_problem = None
         self.last_clock_sync = time.monotonic()
         offset_ms = (server_ns - (t0_wall + t1_wall) // 2) / 1e6
@@ -210,17 +235,32 @@ class Uploader:
             return self._failed(Outcome(len(batch), error=reason, kind="token_file"))
         t_send = time.time()
         try:
-            response = await self.client.post(PATH, content=body, headers=upload_headers(token))
+            response = await safehttp.request(
+                self.client,
+                "POST",
+                PATH,
+                deadline_s=self.deadline_s,
+                content=body,
+                headers=upload_headers(token),
+            )
         except httpx.HTTPError as exc:
             kind, reason = classify_exception(exc, self.host)
-            log.debug("upload failed: %s: %s", type(exc).__name__, exc)
+            log.debug("upload failed: %s: %s", type(exc).__name__, clip(str(exc)))
             return self._failed(Outcome(len(batch), error=reason, kind=kind))
+        except safehttp.AnswerError as exc:
+            why = clip(f"{type(exc).__name__}: {exc}")
+            return self._failed(Outcome(len(batch), error=why, kind="other"))
         t_recv = time.time()
-        status = response.status_code
+        status = response.status
         outcome = Outcome(len(batch), status=status)
         if status == 200:
             return await self._settle(response, ids, outcome, (t_send + t_recv) / 2)
-        outcome.error = _error_text(response)
+        error = _collector_error(response)
+        outcome.error = error or _error_text(response)
+        if status in (413, 422) and error is None:
+            # Not the collector's own refusal (a proxy's page, garbage): no record is at
+            # fault that we know of, so nothing is dead-lettered; retry later.
+            return self._failed(outcome)
         if status in (413, 422) and len(batch) > 1:
             # Too large or malformed: find the record at fault by halving the batch.
             self.batch_size = max(1, len(batch) // 2)
@@ -261,38 +301,33 @@ class Uploader:
         self.health.failure(kind, why)
 
     async def _settle(
-        self, response: httpx.Response, ids: list[str], outcome: Outcome, local_mid: float
+        self, response: safehttp.Answer, ids: list[str], outcome: Outcome, local_mid: float
     ) -> Outcome:
-        try:
-            payload = response.json()
-            accepted = [str(i) for i in payload.get("accepted", [])]
-            rejected: list[tuple[str, str, str]] = []
-            for item in payload.get("rejected", []):
-                rid = item.get("id")
-                index = item.get("index")
-                if rid is None and isinstance(index, int) and 0 <= index < len(ids):
-                    rid = ids[index]
-                if isinstance(rid, str):
-                    rejected.append((rid, str(item.get("reason", "")), str(item.get("detail", ""))))
-        except (ValueError, AttributeError, TypeError) as exc:
+        ack = _read_ack(response.body, ids)
+        if ack is None:
+            # Nothing in it can be trusted, so nothing is acknowledged nor dead-lettered:
+            # the batch stays in the spool and goes again.
             outcome.status = None
-            outcome.error = f"unreadable answer from the collector: {exc}"
+            outcome.error = "unreadable answer from the collector (not its acknowledgement)"
             return self._failed(outcome)
+        accepted, rejected, payload = ack
         known = set(ids)
         await asyncio.to_thread(self.spool.ack, [i for i in accepted if i in known])
         await asyncio.to_thread(self.spool.dead_letter, [r for r in rejected if r[0] in known])
         outcome.accepted, outcome.rejected = len(accepted), len(rejected)
         for rid, reason, detail in rejected:
-            log.warning("collector rejected record %s: %s %s", rid, reason, detail)
+            log.warning("collector rejected record %s: %s %s", rid, clip(reason), clip(detail))
         state: dict[str, str] = {}
         if self.timekeeper is None:  # else sync_clock keeps the offset
             server_time = payload.get("server_time")
             if isinstance(server_time, str):
                 try:
-                    offset_ms = (parse_time(server_time).timestamp() - local_mid) * 1000
+                    server_ns = int(parse_time(server_time).timestamp() * 1e9)
+                except (ValueError, OverflowError):
+                    server_ns = None
+                if plausible_ns(server_ns):
+                    offset_ms = ((server_ns or 0) / 1e9 - local_mid) * 1000
                     state["clock_offset_ms"] = f"{offset_ms:.1f}"
-                except ValueError:
-                    pass
         if state:
             self.spool.set_state(**state)
         timing = [r for r in rejected if r[1] in ("time_out_of_range", "time_unknown")]
@@ -352,11 +387,57 @@ async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: f
             w.cancel()
 
 
-def _error_text(response: httpx.Response) -> str:
+def clip(text: str, limit: int = 300) -> str:
+    """A collector-supplied text for a log line or the spool's state: cut, and with control,
+    bidi and zero-width characters shown escaped (one line, nothing a terminal acts on)."""
+    cut = text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+    return printable(cut)
+
+
+def _json(body: bytes) -> Any:
     try:
-        data = response.json()
-        if isinstance(data, dict) and "error" in data:
-            return f"HTTP {response.status_code}: {data['error']}"
-    except ValueError:
-        pass
-    return f"HTTP {response.status_code}: {response.text[:200]}"
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _collector_error(response: safehttp.Answer) -> str | None:
+    """The collector's own error text ({"error": "..."}), or None when the answer is not one."""
+    data = _json(response.body)
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return clip(f"HTTP {response.status}: {data['error']}")
+    return None
+
+
+def _error_text(response: safehttp.Answer) -> str:
+    text = response.body[:200].decode("utf-8", "replace")
+    return clip(_collector_error(response) or f"HTTP {response.status}: {text}")
+
+
+def _read_ack(
+    body: bytes, ids: list[str]
+) -> tuple[list[str], list[tuple[str, str, str]], dict[str, Any]] | None:
+    """The acknowledgement in a 200 answer: accepted ids, rejected (id, reason, detail), the
+    whole document; None when it is not one (then nothing in it is acted on)."""
+    payload = _json(body)
+    if not isinstance(payload, dict):
+        return None
+    accepted_raw, rejected_raw = payload.get("accepted", []), payload.get("rejected", [])
+    if not isinstance(accepted_raw, list) or not isinstance(rejected_raw, list):
+        return None
+    if not all(isinstance(i, str) for i in accepted_raw):
+        return None
+    rejected: list[tuple[str, str, str]] = []
+    for item in rejected_raw:
+        if not isinstance(item, dict):
+            return None
+        rid, index = item.get("id"), item.get("index")
+        if rid is None and isinstance(index, int) and 0 <= index < len(ids):
+            rid = ids[index]
+        reason, detail = item.get("reason", ""), item.get("detail", "")
+        if not isinstance(rid, str) or not isinstance(reason, str) or not isinstance(detail, str):
+            return None
+        rejected.append((rid, reason, detail))
+    if set(accepted_raw) & {r[0] for r in rejected}:
+        return None  # the same id both accepted and rejected: not a real acknowledgement
+    return [str(i) for i in accepted_raw], rejected, payload

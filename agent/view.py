@@ -331,6 +331,7 @@ class BoardView:
         now: float,
     ) -> RenderableType:
         from rich.table import Table
+        from rich.text import Text
 
         narrow = width < _NARROW
         summary = SUMMARY.get(kind, ())
@@ -349,14 +350,19 @@ class BoardView:
         for (_k, uplink, target), row in rows:
             r = row.latest
             result = "[green]ok[/]" if r.error is None else f"[bold red]{r.error}[/]"
+            # Names come from agents and the config: shown as they are, never read as rich
+            # markup (a target "icmp[a@b]" or "[/]" is text).
+            name = Text(target)
             if kind == "signal":  # the technology and the network in the target column
                 tech = r.tags.get("access_tech", "unknown")
-                if tech in ("umts", "gsm"):  # fallen back from 4G
-                    tech = f"[yellow]{tech}[/]"
-                target = f"{tech} {r.tags.get('operator', '')}".strip()
+                fell_back = tech in ("umts", "gsm")  # fallen back from 4G
+                name = Text(tech, style="yellow" if fell_back else "")
+                name.append(f" {r.tags.get('operator', '')}".rstrip())
             cells = [self.cell(r, fld) for fld, _label, _unit in summary]
             age = ago(now - r.measured_at.timestamp())
-            first = [target, result] if narrow and one_uplink else [uplink, target, result]
+            first: list[RenderableType] = (
+                [name, result] if narrow and one_uplink else [Text(uplink), name, result]
+            )
             spark = [] if narrow else [sparkline(list(row.history))]
             table.add_row(*first, *cells, *spark, age)
         return table

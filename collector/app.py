@@ -41,6 +41,7 @@ from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.enrol_api import add_enrolment
+from collector.guard import Guard
 from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
 from collector.lineproto import encode_point
 from collector.registry import Registry
@@ -103,6 +104,7 @@ class IngestService:
         self.metrics = Metrics()
         self.batcher = Batcher(self.sink)
         self.fast = FastPath()
+        self.guard = Guard(cfg.limits)
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
@@ -126,6 +128,12 @@ class IngestService:
                 raise HttpError(422, f"gzip body does not decompress: {exc}") from None
             if len(body) > limit or d.unconsumed_tail:
                 raise HttpError(413, f"decompressed body larger than {limit} bytes")
+            # One complete gzip member and nothing after it: a truncated stream (no CRC) or
+            # trailing bytes (a second member, garbage) could hide what was checked.
+            if not d.eof:
+                raise HttpError(422, "gzip body is truncated (no end of stream, no CRC)")
+            if d.unused_data:
+                raise HttpError(422, "gzip body has data after its end (a second member?)")
         elif encoding != "identity":
             raise HttpError(415, f"content-encoding {encoding} not supported (gzip or identity)")
         return body
@@ -168,7 +176,9 @@ class IngestService:
         prepared = prepare(
             header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast
         )
+        points = self.guard.check(prepared)  # repeated ids, series cap, history rewrite
         accepted = await self.write(prepared)
+        self.guard.remember(prepared, points, accepted)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()
         self.metrics.accepted.inc(len(accepted))

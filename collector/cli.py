@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from agent.contract import __version__
 from agent.contract import thresholds as agent_thresholds
 from agent.contract.configkit import ConfigError
+from agent.contract.record import printable
 from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.regions import Operators
@@ -366,6 +367,8 @@ def _registry(cfg: CollectorConfig) -> Registry:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    # Registry values reach a terminal: control, bidi and zero-width characters shown escaped.
+    rows = [[printable(str(v)) for v in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

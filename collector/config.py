@@ -98,6 +98,10 @@ class Limits:
     max_records: int = 5000  # per request
     past_s: float = 35 * 86400  # oldest accepted measured_at
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
+    # Distinct series (kind + tag values) one station may open (collector.guard).
+    max_series_per_station: int = 500
+    # Point keys of the most recent writes kept to refuse a history rewrite (collector.guard).
+    recent_points: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ LIMITS_KEYS = {
     "max_records": Key(integer(1, 100_000), "1..100000"),
     "past_s": Key(number(60, 400 * 86400), "seconds"),
     "future_s": Key(number(0, 86400), "seconds, 0..86400"),
+    "max_series_per_station": Key(integer(1, 10**6), "series, 1..1000000"),
+    "recent_points": Key(integer(0, 10**8), "points, 0..100000000"),
 }
 
 

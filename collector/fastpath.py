@@ -24,12 +24,14 @@ import orjson
 
 from agent.contract.record import (
     CLOCK_KEYS,
+    FORMULA_LEAD,
     MEASUREMENTS,
     RECORD_KEYS,
     RECORD_REQUIRED_KEYS,
     SEQ_MAX,
     TAG_VALUE_MAX,
     TIME_SOURCES,
+    UNSAFE_CHARS,
     ClockInfo,
     ErrorCode,
     Measurement,
@@ -48,7 +50,7 @@ _hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
 _canonical_time = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
 ).fullmatch
-_no_control = re.compile(r"[^\x00-\x1f\x7f]+").fullmatch
+_no_control = re.compile(f"[^{UNSAFE_CHARS}]+").fullmatch
 _FLOAT, _INT = 0, 1
 _MAX_CACHED_SERIES = 500_000
 
@@ -392,6 +394,8 @@ class FastPath:
     def _check_tags(self, kind: str, values: tuple[str, ...]) -> bool:
         for v in values:
             if type(v) is not str or not 0 < len(v) <= TAG_VALUE_MAX or not _no_control(v):
+                return False
+            if v[0] in FORMULA_LEAD:
                 return False
             try:
                 escape_tag(v)

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.contract.configkit import STATION_ID_RE, show, timezone
+from agent.contract.record import FORMULA_LEAD
 from collector.regions import Operators, tps_shape_problem, wilayah
 from collector.station import Station
 
@@ -193,9 +194,11 @@ def _got(value: str) -> str:
 
 
 def _text(value: str) -> str | None:
+    # isprintable() refuses control, bidi and zero-width characters (categories Cc, Cf); a
+    # leading = + - @ would be a formula in the spreadsheet the value may be exported to.
     if not value or len(value) > _MAX_TEXT or not value.isprintable():
         return None
-    return value
+    return None if value[0] in FORMULA_LEAD else value
 
 
 def _degrees(value: str, lo: float, hi: float) -> float | None:
@@ -314,7 +317,9 @@ class _CsvReader:
             self.error(line, "column id", _got(sid), shape)
         for col in ("name", "province", "regency"):
             if _text(v[col]) is None:
-                self.error(line, f"column {col}", _got(v[col]), _EXPECTED[col])
+                formula = v[col][:1] in tuple(FORMULA_LEAD)
+                why = ", not starting with =, +, - or @ (a spreadsheet formula)" if formula else ""
+                self.error(line, f"column {col}", _got(v[col]), _EXPECTED[col] + why)
         place = self.wilayah.check_place(
             sid,
             v["province"] if _text(v["province"]) else "",

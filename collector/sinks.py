@@ -67,6 +67,15 @@ GZIP_LEVEL = 1
 EXACT_REASONS_UP_TO = 8
 
 _DROPPED_RE = re.compile(r"dropped=(\d+)")
+# The database's own capacity limits (InfluxDB 1.x max-series-per-database and
+# max-values-per-tag; cardinality limits of 2.x/3.x): not the lines' fault, and another
+# station's valid records must not be refused for good because of them. Such a refusal is
+# the database being unavailable: the API answers 503 and the agents keep their records.
+_CAPACITY_RE = re.compile(
+    r"max-series-per-database limit exceeded|max-values-per-tag limit exceeded|"
+    r"series cardinality limit|cardinality limit exceeded",
+    re.IGNORECASE,
+)
 _PARSE_PREFIX = "unable to parse '"
 _PARSE_SEP = "': "
 
@@ -207,6 +216,15 @@ def _classify(
     """None for 2xx, _Refused for a refusal of lines; raises SinkUnavailable otherwise."""
     if 200 <= status < 300:
         return None
+    if status in (400, 422) and _CAPACITY_RE.search(message):
+        if _log_throttle(f"capacity {where}"):
+            log.error(
+                "sink: %s is full (%s); nothing refused, agents keep their records: raise the "
+                "database's limit or lower limits.max_series_per_station (docs/security.md)",
+                where,
+                _one_line(message)[:300],
+            )
+        raise SinkUnavailable(f"{where} is at its series limit: {message[:300]}", cfg.retry_after_s)
     if status in (400, 422):
         m = _DROPPED_RE.search(message)
         return _Refused(message, int(m.group(1)) if m else None)

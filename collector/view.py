@@ -119,7 +119,7 @@ def render(rows: list[StationRow], top: int = 15, now: float | None = None) -> R
         counts.add_column(name, justify="right", style=style)
     counts.add_column("total", justify="right")
     for prov, c in counts_by_province(rows).items():
-        counts.add_row(prov, *map(str, c), str(sum(c)))
+        counts.add_row(Text(prov), *map(str, c), str(sum(c)))
     counts.add_row("all", *map(str, totals), str(len(rows)), style="bold")
 
     def station_table(title: str, subset: list[StationRow]) -> Table:
@@ -139,16 +139,19 @@ def render(rows: list[StationRow], top: int = 15, now: float | None = None) -> R
         for r in subset[:top]:
             name = STATUS_NAMES[r.status] if 0 <= r.status < 4 else str(r.status)
             style = STATUS_STYLE[r.status] if 0 <= r.status < 4 else ""
+            # Station, names, operator and reasons come from agents and the registry: plain
+            # Text, never markup (a target named "[/]" must not break the view, and a label
+            # such as icmp[kpu@modem0] must show as it is).
             t.add_row(
-                r.station,
-                r.province,
-                r.regency,
-                r.operator,
-                f"[{style}]{name}[/]",
+                Text(r.station),
+                Text(r.province),
+                Text(r.regency),
+                Text(r.operator),
+                Text(name, style=style),
                 _n(r.rtt_p50_ms, " ms"),
                 _n(r.loss_pct, " %"),
                 _ago(r.seen_ago_s),
-                r.reasons,
+                Text(r.reasons),
             )
         if len(subset) > top:
             t.caption = f"{len(subset) - top} more"

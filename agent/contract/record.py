@@ -312,7 +312,19 @@ MEASUREMENTS: dict[str, Measurement] = {
 TAG_VALUE_MAX = 256
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|z|[+-]\d\d:\d\d)$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Characters no text from an agent (or the registry) may carry: C0 and C1 controls, DEL, and
+# the invisible ones that make a text read differently from what it is (bidi controls,
+# zero-width characters, the BOM). A regex character class, shared with the collector's fast
+# path. Tag values carrying one are refused; terminals get `printable` text.
+UNSAFE_CHARS = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+# A leading = + - @ makes a spreadsheet read a CSV cell as a formula: such values are refused.
+FORMULA_LEAD = "=+-@"
+_CONTROL_RE = re.compile(f"[{UNSAFE_CHARS}]")
+
+
+def printable(text: str) -> str:
+    """`text` with every unsafe character shown as an escape (\\u202e), for a terminal."""
+    return _CONTROL_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def new_id() -> str:
@@ -477,7 +489,13 @@ def _decode_tags(raw: Any, spec: Measurement, path: str) -> dict[str, str]:
             )
         if _CONTROL_RE.search(value):
             raise ContractError(
-                f"{path}.{key}", f"got {value!r}, expected no control characters (newline, tab)"
+                f"{path}.{key}",
+                f"got {printable(value)!r}, expected no control, bidi or zero-width characters",
+            )
+        if value[0] in FORMULA_LEAD:
+            raise ContractError(
+                f"{path}.{key}",
+                f"got {value!r}, expected no leading =, +, - or @ (a spreadsheet formula)",
             )
     for tag in spec.tags:
         if tag not in raw:
@@ -639,7 +657,7 @@ def decode_envelope_header(d: Any) -> EnvelopeHeader:
     if not isinstance(d, dict):
         raise ContractError("", "expected a JSON object")
     schema = d.get("schema")
-    if schema != SCHEMA_VERSION:
+    if type(schema) is not int or schema != SCHEMA_VERSION:  # not True, not 1.0
         raise ContractError("schema", f"got {schema!r}, expected {SCHEMA_VERSION}")
     agent = d.get("agent")
     if not isinstance(agent, dict):

@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY collector ./collector
 RUN pip install --no-cache-dir '.[collector]' \
-    && useradd --system --home /var/lib/sinyal-collector sinyal \
+    && useradd --system --uid 10001 --home /var/lib/sinyal-collector sinyal \
     && mkdir -p /var/lib/sinyal-collector \
     && chown sinyal /var/lib/sinyal-collector
 USER sinyal

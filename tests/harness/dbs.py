@@ -58,10 +58,13 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], ok: int, deadline_s: flo
 # --- InfluxDB 1.x ----------------------------------------------------------------------------
 
 
-def influxd_config(tmp: Path, http_port: int, rpc_port: int, auth: bool) -> str:
+def influxd_config(
+    tmp: Path, http_port: int, rpc_port: int, auth: bool, max_series: int = 0
+) -> str:
     """A config for `influxd run -config`: loopback only, no tag-value limit, quiet, and none
     of the side services (UDP, graphite, monitor store, CQs, retention sweeps, subscribers).
-    Section names as printed by `influxd config` of 1.6.7."""
+    max_series: max-series-per-database (0: none). Section names as printed by `influxd
+    config` of 1.6.7."""
     return f"""\
 reporting-disabled = true
 bind-address = "{LOOPBACK}:{rpc_port}"
@@ -75,7 +78,7 @@ bind-address = "{LOOPBACK}:{rpc_port}"
   wal-dir = "{tmp}/wal"
   query-log-enabled = false
   max-values-per-tag = 0
-  max-series-per-database = 0
+  max-series-per-database = {max_series}
 
 [coordinator]
   log-queries-after = "0s"
@@ -179,6 +182,7 @@ def influxd(
     *,
     admin: tuple[str, str] | None = None,
     startup_s: float = 20.0,
+    max_series: int = 0,
 ) -> Iterator[InfluxServer]:
     """influxd 1.x on free loopback ports with a temp config and data dir. With `admin`,
     auth is enabled and that user is created with all privileges (1.x allows creating the
@@ -189,7 +193,9 @@ def influxd(
         for _attempt in range(3):  # a port can be taken between free_port() and the bind
             http_port, rpc_port = free_port(), free_port()
             conf = tmpdir / "influxdb.conf"
-            conf.write_text(influxd_config(tmpdir, http_port, rpc_port, admin is not None))
+            conf.write_text(
+                influxd_config(tmpdir, http_port, rpc_port, admin is not None, max_series)
+            )
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
                     [binary, "run", "-config", str(conf)],

@@ -60,11 +60,21 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def config(tmp_path: Path, url: str, token: str, icmp: dict[str, Any], **sections: Any) -> Path:
+def config(
+    tmp_path: Path,
+    url: str,
+    token: str,
+    icmp: dict[str, Any],
+    insecure: bool = False,
+    **sections: Any,
+) -> Path:
+    """insecure: the URL is plain http to a lab address (collector.allow_insecure)."""
     (tmp_path / "token").write_text(token)
     doc = base_config(tmp_path)
     doc["data_dir"] = str(tmp_path / "agent")
     doc["collector"] = {"url": url, "token_file": str(tmp_path / "token"), "timeout_s": 5}
+    if insecure:
+        doc["collector"]["allow_insecure"] = True
     doc["probes"] = {"icmp": icmp}
     doc["schedule"] = {"jitter_fraction": 0}
     doc.update(sections)
@@ -128,7 +138,8 @@ def test_link_cut_for_minutes_loses_and_duplicates_nothing(
             "targets": [{"host": core.target(1), "name": "core1"},
                         {"host": core.target(2), "name": "core2"}],
         }  # fmt: skip
-        cfg = config(tmp_path, f"http://{core.addr}:8080", stack.token, icmp)
+        # plain http between the lab's namespaces (no TLS to test here)
+        cfg = config(tmp_path, f"http://{core.addr}:8080", stack.token, icmp, insecure=True)
         log, data = tmp_path / "made.jsonl", tmp_path / "agent"
         agent = lab.spawn(st, *agent_cmd(cfg, log), env=agent_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -123,3 +123,50 @@ def test_a_record_stored_after_the_first_reading_is_still_corrected(spool: Spool
     assert (
         from_unix_ns(unix_ns(TRUE_START) + 3 * 10**9).strftime("%S") == body["measured_at"][17:19]
     )
+
+
+# --- the collector's answer is checked before it is used (issue 15, finding 9) ---------
+
+
+def test_implausible_readings_are_refused_and_never_stored(spool: Spool) -> None:
+    tk = TimeKeeper(spool, "collector", boot=BOOT)
+    sent, received = 10**9, 10**9 + 20 * 10**6
+    for value in (float("inf"), 1e30, 10**30, -4 * 10**18, 0, True, "1764000000000000000"):
+        assert tk.check(value, sent, received) is not None, value
+        assert tk.learn(value, sent, received) == 0  # type: ignore[arg-type]
+    assert tk.base_ns() is None
+    assert not any(k.startswith("clock_base.") for k in spool.state())
+
+
+def test_a_reading_may_not_go_back_beyond_round_trips_and_drift(spool: Spool) -> None:
+    tk = TimeKeeper(spool, "collector", boot=BOOT)
+    read_collector(tk, 100)
+    base = tk.base_ns()
+    assert base is not None
+    hour = 3600 * 10**9
+    sent = 100 * 10**9 + hour
+    received = sent + 20 * 10**6
+    mid = (sent + received) // 2
+    # an hour later: 500 ppm of an hour is 1.8 s, plus 2 s of slack and the round trips
+    tolerated = 2 * 10**9 + hour * 500 // 10**6 + 20 * 10**6
+    assert tk.check(base + mid - tolerated + 10**6, sent, received) is None
+    refused = tk.check(base + mid - tolerated - 10**8, sent, received)
+    assert refused is not None and "went back" in refused
+    assert tk.check(base + mid + 86400 * 10**9, sent, received) is None  # forward: allowed
+    tk.learn(base + mid - 86400 * 10**9, sent, received)  # a day back: ignored
+    assert tk.base_ns() == base
+
+
+def test_a_stored_implausible_base_is_dropped_on_start(spool: Spool) -> None:
+    spool.set_state(
+        **{
+            f"clock_base.{BOOT}": f"{10**30} 1000",
+            f"clock_base.{OLD_BOOT}": "not numbers",
+            "clock_base.cafe": f"{unix_ns(TRUE_START)} 1000 5",
+        }
+    )
+    tk = TimeKeeper(spool, "collector", boot=BOOT)
+    assert tk.base_ns() is None and tk.base_ns(OLD_BOOT) is None
+    assert tk.base_ns("cafe") == unix_ns(TRUE_START)
+    state = spool.state()
+    assert state[f"clock_base.{BOOT}"] == "" and state[f"clock_base.{OLD_BOOT}"] == ""
