@@ -96,6 +96,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    """The /reports page: off unless an admin token file is set (see docs/reports.md)."""
+
+    admin_token_file: Path | None = None
+    keep: int = 20  # generated reports kept under data_dir/reports (oldest removed)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     path: Path
     listen: Listen
@@ -104,13 +112,14 @@ class CollectorConfig:
     thresholds_file: Path
     status: StatusConfig
     limits: Limits
+    reports: ReportsConfig = ReportsConfig()
 
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite3"
 
 
-_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits"}
+_TOP = {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "reports"}
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -235,6 +244,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
     future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
 
+    rp_ = r.mapping(top.get("reports"), "reports", {"admin_token_file", "keep"}, set())
+    admin = r.get(rp_, "admin_token_file", "reports", existing, "a readable file holding a token")
+    keep = r.get(rp_, "keep", "reports", _integer(1, 10_000), "reports to keep, 1..10000", 20)
+
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
     assert data_dir is not None and thresholds is not None
@@ -251,6 +264,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             past or 35 * 86400.0,
             300.0 if future is None else future,
         ),
+        reports=ReportsConfig(admin, keep or 20),
     )
 
 

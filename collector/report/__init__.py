@@ -32,6 +32,7 @@ __all__ = [
     "ReportError",
     "ReportRequest",
     "SinkUnavailable",
+    "known_operators",
     "make_report",
     "query_count",
 ]

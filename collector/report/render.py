@@ -253,7 +253,7 @@ def _period(report: Report, lang: Lang) -> str:
 
 
 def context(
-    report: Report, lang: Lang, chart_list: Sequence[Chart], links: Sequence[str] = ()
+    report: Report, lang: Lang, chart_list: Sequence[Chart], links: Sequence[tuple[str, str]] = ()
 ) -> dict[str, Any]:
     s = report.scope
     req = s.request
@@ -331,6 +331,23 @@ def environment() -> Environment:
 def render_html(report: Report, lang: Lang, chart_list: Sequence[Chart], for_pdf: bool) -> str:
     ctx = context(report, lang, chart_list)
     return environment().get_template("report.html.j2").render(**ctx, for_pdf=for_pdf)
+
+
+def render_page(
+    report: Report | None,
+    lang: Lang,
+    form: dict[str, Any],
+    links: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The collector's /reports page: the form, and the report's preview when there is one."""
+    ctx: dict[str, Any] = {"lang": lang.code, "t": lang.t, "title": lang.t("title")}
+    if report is not None:
+        ctx = context(report, lang, charts(report, lang), links)
+    return (
+        environment()
+        .get_template("page.html.j2")
+        .render(**ctx, **form, form_title=lang.t("title"), for_pdf=False)
+    )
 
 
 def write_pdf(html: str, path: Path) -> None:
