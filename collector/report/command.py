@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from collector.report import (
 from collector.report.i18n import Lang
 from collector.report.render import write_all
 from collector.report.scope import DEFAULT_INTERVAL_S
+
+log = logging.getLogger("sinyal.collector.report")
 
 HELP = "regulator QoS report: CSV, XLSX, PDF, HTML, in Indonesian or English"
 DESCRIPTION = """\
@@ -166,6 +169,14 @@ def run(args: argparse.Namespace, cfg: CollectorConfig) -> int:
         return 1
     except FileExistsError as exc:
         print(f"report: --out {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"report: --out {out}: {exc}; no file was written", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: say so in one line; -v logs the traceback
+        log.debug("report failed", exc_info=True)
+        print(f"report: internal error ({type(exc).__name__}: {exc}); no file was written; "
+              "run with -v for details and report it", file=sys.stderr)  # fmt: skip
         return 1
     for f in files:
         print(f)

@@ -66,12 +66,14 @@ METHOD: list[tuple[str, str]] = [
         "time. The start is included, the end is not.",
     ),
     (
-        "Satu putaran ICMP = satu rekaman icmp (satu sasaran lewat satu uplink). Persentil "
-        "memakai peringkat terdekat (InfluxQL percentile()); median memakai rata-rata dua "
-        "nilai tengah bila jumlahnya genap (InfluxQL median()).",
-        "One ICMP round = one icmp record (one target over one uplink). Percentiles are "
-        "nearest-rank (InfluxQL percentile()); medians average the two middle values when "
-        "the count is even (InfluxQL median()).",
+        "Satu putaran ICMP = satu rekaman icmp (satu sasaran lewat satu uplink). Persentil P "
+        "dari N nilai = nilai pada peringkat round(N x P / 100) secara menaik (InfluxQL "
+        "percentile()); tidak ada nilai bila peringkat itu 0 (persentil ke-10 dari kurang dari "
+        "5 nilai). Median = rata-rata dua nilai tengah bila N genap (InfluxQL median()).",
+        "One ICMP round = one icmp record (one target over one uplink). A percentile P of "
+        "N values is the value at rank round(N x P / 100) in ascending order (InfluxQL "
+        "percentile()); there is none when that rank is 0 (a 10th percentile of fewer than 5 "
+        "values). Medians average the two middle values when N is even (InfluxQL median()).",
     ),
     (
         "Angka per provinsi, kabupaten/kota dan operator: jumlah (count, sum) dijumlahkan "
@@ -277,7 +279,8 @@ def context(
                             f"{lang.datetime(tm, fixed_zone(off), zone_name(off))} ({n})"
                             for tm, n in r.get("_worst", [])
                         )
-            parts.append({"columns": [c.key for c in cols], "rows": rows})
+            nkeys = sum(1 for c in cols if c.key in _KEYS.get(t.name, ()))
+            parts.append({"columns": [c.key for c in cols], "rows": rows, "nkeys": nkeys})
         note = ""
         if len(shown) < len(t.rows):
             note = lang.t(

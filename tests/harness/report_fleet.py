@@ -162,7 +162,7 @@ def records(
                     f.update(duration_s=d, rate_mbps=round(16 / d, 3), status=200,
                              sent_bytes=2_000_000)  # fmt: skip
                 yield _rec("upload", s, utc + timedelta(seconds=40), {"target": "collector"}, f,
-                           None if ok else "cut_off")  # fmt: skip
+                           None if ok else "connection_reset")  # fmt: skip
             if slow_kinds and k % 36 == 0:
                 dl = round(rnd.uniform(0.5, 30), 3)
                 ul = round(rnd.uniform(0.1, 10), 3)
