@@ -67,7 +67,7 @@ def nearest_rank(values: list[float], p: float) -> float | None:
     """The method docs/reports.md states: the value at rank round(N x P / 100) (half up), no
     value when that rank is 0 (a 10th percentile of fewer than 5 values)."""
     v = sorted(values)
-    i = int(math.floor(len(v) * p / 100.0 + 0.5)) - 1
+    i = math.floor(len(v) * p / 100.0 + 0.5) - 1
     return v[min(i, len(v) - 1)] if i >= 0 else None
 
 
@@ -218,7 +218,7 @@ def oracle(
 
 
 INT_COLUMNS = {"stations", "rounds", "rounds_expected", "registered", "reporting",
-               "silent_whole_period", "rounds_received", "rounds_expected"}  # fmt: skip
+               "silent_whole_period", "rounds_received"}  # fmt: skip
 KEYS = {
     "operators": ("operator",),
     "provinces": ("operator", "province"),
