@@ -2,11 +2,14 @@
 # System tools the test suite uses as real peers: fping (RTT reference), iperf3 (throughput
 # reference), nginx (the Speedtest Mini endpoint at high concurrency), socat (a relay into the
 # field lab), faketime (a board whose clock is wrong), dnsmasq (resolver), iptables and
-# iproute2 (namespaces, loss), iputils-ping. Installed with apt when running as
+# iproute2 (namespaces, loss), iputils-ping; reports: poppler-utils (PDF to text and PNG in
+# the tests), chromium (the /reports page, headless), fonts-dejavu-core and Pango (WeasyPrint's
+# PDF rendering). Installed with apt when running as
 # root; otherwise the tests that need them skip with a reason (and fail in CI).
 set -euo pipefail
 packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
-    procps util-linux influxdb victoria-metrics)
+    procps util-linux influxdb victoria-metrics poppler-utils chromium fonts-dejavu-core
+    libpango-1.0-0 libpangoft2-1.0-0)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
