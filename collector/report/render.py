@@ -45,7 +45,7 @@ XLSX_FORMATS = {"int": "#,##0", "pct": "0.0", "float": "0.0##"}
 DISPLAY_COLUMNS = 12  # columns of figures per printed table part (A4 landscape at 7 pt)
 # The printed report (HTML, PDF) lists at most this many stations, worst first; CSV and XLSX
 # list every station. 823,220 rows do not make a document anyone reads.
-PRINT_STATIONS = 200
+PRINT_STATIONS = 100
 ONE_DAY = timedelta(days=1)
 
 METHOD: list[tuple[str, str]] = [
