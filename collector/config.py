@@ -246,6 +246,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
     rp_ = r.mapping(top.get("reports"), "reports", {"admin_token_file", "keep"}, set())
     admin = r.get(rp_, "admin_token_file", "reports", existing, "a readable file holding a token")
+    if admin is not None and len(_first_line(admin)) < 32:
+        r.error("reports.admin_token_file", _show(str(admin)), "a token of 32+ characters in it")
     keep = r.get(rp_, "keep", "reports", _integer(1, 10_000), "reports to keep, 1..10000", 20)
 
     if r.errors or sink is None:
@@ -266,6 +268,13 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         ),
         reports=ReportsConfig(admin, keep or 20),
     )
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> str:

@@ -10,7 +10,6 @@ number formats and the HTML/PDF tables all come from it.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -741,6 +740,3 @@ def _threshold_rows(th: Thresholds) -> list[dict[str, Any]]:
         for t in th.metrics
     ]
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
