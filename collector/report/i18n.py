@@ -46,8 +46,8 @@ TEXT: dict[str, tuple[str, str]] = {
         "The period was cut at the generation time.",
     ),
     "chart_latency": (
-        "Latensi (median RTT per jam) per operator",
-        "Latency (hourly median RTT) per operator",
+        "Latensi (rata-rata RTT median putaran per jam) per operator",
+        "Latency (hourly mean of the rounds' median RTT) per operator",
     ),
     "chart_loss": (
         "Kehilangan paket (rata-rata per jam) per operator",

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -393,3 +394,19 @@ def test_a_period_across_midnight_in_wit(
     # 9 hours of 10-minute rounds: 54 for every station that was not silent.
     rounds = {int(r["rounds"]) for r in read_csv(out / "stations.csv") if int(r["rounds"])}
     assert rounds == {54}
+
+
+def test_one_province_in_voting_hours_matches_the_oracle(
+    fleet_db: Seeded, raw: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    out = tmp_path / "papua"
+    d0, d1 = fleet_db.dates
+    r = run_report(fleet_db, out, "--from", d0, "--to", d1, "--voting-hours", "--province",
+                   "Papua", "--format", "csv,xlsx")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    papua = replace(fleet_db, stations=[s for s in fleet_db.stations if s.province == "Papua"])
+    only = {k: [p for p in v if p["province"] == "Papua"] for k, v in raw.items()}
+    want = oracle(only, papua, window((d0, d1), True), lambda _sid: 2 * 6 * 3600.0)
+    for table in ("operators", "provinces", "stations", "coverage"):
+        compare(table, read_csv(out / f"{table}.csv"), want[table], "csv Papua")
+        compare(table, read_xlsx(out / "report.xlsx", table), want[table], "xlsx Papua")
