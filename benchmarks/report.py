@@ -238,7 +238,7 @@ def write_md(results: list[dict[str, Any]]) -> None:
         "(3 provinces in WIB/WITA/WIT, 3 operators), 36 hours of rounds every 5 minutes seeded",
         "so each station's own local day is complete; the report covers one local day, national",
         "(per station zone: 3 windows, so every query is a union of 3 subqueries) and one",
-        "province (Papua: one window). All formats: CSV, XLSX, PDF, HTML (the printed ones list",
+        "province (Papua: a third of the stations, one of them on WITA, so two windows). All formats: CSV, XLSX, PDF, HTML (the printed ones list",
         "the worst 100 stations). Each report runs in a fresh process: `peak RSS` is its",
         "ru_maxrss; influxd CPU is its user+system time during the report.",
         "",
