@@ -8,6 +8,7 @@ GET  /healthz               the process is alive
 GET  /readyz                the database answers
 GET  /metrics               Prometheus text
 GET  /openapi.json          this API, described
+GET  /reports               regulator reports (admin token; collector.report.web)
      /speedtest/...         the Speedtest Mini endpoint and the upload sink (collector.speedtest)
 """
 
@@ -362,6 +363,11 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
     async def readyz() -> Response:
         ok = await run_in_threadpool(c.sink.ping)
         return JSONResponse({"database": "ok" if ok else "unreachable"}, 200 if ok else 503)
+
+    if cfg.reports.admin_token_file is not None:  # the report libraries load only when used
+        from collector.report.web import add_report_routes
+
+        add_report_routes(app, cfg, c.registry)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

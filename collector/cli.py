@@ -52,6 +52,7 @@ examples:
   sinyal-collector agents list
   sinyal-collector agents revoke 3f9a1c2e
   sinyal-collector agents enroll --stations regency.csv --pdf sheet.pdf --collector-url URL
+  sinyal-collector report --from 2026-12-02 --to 2026-12-03 --format csv,pdf --out /tmp/r
 
 exit codes: 0 ok, 1 failure, 2 invalid config, usage or input, 4 serve cannot listen
 (port taken), 5 a package of the 'collector' extra is not installed
@@ -171,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--top", type=int, default=15, help="rows per station table (default 15)")
     status.add_argument("--json", action="store_true", help="one JSON object per station")
+
+    from collector.report import command as report_command
+
+    rep = _add(sub, "report", cmd_report, report_command.HELP, report_command.DESCRIPTION)
+    report_command.add_arguments(rep)
 
     stations = _add(
         sub,
@@ -472,6 +478,12 @@ def cmd_speedtest_server(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    from collector.report import command as report_command
+
+    return report_command.run(args, cfg)
 
 
 def cmd_stations_import(args: argparse.Namespace, cfg: CollectorConfig) -> int:

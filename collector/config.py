@@ -113,6 +113,14 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    """The /reports page: off unless an admin token file is set (see docs/reports.md)."""
+
+    admin_token_file: Path | None = None
+    keep: int = 20  # generated reports kept under data_dir/reports (oldest removed)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     path: Path
     listen: Listen
@@ -122,6 +130,7 @@ class CollectorConfig:
     status: StatusConfig
     limits: Limits
     registry: RegistryConfig = RegistryConfig()
+    reports: ReportsConfig = ReportsConfig()
 
     @property
     def registry_path(self) -> Path:
@@ -216,6 +225,19 @@ class _Loader:
     def limits(self, raw: Any) -> Limits:
         return Limits(**self.r.section(raw, "limits", Limits, LIMITS_KEYS))
 
+    def reports(self, raw: Any) -> ReportsConfig:
+        keys = {
+            "admin_token_file": Key(self.existing_file, "a readable file holding a token"),
+            "keep": Key(integer(1, 10_000), "reports to keep, 1..10000"),
+        }
+        values = self.r.section(raw, "reports", ReportsConfig, keys)
+        admin = values["admin_token_file"]
+        if admin is not None and len(_first_line(admin)) < 32:
+            self.r.error(
+                "reports.admin_token_file", show(str(admin)), "a token of 32+ characters in it"
+            )
+        return ReportsConfig(**values)
+
     def thresholds_file(self, top: dict[str, Any]) -> Path:
         r = self.r
         default = self.base / "thresholds.yaml"
@@ -275,10 +297,18 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     status = loader.status(top.get("status"))
     limits = loader.limits(top.get("limits"))
     registry = loader.registry(top.get("registry"))
+    reports = loader.reports(top.get("reports"))
     r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "collector")
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
-    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits, registry)
+    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits, registry, reports)
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> str:

@@ -32,7 +32,7 @@ AGENT_KEYS = frozenset(
     }
 )
 COLLECTOR_KEYS = frozenset(
-    {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "registry"}
+    {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "registry", "reports"}
 )
 
 # Variables that are not config overrides: the config file paths, and the settings of the

@@ -3,14 +3,17 @@
 # reference), nginx (the Speedtest Mini endpoint at high concurrency), socat (a relay into the
 # field lab), faketime (a board whose clock is wrong), dnsmasq (resolver), iptables and
 # iproute2 (namespaces, loss), iputils-ping, debootstrap (a clean Debian root for the install
-# test), poppler-utils (pdftotext: the enrolment sheet), dbus (dbus-daemon: a private bus for
-# the mocked ModemManager of the signal tests), libdbus-1-dev, libglib2.0-dev and pkg-config
-# (to build dbus-python for python-dbusmock). Installed with apt when running as
-# root; otherwise the tests that need them skip with a reason (and fail in CI).
+# test), poppler-utils (pdftotext and pdftoppm: the enrolment sheet and the reports), dbus
+# (dbus-daemon: a private bus for the mocked ModemManager of the signal tests), libdbus-1-dev,
+# libglib2.0-dev and pkg-config (to build dbus-python for python-dbusmock), chromium (the
+# /reports page, headless), fonts-dejavu-core and Pango (WeasyPrint's PDF rendering).
+# Installed with apt when running as root; otherwise the tests that need them skip with a
+# reason (and fail in CI).
 set -euo pipefail
 packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
     procps util-linux debootstrap poppler-utils influxdb victoria-metrics dbus
-    libdbus-1-dev libglib2.0-dev pkg-config)
+    libdbus-1-dev libglib2.0-dev pkg-config chromium fonts-dejavu-core libpango-1.0-0
+    libpangoft2-1.0-0)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
