@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.contract.record import format_time
+from collector.regions import tps_code
 
 OPERATORS = ("telkomsel", "indosat", "xlsmart")
 # (province, code, tz, ((regency, code), ...), (lat, lon) centre)
@@ -57,7 +58,7 @@ def fleet(n: int = 50) -> list[FleetStation]:
         # One Papua station keeps WITA (a tz that differs from its province's usual zone).
         if i == 5:
             tz = "Asia/Makassar"
-        sid = f"{pcode}{rcode}01{1001 + (i // 6) % 900:04d}{i % 1000:03d}"
+        sid = tps_code(pcode + rcode, i)  # a well-formed TPS code of that regency
         out.append(
             FleetStation(
                 i,
