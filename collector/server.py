@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import ssl
 
 import uvicorn
 
 from collector.app import create_app
 from collector.config import CollectorConfig
+from collector.guard import ConnectionGuard, effective_connection_cap, raise_file_limit
 
 log = logging.getLogger("sinyal.collector")
 
@@ -16,24 +18,59 @@ log = logging.getLogger("sinyal.collector")
 def serve(cfg: CollectorConfig) -> None:
     """Run until SIGINT/SIGTERM. One process; run more replicas behind a load balancer to
     scale, with the sweeper enabled on exactly one of them (status.sweeper)."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(cfg)
+    server = build_server(cfg)
     tune_gc()
+    scheme = "https" if cfg.listen.tls else "http"
     log.info(
-        "sinyal-collector listening on http://%s:%d, sink %s %s",
+        "sinyal-collector listening on %s://%s:%d, sink %s %s",
+        scheme,
         cfg.listen.host,
         cfg.listen.port,
         cfg.sink.kind,
         cfg.sink.url,
     )
-    uvicorn.run(
+    server.run()
+
+
+def build_server(cfg: CollectorConfig) -> uvicorn.Server:
+    """The collector's uvicorn server: the app, the connection guard (collector.guard) with
+    its cap below the open-file limit, and TLS when `listen.tls` is set."""
+    cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg.data_dir.chmod(0o700)  # the registry's token hashes and station list: owner only
+    app = create_app(cfg)
+    limits = cfg.listen.connections
+    file_limit = raise_file_limit()
+    cap = effective_connection_cap(limits.max_connections, file_limit)
+    if cap < limits.max_connections:
+        log.warning(
+            "listen.max_connections %d lowered to %d: the open-file limit is %d"
+            " (raise LimitNOFILE / ulimit -n)",
+            limits.max_connections,
+            cap,
+            file_limit,
+        )
+    metrics = app.state.collector.metrics
+    guard = ConnectionGuard(
+        limits, cap, lambda reason: metrics.connections_closed.labels(reason).inc()
+    )
+    app.state.guard = guard
+    tls = cfg.listen.tls
+    config = uvicorn.Config(
         app,
         host=cfg.listen.host,
         port=cfg.listen.port,
+        http=guard.protocol(),
         log_level="warning",
         access_log=False,
         proxy_headers=True,
+        timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
+        backlog=min(4096, cap),
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
     )
+    return uvicorn.Server(config)
 
 
 # Allocations between young-generation collections (CPython's default is 700).
