@@ -155,6 +155,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._counted = False
         self._in_head = True
+        self._head_bytes = 0  # raw bytes received while the head is read
         self._header_count = 0
         self._header_bytes = 0  # of the parsed header lines, names and values
         self._url_bytes = 0
@@ -211,7 +212,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
         self._url_bytes = 0

@@ -26,7 +26,15 @@ from collector.registry import Registry
 from tests.conftest import ROOT
 from tests.harness.collector_stack import STATION, STATIONS_CSV, collector_config_file
 
-__all__ = ["STATION", "CollectorProcess", "collector_config_file", "collector_process"]
+OTHER_STATION = "3273011001012"  # in config/stations.example.csv, outside region 3171
+
+__all__ = [
+    "OTHER_STATION",
+    "STATION",
+    "CollectorProcess",
+    "collector_config_file",
+    "collector_process",
+]
 
 
 @dataclass
@@ -36,7 +44,7 @@ class CollectorProcess:
     url: str
     token: str  # scoped to STATION
     token_id: str
-    other_token: str  # another station's (3171011001002)
+    other_token: str  # OTHER_STATION
     registry: Registry
 
     @property
@@ -80,7 +88,7 @@ def collector_process(
     registry = Registry(cfg.registry_path, refresh_s=0)
     registry.import_stations_csv(STATIONS_CSV)
     info, token = registry.add_token(station=STATION, note="test")
-    _, other = registry.add_token(station="3171011001002", note="test other")
+    _, other = registry.add_token(station=OTHER_STATION, note="test other")
     scheme = "https" if cfg.listen.tls else "http"
     url = f"{scheme}://{cfg.listen.host}:{cfg.listen.port}"
     log = open(cfg.data_dir / "serve.log", "wb")  # noqa: SIM115 (closed below)
