@@ -92,7 +92,7 @@ class Access:
     def key(self, path: str) -> str:
         key = self.check(path)
         if key is None:
-            self._count("no_ticket")
+            self.count("no_ticket")
             raise Refusal(
                 401,
                 "a speedtest ticket is needed in the path (/speedtest/t/TICKET/...):"
@@ -103,7 +103,7 @@ class Access:
 
     def charge(self, key: str, n: int) -> None:
         if not self.quota.charge(key, n):
-            self._count("quota")
+            self.count("quota")
             wait = retry_after(self.quota.seconds_to_reset())
             raise Refusal(
                 429,
@@ -111,7 +111,7 @@ class Access:
                 [(b"retry-after", wait.encode())],
             )
 
-    def _count(self, reason: str) -> None:
+    def count(self, reason: str) -> None:
         if self.on_refuse is not None:
             self.on_refuse(reason)
 
@@ -183,6 +183,8 @@ class SpeedtestEndpoint:
         limit = self.max_upload_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            if self.access is not None:
+                self.access.count("too_large")
             raise too_large(limit)
         charge: Callable[[int], None] | None = None
         if key is not None:
