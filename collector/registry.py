@@ -519,7 +519,7 @@ class Registry:
         self._maybe_refresh()
         return token_id in self._active_ids
 
-    def start_background(self, usage_flush_s: float = 30.0) -> None:
+    def start_background(self, usage_flush_s: float = 10.0) -> None:
         """Re-read changes and store token use in a thread of their own, so a server's
         event loop never waits on SQLite (`agents add` / `revoke` in another process, or
         the CLI holding the write lock). The request path then only reads the caches."""
