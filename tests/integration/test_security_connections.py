@@ -21,6 +21,7 @@ import pytest
 
 from tests.harness.collector_process import (
     STATION,
+    Attack,
     CollectorProcess,
     collector_config_file,
     collector_process,
@@ -179,64 +180,6 @@ def test_stalled_body_is_closed_at_the_body_deadline(collector: CollectorProcess
         elapsed = time.monotonic() - t0
     assert status == 408
     assert elapsed < 6, elapsed
-
-
-class Attack:
-    """Keeps `n` idle or slowloris connections open against the collector, reopening each
-    one the collector closes, until stopped."""
-
-    def __init__(self, host_port: tuple[str, int], n: int) -> None:
-        self.host_port = host_port
-        self.n = n
-        self.stop = threading.Event()
-        self.opened = 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        socks: list[socket.socket] = []
-        try:
-            while not self.stop.is_set():
-                socks = [s for s in socks if _alive(s)]
-                while len(socks) < self.n and not self.stop.is_set():
-                    try:
-                        s = socket.create_connection(self.host_port, timeout=2)
-                    except OSError:
-                        break
-                    s.setblocking(False)
-                    if self.opened % 2:  # every other one a slowloris
-                        with contextlib.suppress(OSError):
-                            s.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
-                    socks.append(s)
-                    self.opened += 1
-                for s in socks[1::2]:
-                    with contextlib.suppress(OSError):
-                        s.send(b"X")
-                self.stop.wait(0.2)
-        finally:
-            for s in socks:
-                s.close()
-
-    def __enter__(self) -> Attack:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-
-def _alive(s: socket.socket) -> bool:
-    try:
-        data = s.recv(4096)
-    except BlockingIOError:
-        return True
-    except OSError:
-        s.close()
-        return False
-    if data:
-        return True
-    s.close()
-    return False
 
 
 def test_agents_get_through_an_idle_and_slowloris_flood(collector: CollectorProcess) -> None:
