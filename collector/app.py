@@ -138,6 +138,13 @@ class Metrics:
         )
 
 
+# Longest delay before a 429 answer (Collector.answer).
+TARPIT_S = 1.0
+# Envelopes with more records than this are validated off the event loop. Agents send 500
+# per request, so their uploads stay on the loop's fast path.
+LARGE_ENVELOPE = 1000
+
+
 class HttpError(Exception):
     def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
@@ -175,19 +182,26 @@ class Collector:
             raise HttpError(
                 401, "missing, unknown or revoked token", {"WWW-Authenticate": "Bearer"}
             )
-        self.limit("requests", self.request_buckets, scope.id, 1)
+        # Before the body is read: close the connection with the answer, so a client that
+        # does not wait stops sending its body and has to connect again.
+        self.limit("requests", self.request_buckets, scope.id, 1, close=True)
         return scope
 
-    def limit(self, name: str, buckets: TokenBuckets, key: str, n: int) -> None:
+    def limit(
+        self, name: str, buckets: TokenBuckets, key: str, n: int, close: bool = False
+    ) -> None:
         wait = buckets.take(key, n)
         if wait:
             self.metrics.rate_limited.labels(name).inc()
             after = retry_after(wait)
+            headers = {"Retry-After": after}
+            if close:
+                headers["Connection"] = "close"
             raise HttpError(
                 429,
                 f"this token's {name} limit is reached ({buckets.rate:g}/s, burst"
                 f" {buckets.burst:g}); retry after {after} s",
-                {"Retry-After": after},
+                headers,
             )
 
     async def read_body(self, request: Request) -> bytes:
@@ -222,6 +236,11 @@ class Collector:
             payload = await self.ingest(request)
         except HttpError as exc:
             self.metrics.requests.labels(str(exc.status)).inc()
+            if exc.status == 429:
+                # A client over its limit waits for the answer (at most TARPIT_S): one that
+                # honours Retry-After loses nothing, one that does not can no longer make
+                # the collector answer it hundreds of times a second.
+                await asyncio.sleep(min(TARPIT_S, float(exc.headers["Retry-After"])))
             return exc.status, orjson.dumps({"error": exc.reason}), exc.headers
         self.metrics.requests.labels("200").inc()
         return 200, orjson.dumps(payload), {}
@@ -246,9 +265,13 @@ class Collector:
             raise HttpError(403, f"token may not write for station {header.station}")
         self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
         now = datetime.now(UTC)
-        prepared = prepare_raw(
-            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
-        )
+        args = (header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded)
+        if len(header.raw_records) > LARGE_ENVELOPE:
+            # Tens of milliseconds of validation: in a thread, so the event loop keeps
+            # answering other stations meanwhile (benchmarks/results/hardening.md).
+            prepared = await asyncio.to_thread(prepare_raw, *args)
+        else:
+            prepared = prepare_raw(*args)
         accepted = await self.write(prepared)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()

@@ -121,7 +121,7 @@ class Limits:
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
     # Token buckets per agent token (collector.ratelimit): sustained rate and burst.
     records_per_s: float = 200.0
-    records_burst: int = 20000
+    records_burst: int = 5000
     requests_per_s: float = 5.0
     requests_burst: int = 30
 
