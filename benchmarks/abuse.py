@@ -48,7 +48,7 @@ from tests.harness.collector_stack import envelope, golden
 from tests.harness.dbs import InfluxServer, influxd
 
 ABUSERS = 4
-ABUSE_RECORDS = int(os.environ.get("ABUSE_RECORDS", "5000"))
+ABUSE_RECORDS = 5000  # limits.max_records: the largest envelope the collector takes
 RATE = 4.0  # the good station's requests per second, within its token's limit
 DEFAULT_LIMITS: dict[str, Any] = {}
 UNLIMITED = {
@@ -257,10 +257,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--only-rate", action="store_true", help="finding 7 only; no report")
-    ap.add_argument("--records-burst", type=int, default=None, help="override limits.records_burst")
+    ap.add_argument(
+        "--max-records",
+        type=int,
+        default=None,
+        help="set limits.max_records and limits.records_burst to this (and the abuser's envelopes)",
+    )
     args = ap.parse_args()
-    if args.records_burst is not None:
-        DEFAULT_LIMITS["records_burst"] = args.records_burst
+    if args.max_records is not None:
+        DEFAULT_LIMITS.update(max_records=args.max_records, records_burst=args.max_records)
+        global ABUSE_RECORDS
+        ABUSE_RECORDS = args.max_records
     with (
         tempfile.TemporaryDirectory(prefix="sinyal-abuse-") as d,
         influxd("/usr/bin/influxd") as db,

@@ -140,9 +140,6 @@ class Metrics:
 
 # Longest delay before a 429 answer (Collector.answer).
 TARPIT_S = 1.0
-# Envelopes with more records than this are validated off the event loop. Agents send 500
-# per request, so their uploads stay on the loop's fast path.
-LARGE_ENVELOPE = 1000
 
 
 class HttpError(Exception):
@@ -265,13 +262,9 @@ class Collector:
             raise HttpError(403, f"token may not write for station {header.station}")
         self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
         now = datetime.now(UTC)
-        args = (header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded)
-        if len(header.raw_records) > LARGE_ENVELOPE:
-            # Tens of milliseconds of validation: in a thread, so the event loop keeps
-            # answering other stations meanwhile (benchmarks/results/hardening.md).
-            prepared = await asyncio.to_thread(prepare_raw, *args)
-        else:
-            prepared = prepare_raw(*args)
+        prepared = prepare_raw(
+            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
+        )
         accepted = await self.write(prepared)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()

@@ -116,12 +116,12 @@ class StatusConfig:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 5 * 2**20  # after decompression
-    max_records: int = 5000  # per request
+    max_records: int = 1000  # per request (agents send 500)
     past_s: float = 35 * 86400  # oldest accepted measured_at
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
     # Token buckets per agent token (collector.ratelimit): sustained rate and burst.
-    records_per_s: float = 200.0
-    records_burst: int = 5000
+    records_per_s: float = 50.0
+    records_burst: int = 1000
     requests_per_s: float = 5.0
     requests_burst: int = 30
 
@@ -290,7 +290,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     max_body = r.get(
         li, "max_body_bytes", "limits", _integer(1024, 2**30), "bytes, 1024..1073741824", 5 * 2**20
     )
-    max_rec = r.get(li, "max_records", "limits", _integer(1, 100_000), "1..100000", 5000)
+    max_rec = r.get(
+        li, "max_records", "limits", _integer(1, 100_000), "1..100000", Limits.max_records
+    )
     past = r.get(li, "past_s", "limits", number(60, 400 * 86400), "seconds", 35 * 86400.0)
     future = r.get(li, "future_s", "limits", number(0, 86400), "seconds, 0..86400", 300.0)
     rates = _read_rates(r, li, max_rec)
@@ -312,7 +314,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         status=StatusConfig(m or 3, n or 5, silent or 300.0, bool(sweeper), sweep_iv or 30.0),
         limits=Limits(
             max_body or 5 * 2**20,
-            max_rec or 5000,
+            max_rec or Limits.max_records,
             past or 35 * 86400.0,
             300.0 if future is None else future,
             **rates,
