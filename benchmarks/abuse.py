@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import RESULTS
+from collector.config import Limits
 from tests.harness.collector_process import (
     OTHER_STATION,
     Attack,
@@ -48,9 +49,13 @@ from tests.harness.collector_stack import envelope, golden
 from tests.harness.dbs import InfluxServer, influxd
 
 ABUSERS = 4
-ABUSE_RECORDS = 5000  # limits.max_records: the largest envelope the collector takes
+ABUSE_RECORDS = Limits().max_records  # the largest envelope the collector takes
 RATE = 4.0  # the good station's requests per second, within its token's limit
-DEFAULT_LIMITS: dict[str, Any] = {}
+# The shipped defaults, written out: the test harness's config relaxes them.
+DEFAULT_LIMITS: dict[str, Any] = {
+    key: getattr(Limits(), key)
+    for key in ("max_records", "records_per_s", "records_burst", "requests_per_s", "requests_burst")
+}
 UNLIMITED = {
     "records_per_s": 1e7,
     "records_burst": 10**9,
@@ -155,7 +160,10 @@ def guard_counts(c: CollectorProcess) -> dict[str, float]:
 
 def rate_limit_runs(tmp: Path, influx: InfluxServer, seconds: float) -> list[dict[str, Any]]:
     rows = []
-    settings = (("default limits", DEFAULT_LIMITS), ("limits out of reach (old main)", UNLIMITED))
+    settings = (
+        ("default limits", DEFAULT_LIMITS),
+        ("per-token limits out of reach (as on the old main)", UNLIMITED),
+    )
     for name, limits in settings:
         db = f"abuse{len(rows)}"
         influx.create_database(db)
@@ -183,7 +191,7 @@ def rate_limit_runs(tmp: Path, influx: InfluxServer, seconds: float) -> list[dic
 def flood_run(tmp: Path, influx: InfluxServer, seconds: float) -> dict[str, Any]:
     db = "flood"
     influx.create_database(db)
-    cfg = collector_config_file(tmp / db, influx.url, db)
+    cfg = collector_config_file(tmp / db, influx.url, db, limits=DEFAULT_LIMITS)
     with collector_process(cfg, file_limit=1024) as c:
         quiet = good_station(c, seconds)
         with Attack(c.host_port, 1100) as attack:
