@@ -6,16 +6,21 @@ GET  /api/v1/time           the server's clock, for agents' clock correction
 POST /api/v1/enroll         an enrolment code exchanged for a station's token (enrol_api)
 GET  /healthz               the process is alive
 GET  /readyz                the database answers
-GET  /metrics               Prometheus text
-GET  /openapi.json          this API, described
+GET  /metrics               Prometheus text            (admin: see AdminGate)
+GET  /openapi.json          this API, described        (admin; no /docs or /redoc pages)
+GET  /api/v1/speedtest/ticket     a speedtest ticket for the caller's token (collector.tickets)
+GET  /api/v1/speedtest/authorize  nginx's auth_request check of a speedtest URL
+     /speedtest/t/TICKET/...      the Speedtest Mini endpoint and the upload sink
+                                  (collector.speedtest)
 GET  /reports               regulator reports (admin token; collector.report.web)
-     /speedtest/...         the Speedtest Mini endpoint and the upload sink (collector.speedtest)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import time
 import zlib
@@ -41,15 +46,18 @@ from agent.contract.record import (
 from agent.contract.thresholds import load as load_thresholds
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
+from collector.connguard import REASONS as GUARD_REASONS
 from collector.enrol_api import add_enrolment
 from collector.guard import Guard
 from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
 from collector.lineproto import encode_point
-from collector.registry import Registry
+from collector.ratelimit import DailyQuota, TokenBuckets, retry_after
+from collector.registry import Registry, TokenInfo
 from collector.sinks import Sink, SinkUnavailable, make_sink
-from collector.speedtest import SpeedtestEndpoint
+from collector.speedtest import Access, Refusal, SpeedtestEndpoint, download_size
 from collector.station import Station
 from collector.status import StatusEngine
+from collector.tickets import TicketSigner, load_key, ticket_in_path
 
 log = logging.getLogger("sinyal.collector")
 
@@ -72,12 +80,44 @@ class Metrics:
         self.db_errors = Counter(
             "sinyal_database_errors", "Writes the database did not confirm", registry=r
         )
+        self.connections_closed = Counter(
+            "sinyal_connections_closed",
+            "Connections the connection guard closed or refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sinyal_rate_limited",
+            "Requests answered 429 by a per-token limit, by limit",
+            ["limit"],
+            registry=r,
+        )
+        self.speedtest_refused = Counter(
+            "sinyal_speedtest_refused",
+            "Speedtest requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.admin_refused = Counter(
+            "sinyal_admin_refused", "Requests for admin paths refused", registry=r
+        )
+        # Every label an operator may alert on exists from the start, at 0.
+        for reason in GUARD_REASONS:
+            self.connections_closed.labels(reason)
+        for limit in ("requests", "records"):
+            self.rate_limited.labels(limit)
+        for reason in ("no_ticket", "quota", "too_large"):
+            self.speedtest_refused.labels(reason)
         self.write_seconds = Histogram(
             "sinyal_database_write_seconds",
             "Time for the database to confirm a batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+
+# Longest delay before a 429 answer (IngestService.answer).
+TARPIT_S = 1.0
 
 
 class HttpError(Exception):
@@ -106,6 +146,39 @@ class IngestService:
         self.batcher = Batcher(self.sink)
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
+        lim = cfg.limits
+        self.request_buckets = TokenBuckets(lim.requests_per_s, lim.requests_burst)
+        self.record_buckets = TokenBuckets(lim.records_per_s, lim.records_burst)
+
+    def authenticate(self, request: Request) -> TokenInfo:
+        """The request's agent token, charged one request: 401, or 429 over its rate."""
+        token = _bearer(request.headers.get("authorization", ""))
+        scope = self.registry.authenticate(token) if token else None
+        if scope is None:
+            raise HttpError(
+                401, "missing, unknown or revoked token", {"WWW-Authenticate": "Bearer"}
+            )
+        # Before the body is read: close the connection with the answer, so a client that
+        # does not wait stops sending its body and has to connect again.
+        self.limit("requests", self.request_buckets, scope.id, 1, close=True)
+        return scope
+
+    def limit(
+        self, name: str, buckets: TokenBuckets, key: str, n: int, close: bool = False
+    ) -> None:
+        wait = buckets.take(key, n)
+        if wait:
+            self.metrics.rate_limited.labels(name).inc()
+            after = retry_after(wait)
+            headers = {"Retry-After": after}
+            if close:
+                headers["Connection"] = "close"
+            raise HttpError(
+                429,
+                f"this token's {name} limit is reached ({buckets.rate:g}/s, burst"
+                f" {buckets.burst:g}); retry after {after} s",
+                headers,
+            )
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
@@ -145,17 +218,17 @@ class IngestService:
             payload = await self.ingest(request)
         except HttpError as exc:
             self.metrics.requests.labels(str(exc.status)).inc()
+            if exc.status == 429:
+                # A client over its limit waits for the answer (at most TARPIT_S): one that
+                # honours Retry-After loses nothing, one that does not can no longer make
+                # the collector answer it hundreds of times a second.
+                await asyncio.sleep(min(TARPIT_S, float(exc.headers["Retry-After"])))
             return exc.status, orjson.dumps({"error": exc.reason}), exc.headers
         self.metrics.requests.labels("200").inc()
         return 200, orjson.dumps(payload), {}
 
     async def ingest(self, request: Request) -> dict[str, Any]:
-        token = _bearer(request.headers.get("authorization", ""))
-        scope = self.registry.authenticate(token) if token else None
-        if scope is None:
-            raise HttpError(
-                401, "missing, unknown or revoked token", {"WWW-Authenticate": "Bearer"}
-            )
+        scope = self.authenticate(request)
         body = await self.read_body(request)
         doc = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
         decoded = doc is not None
@@ -172,6 +245,7 @@ class IngestService:
             raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
         if not scope.allows(header.station):
             raise HttpError(403, f"token may not write for station {header.station}")
+        self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
         now = datetime.now(UTC)
         prepare = prepare_decoded if decoded else prepare_raw
         prepared = prepare(
@@ -290,6 +364,70 @@ class IngestRoute:
         await send({"type": "http.response.body", "body": body})
 
 
+ADMIN_PATHS = frozenset({"/metrics", "/openapi.json"})
+
+
+class AdminGate:
+    """/metrics and /openapi.json are for operators: with `admin.token` configured, only
+    for `Authorization: Bearer <admin token>`; without, only for loopback clients (a
+    reverse proxy must then pass X-Forwarded-For, which uvicorn trusts from loopback
+    only). The Swagger and ReDoc pages are not served at all: they load scripts from a
+    CDN."""
+
+    def __init__(self, app: ASGIApp, token: str | None, on_refuse: Any) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.on_refuse = on_refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in ADMIN_PATHS and not self.allowed(scope):
+            self.on_refuse()
+            body = b'{"error": "admin endpoint: give the admin token (admin.token)"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401 if self.token else 403,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def allowed(self, scope: Scope) -> bool:
+        if self.token is not None:
+            for name, value in scope.get("headers", ()):
+                if name == b"authorization":
+                    given = _bearer(value.decode("latin-1"))
+                    return given is not None and hmac.compare_digest(
+                        given.encode("latin-1", "replace"), self.token
+                    )
+            return False
+        client = scope.get("client")
+        try:
+            return client is not None and ipaddress.ip_address(client[0]).is_loopback
+        except ValueError:
+            return False
+
+
+def _speedtest_access(c: IngestService, signer: TicketSigner, quota: DailyQuota) -> Access:
+    def check(path: str) -> str | None:
+        text = ticket_in_path(path)
+        ticket = signer.verify(text) if text is not None else None
+        if ticket is None or not c.registry.is_active(ticket.token_id):
+            return None
+        return ticket.token_id
+
+    return Access(check, quota, lambda reason: c.metrics.speedtest_refused.labels(reason).inc())
+
+
+def _error_response(exc: HttpError) -> Response:
+    return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
+
+
 def _bearer(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
@@ -304,9 +442,11 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(c.sweeper(stop)) if cfg.status.sweeper else None
+        c.registry.start_background()
         try:
             yield
         finally:
+            await run_in_threadpool(c.registry.stop_background)
             stop.set()
             if task is not None:
                 await task
@@ -318,11 +458,21 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         version=__version__,
         lifespan=lifespan,
         description="Ingest API for Sinyal agents. See docs/collector.md.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.collector = c
     app.add_middleware(IngestRoute, collector=c)
-    # Agents' throughput and upload probes measure against the collector itself.
-    app.mount("/speedtest", SpeedtestEndpoint())
+    app.add_middleware(AdminGate, token=cfg.admin.token, on_refuse=c.metrics.admin_refused.inc)
+    st = cfg.speedtest
+    signer = TicketSigner(load_key(cfg.data_dir / "speedtest.key"), st.ticket_ttl_s)
+    quota = DailyQuota(st.daily_bytes_per_token)
+    access = _speedtest_access(c, signer, quota)
+    if st.enabled:
+        # Agents' throughput and upload probes measure against the collector itself.
+        app.mount(
+            "/speedtest", SpeedtestEndpoint(access=access, max_upload_bytes=st.max_upload_bytes)
+        )
     add_enrolment(app, c.registry)  # POST /api/v1/enroll (collector.enrol_api)
 
     @app.post(
@@ -349,6 +499,53 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         # Documents the route; requests are answered by IngestRoute before routing.
         status, body, headers = await c.answer(request)
         return Response(body, status, headers=headers, media_type="application/json")
+
+    @app.get(
+        "/api/v1/speedtest/ticket",
+        summary="A speedtest ticket for the caller's agent token",
+        responses={401: {"description": "Missing, unknown or revoked token"}},
+    )
+    async def speedtest_ticket(request: Request) -> Response:
+        try:
+            scope = c.authenticate(request)
+        except HttpError as exc:
+            return _error_response(exc)
+        ticket = signer.issue(scope.id)
+        return JSONResponse(
+            {
+                "ticket": ticket.text,
+                "path": f"t/{ticket.text}/",
+                "expires_at": format_time(datetime.fromtimestamp(ticket.expires, UTC)),
+                "remaining_bytes": quota.remaining(scope.id),
+                "max_upload_bytes": st.max_upload_bytes,
+            }
+        )
+
+    @app.get("/api/v1/speedtest/authorize", include_in_schema=False)
+    async def speedtest_authorize(request: Request) -> Response:
+        """nginx's auth_request for deploy/nginx/speedtest.conf: X-Original-URI,
+        X-Original-Method and X-Original-Length describe the request to check; 204 lets
+        it through, 401/403 refuse it (auth_request knows no other answers)."""
+        h = request.headers
+        path = h.get("x-original-uri", "").split("?", 1)[0]
+        method = h.get("x-original-method", "GET").upper()
+        length = h.get("x-original-length", "")
+        try:
+            key = access.key(path)
+            if method == "POST":
+                if not length.isdigit():
+                    raise Refusal(403, "an upload needs a Content-Length", [])
+                if int(length) > st.max_upload_bytes:
+                    c.metrics.speedtest_refused.labels("too_large").inc()
+                    raise Refusal(403, f"upload larger than {st.max_upload_bytes} bytes", [])
+                access.charge(key, int(length))
+            elif method == "GET":
+                size = download_size(path.rsplit("/", 1)[-1])
+                if size is not None:
+                    access.charge(key, size)
+        except Refusal as exc:
+            return PlainTextResponse(exc.reason, 401 if exc.status == 401 else 403)
+        return Response(status_code=204)
 
     @app.get("/api/v1/time", summary="The server's clock (UTC)")
     async def server_time() -> dict[str, Any]:

@@ -39,9 +39,35 @@ SINK_KINDS = ("v1", "v2")
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may hold, and for how long (collector.connguard, docs/security.md)."""
+
+    max_connections: int = 4096  # lowered to stay below the process's open-file limit
+    max_header_bytes: int = 16384  # request line + headers; 431 beyond
+    max_headers: int = 64  # header lines; 431 beyond
+    max_url_bytes: int = 4096  # request target; 414 beyond
+    header_timeout_s: float = 10.0  # the whole request head, from its first byte
+    idle_timeout_s: float = 15.0  # keep-alive: idle between requests
+    body_timeout_s: float = 30.0  # no body byte for this long while a body is read
+    send_timeout_s: float = 60.0  # the client reads nothing of the answer for this long
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """HTTPS served by uvicorn: certificate chain and key (PEM); with `client_ca`, clients
+    must present a certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: TlsConfig | None = None
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 @dataclass(frozen=True)
@@ -95,13 +121,37 @@ class StatusConfig:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 5 * 2**20  # after decompression
-    max_records: int = 5000  # per request
+    max_records: int = 1000  # per request (agents send 500)
     past_s: float = 35 * 86400  # oldest accepted measured_at
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
     # Distinct series (kind + tag values) one station may open (collector.guard).
     max_series_per_station: int = 500
     # Point keys of the most recent writes kept to refuse a history rewrite (collector.guard).
     recent_points: int = 500_000
+    # Token buckets per agent token (collector.ratelimit): sustained rate and burst.
+    records_per_s: float = 50.0
+    records_burst: int = 1000
+    requests_per_s: float = 5.0
+    requests_burst: int = 30
+
+
+@dataclass(frozen=True)
+class SpeedtestConfig:
+    """The /speedtest endpoint: only with a ticket from /api/v1/speedtest/ticket (a token
+    needed), at most `daily_bytes_per_token` down + up per token per UTC day."""
+
+    enabled: bool = True
+    daily_bytes_per_token: int = 2 * 2**30
+    max_upload_bytes: int = 64 * 2**20  # one upload request's body
+    ticket_ttl_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """/metrics and /openapi.json: with `token` set, for `Authorization: Bearer <token>`;
+    without, for loopback clients only."""
+
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -131,6 +181,8 @@ class CollectorConfig:
     limits: Limits
     registry: RegistryConfig = RegistryConfig()
     reports: ReportsConfig = ReportsConfig()
+    speedtest: SpeedtestConfig = field(default_factory=SpeedtestConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     @property
     def registry_path(self) -> Path:
@@ -143,6 +195,22 @@ _TOP = set(COLLECTOR_KEYS)
 LISTEN_KEYS = {
     "host": Key(string(), "an address to listen on"),
     "port": Key(integer(1, 65535), "a port, 1..65535"),
+}
+CONNECTION_KEYS = {  # in listen:, beside host and port
+    "max_connections": Key(integer(16, 1_000_000), "connections, 16..1000000"),
+    "max_header_bytes": Key(integer(1024, 1_048_576), "bytes, 1024..1048576"),
+    "max_headers": Key(integer(8, 1000), "header lines, 8..1000"),
+    "max_url_bytes": Key(integer(256, 1_048_576), "bytes, 256..1048576"),
+    "header_timeout_s": Key(number(0.1, 600), "seconds, 0.1..600"),
+    "idle_timeout_s": Key(number(0.1, 3600), "seconds, 0.1..3600"),
+    "body_timeout_s": Key(number(0.1, 3600), "seconds, 0.1..3600"),
+    "send_timeout_s": Key(number(0.1, 3600), "seconds, 0.1..3600"),
+}
+SPEEDTEST_KEYS = {
+    "enabled": Key(boolean, "true or false"),
+    "daily_bytes_per_token": Key(integer(0, 2**50), "bytes"),
+    "max_upload_bytes": Key(integer(1024, 2**34), "bytes"),
+    "ticket_ttl_s": Key(number(10, 86400), "seconds, 10..86400"),
 }
 SINK_KEYS = {
     "kind": Key(one_of(*SINK_KINDS), "v1 or v2"),
@@ -172,6 +240,10 @@ LIMITS_KEYS = {
     "future_s": Key(number(0, 86400), "seconds, 0..86400"),
     "max_series_per_station": Key(integer(1, 10**6), "series, 1..1000000"),
     "recent_points": Key(integer(0, 10**8), "points, 0..100000000"),
+    "records_per_s": Key(number(0.01, 1e7), "records/s"),
+    "records_burst": Key(integer(1, 10**9), "records"),
+    "requests_per_s": Key(number(0.01, 1e6), "requests/s"),
+    "requests_burst": Key(integer(1, 10**7), "requests"),
 }
 
 
@@ -194,7 +266,39 @@ class _Loader:
         return q if q is not None and q.is_file() else None
 
     def listen(self, raw: Any) -> Listen:
-        return Listen(**self.r.section(raw, "listen", Listen, LISTEN_KEYS))
+        r = self.r
+        conn_keys = frozenset(CONNECTION_KEYS)
+        values = r.section(raw, "listen", Listen, LISTEN_KEYS, extra=conn_keys | {"tls"})
+        m = raw if isinstance(raw, dict) else {}
+        tls = self.tls(m.get("tls"))
+        only = {k: v for k, v in m.items() if k in conn_keys}
+        connections = ConnectionLimits(
+            **r.section(only, "listen", ConnectionLimits, CONNECTION_KEYS)
+        )
+        return Listen(values["host"], values["port"], tls, connections)
+
+    def tls(self, raw: Any) -> TlsConfig | None:
+        if raw is None:
+            return None
+        keys = {
+            "cert": Key(self.existing_file, "a readable PEM certificate (chain) file"),
+            "key": Key(self.existing_file, "a readable PEM private key file"),
+            "client_ca": Key(self.existing_file, "a readable PEM CA certificate file"),
+        }
+        values = self.r.section(raw, "listen.tls", TlsConfig, keys, frozenset({"cert", "key"}))
+        if values["cert"] is None or values["key"] is None:
+            return None
+        return TlsConfig(**values)
+
+    def speedtest(self, raw: Any) -> SpeedtestConfig:
+        return SpeedtestConfig(**self.r.section(raw, "speedtest", SpeedtestConfig, SPEEDTEST_KEYS))
+
+    def admin(self, raw: Any) -> AdminConfig:
+        keys = {"token": Key(string(), "an admin token of 16+ characters")}
+        values = self.r.section(raw, "admin", AdminConfig, keys)
+        if values["token"] is not None and len(values["token"]) < 16:
+            self.r.error("admin.token", "'***'", "an admin token of 16+ characters")
+        return AdminConfig(**values)
 
     def sink(self, raw: Any) -> SinkConfig | None:
         r = self.r
@@ -223,7 +327,15 @@ class _Loader:
         return StatusConfig(**values)
 
     def limits(self, raw: Any) -> Limits:
-        return Limits(**self.r.section(raw, "limits", Limits, LIMITS_KEYS))
+        values = self.r.section(raw, "limits", Limits, LIMITS_KEYS)
+        burst, max_records = values["records_burst"], values["max_records"]
+        if burst < max_records:
+            self.r.error(
+                "limits.records_burst",
+                show(burst),
+                f"at least limits.max_records ({max_records}), or a full request never passes",
+            )
+        return Limits(**values)
 
     def reports(self, raw: Any) -> ReportsConfig:
         keys = {
@@ -298,10 +410,14 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     limits = loader.limits(top.get("limits"))
     registry = loader.registry(top.get("registry"))
     reports = loader.reports(top.get("reports"))
+    speedtest = loader.speedtest(top.get("speedtest"))
+    admin = loader.admin(top.get("admin"))
     r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "collector")
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
-    return CollectorConfig(p, listen, sink, data_dir, thresholds, status, limits, registry, reports)
+    return CollectorConfig(
+        p, listen, sink, data_dir, thresholds, status, limits, registry, reports, speedtest, admin
+    )
 
 
 def _first_line(path: Path) -> str:

@@ -61,6 +61,7 @@ import hmac
 import io
 import logging
 import math
+import os
 import re
 import secrets
 import sqlite3
@@ -123,7 +124,11 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('stations_gen', 0), ('tokens_gen', 0);
+CREATE INDEX IF NOT EXISTS tokens_revoked_at ON tokens (revoked_at) WHERE revoked_at IS NOT NULL;
 """
+# An incremental token reload looks for revocations this far before its last look, so a
+# revocation committed a little after the time it records is not missed.
+_REVOKE_MARGIN_S = 300.0
 
 
 class RegistryError(Exception):
@@ -369,6 +374,17 @@ class _CsvReader:
         )
 
 
+def _owner_only(path: Path, create: bool = False) -> None:
+    """Make a registry file (token hashes, stations) readable by its owner only; SQLite
+    gives its -wal and -shm files the database file's mode."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    if create and not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def read_stations_csv(path: str | Path, operators: Operators | None = None) -> list[Station]:
     """Parse and validate a stations CSV; raises RegistryError listing every problem.
     `operators`: the labels accepted in expected_operator (default: the built-in ones)."""
@@ -388,7 +404,8 @@ class Registry:
         self.path = Path(path)
         self.refresh_s = refresh_s
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _owner_only(self.path, create=True)
         self._lock = threading.RLock()
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writes).
         self._db = sqlite3.connect(
@@ -410,12 +427,20 @@ class Registry:
         self._stations: dict[str, Station] = {}
         self._tokens: dict[bytes, tuple[bytes, TokenInfo]] = {}  # SHA-256 -> active token
         self._used: dict[str, float] = {}  # token id -> last authenticate(), not yet stored
+        self._active_ids: set[str] = set()
+        self._max_rowid = 0  # of the tokens table, at the last token reload
+        self._tokens_read_at = 0.0  # wall time of the last token reload
         self._checked_at = -math.inf
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
         self._reload()
+        for suffix in ("-wal", "-shm"):
+            _owner_only(self.path.with_name(self.path.name + suffix))
 
     # --- plumbing -----------------------------------------------------------------------
 
     def close(self) -> None:
+        self.stop_background()
         with contextlib.suppress(sqlite3.Error):
             self.flush_usage()
         with self._lock:
@@ -455,20 +480,95 @@ class Registry:
                 new = (int(gens["stations_gen"]), int(gens["tokens_gen"]))
                 if force or new[0] != self._gens[0]:
                     self._stations = {s.id: s for s in self._select_stations(db)}
-                if force or new[1] != self._gens[1]:
-                    self._tokens = {
-                        bytes(row[0]): (bytes(row[0]), TokenInfo(*row[1:]))
-                        for row in db.execute(
-                            "SELECT hash, id, scope_kind, scope_value, note, created_at,"
-                            " revoked_at, last_used_at FROM tokens WHERE revoked_at IS NULL"
-                        )
-                    }
+                if force or self._gens[1] < 0:
+                    self._load_tokens(db)
+                elif new[1] != self._gens[1]:
+                    self._update_tokens(db)
             finally:
                 db.execute("COMMIT")
             self._gens = new
             self._checked_at = self._clock()
 
+    _TOKEN_COLUMNS = (
+        "rowid, hash, id, scope_kind, scope_value, note, created_at, revoked_at, last_used_at"
+    )
+
+    def _load_tokens(self, db: sqlite3.Connection) -> None:
+        now = time.time()
+        tokens: dict[bytes, tuple[bytes, TokenInfo]] = {}
+        top = 0
+        for row in db.execute(f"SELECT {self._TOKEN_COLUMNS} FROM tokens"):
+            top = max(top, row[0])
+            if row[7] is None:
+                tokens[bytes(row[1])] = (bytes(row[1]), TokenInfo(*row[2:]))
+        self._tokens = tokens
+        self._active_ids = {info.id for _, info in tokens.values()}
+        self._max_rowid = top
+        self._tokens_read_at = now
+
+    def _update_tokens(self, db: sqlite3.Connection) -> None:
+        """Apply what changed since the last token reload: rows added since (tokens are
+        never deleted, so new rowids are above the last one seen) and revocations since
+        (an index on revoked_at). Reading 300,000 tokens again took 1.6 s, which stalled
+        every request when it ran on the event loop (issue 15, finding 11)."""
+        now = time.time()
+        since = datetime.fromtimestamp(self._tokens_read_at - _REVOKE_MARGIN_S, UTC)
+        added = db.execute(
+            f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE rowid > ?", (self._max_rowid,)
+        ).fetchall()
+        revoked = db.execute(
+            "SELECT hash, id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?",
+            (since.strftime("%Y-%m-%dT%H:%M:%SZ"),),
+        ).fetchall()
+        for row in added:
+            self._max_rowid = max(self._max_rowid, row[0])
+            if row[7] is None:
+                info = TokenInfo(*row[2:])
+                self._tokens[bytes(row[1])] = (bytes(row[1]), info)
+                self._active_ids.add(info.id)
+        for digest, token_id in revoked:
+            self._tokens.pop(bytes(digest), None)
+            self._active_ids.discard(token_id)
+        self._tokens_read_at = now
+
+    def is_active(self, token_id: str) -> bool:
+        """Is the token with this public id active (known and not revoked)?"""
+        self._maybe_refresh()
+        return token_id in self._active_ids
+
+    def start_background(self, usage_flush_s: float = 10.0) -> None:
+        """Re-read changes and store token use in a thread of their own, so a server's
+        event loop never waits on SQLite (`agents add` / `revoke` in another process, or
+        the CLI holding the write lock). The request path then only reads the caches."""
+        if self._background is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            last_flush = time.monotonic()
+            while not self._stop.wait(max(self.refresh_s, 0.05)):
+                try:
+                    self._reload()
+                    if time.monotonic() - last_flush >= usage_flush_s:
+                        last_flush = time.monotonic()
+                        self.flush_usage()
+                except sqlite3.Error as exc:
+                    log.warning(
+                        "registry %s: cannot re-read, using cached data: %s", self.path, exc
+                    )
+
+        self._background = threading.Thread(target=loop, name="registry-refresh", daemon=True)
+        self._background.start()
+
+    def stop_background(self) -> None:
+        thread, self._background = self._background, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(30)
+
     def _maybe_refresh(self) -> None:
+        if self._background is not None:
+            return  # the background thread keeps the caches current
         if self._clock() - self._checked_at < self.refresh_s:
             return
         with self._lock:

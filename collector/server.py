@@ -6,11 +6,13 @@ import errno
 import gc
 import logging
 import socket
+import ssl
 
 import uvicorn
 
 from collector.app import create_app
 from collector.config import CollectorConfig
+from collector.connguard import ConnectionGuard, effective_connection_cap, raise_file_limit
 
 log = logging.getLogger("sinyal.collector")
 
@@ -19,7 +21,7 @@ class ListenError(Exception):
     """The listen address cannot be bound (in use, not on this machine, or privileged)."""
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """The listening socket, bound before the app starts, so a port in use is one clear
     error instead of uvicorn's log line and exit 1."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -27,7 +29,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -50,21 +52,61 @@ def serve(cfg: CollectorConfig) -> None:
     """Run until SIGINT/SIGTERM. One process; run more replicas behind a load balancer to
     scale, with the sweeper enabled on exactly one of them (status.sweeper).
     Raises ListenError when listen.host:listen.port cannot be bound."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    sock = bind(cfg.listen.host, cfg.listen.port)
-    app = create_app(cfg)
+    server, sock = build_server(cfg)
     tune_gc()
+    scheme = "https" if cfg.listen.tls else "http"
     log.info(
-        "sinyal-collector listening on http://%s:%d, sink %s %s",
+        "sinyal-collector listening on %s://%s:%d, sink %s %s",
+        scheme,
         cfg.listen.host,
         cfg.listen.port,
         cfg.sink.kind,
         cfg.sink.url,
     )
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, proxy_headers=True, fd=sock.fileno()
+    server.run(sockets=[sock])
+
+
+def build_server(cfg: CollectorConfig) -> tuple[uvicorn.Server, socket.socket]:
+    """The collector's uvicorn server and its bound socket: the app, the connection guard
+    (collector.connguard) with its cap below the open-file limit, and TLS when `listen.tls`
+    is set. Raises ListenError when the address cannot be bound."""
+    cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg.data_dir.chmod(0o700)  # the registry's token hashes and station list: owner only
+    limits = cfg.listen.connections
+    file_limit = raise_file_limit()
+    cap = effective_connection_cap(limits.max_connections, file_limit)
+    sock = bind(cfg.listen.host, cfg.listen.port, backlog=min(4096, cap))
+    app = create_app(cfg)
+    if cap < limits.max_connections:
+        log.warning(
+            "listen.max_connections %d lowered to %d: the open-file limit is %d"
+            " (raise LimitNOFILE / ulimit -n)",
+            limits.max_connections,
+            cap,
+            file_limit,
+        )
+    metrics = app.state.collector.metrics
+    guard = ConnectionGuard(
+        limits, cap, lambda reason: metrics.connections_closed.labels(reason).inc()
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    app.state.guard = guard
+    tls = cfg.listen.tls
+    config = uvicorn.Config(
+        app,
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        http=guard.protocol(),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=True,
+        timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
+        backlog=min(4096, cap),
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
+    )
+    return uvicorn.Server(config), sock
 
 
 # Allocations between young-generation collections (CPython's default is 700).

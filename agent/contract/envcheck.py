@@ -32,7 +32,18 @@ AGENT_KEYS = frozenset(
     }
 )
 COLLECTOR_KEYS = frozenset(
-    {"listen", "sink", "data_dir", "thresholds_file", "status", "limits", "registry", "reports"}
+    {
+        "listen",
+        "sink",
+        "data_dir",
+        "thresholds_file",
+        "status",
+        "limits",
+        "registry",
+        "reports",
+        "speedtest",
+        "admin",
+    }
 )
 
 # Variables that are not config overrides: the config file paths, and the settings of the
@@ -42,6 +53,7 @@ COLLECTOR_KEYS = frozenset(
 OTHER_NAMES = frozenset(
     {
         "SINYAL_CONFIG",
+        "SINYAL_ADMIN_TOKEN",
         "SINYAL_COLLECTOR_CONFIG",
         "SINYAL_RUN_DIR",
         "SINYAL_COLLECTOR_PORT",

@@ -39,6 +39,7 @@ from agent.config import ThroughputProbeConfig, Uplink
 from agent.contract.record import ErrorCode, FieldValue, Record
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
+from agent.speedtest_ticket import ticketed
 
 log = logging.getLogger("sinyal.probe.throughput")
 
@@ -135,6 +136,7 @@ class ThroughputProbe:
         self.interval_s = cfg.interval_s
         self.station = env.config.station.id
         self.budget = Budget.for_config(env.config)
+        self.url = cfg.url  # with a speedtest ticket for this test, when it needs one
 
     @classmethod
     def from_env(cls, env: ProbeEnv) -> ThroughputProbe | None:
@@ -168,6 +170,8 @@ class ThroughputProbe:
         except SourceUnavailable:
             test.error = ErrorCode.SOURCE_UNAVAILABLE
         else:
+            if self.cfg.backend == "mini" and self.cfg.url:
+                self.url = await ticketed(self.cfg.url, self.env.config)
             await self._run_worker(test, source)
         test.fields["duration_s"] = round(time.monotonic() - t0, 3)
         used = int(test.fields.get("download_bytes") or 0) + int(
@@ -188,7 +192,7 @@ class ThroughputProbe:
         cfg = self.cfg
         return {
             "backend": cfg.backend,
-            "url": cfg.url,
+            "url": self.url,
             "name": self.default_server(),
             "server_id": cfg.server_id,
             "secure": cfg.secure,

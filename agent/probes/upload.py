@@ -34,6 +34,7 @@ from agent.contract.version import AGENT_USER_AGENT
 from agent.netutil import SourceUnavailable, error_code_for, uplink_source
 from agent.probes.base import ProbeEnv, Stamp, make_record
 from agent.probes.http import Trace, make_ssl_context
+from agent.speedtest_ticket import ticketed
 
 log = logging.getLogger("sinyal.probe.upload")
 
@@ -123,6 +124,7 @@ class UploadProbe:
         trace: Trace,
     ) -> ErrorCode | None:
         source = uplink_source(uplink)
+        url = await ticketed(target.url, self.env.config)
         https = target.url.startswith("https:")
         transport = httpx.AsyncHTTPTransport(
             local_address=source, retries=0, verify=self.ssl_context() if https else False
@@ -143,7 +145,7 @@ class UploadProbe:
         ) as client:
             request = client.build_request(
                 "POST",
-                target.url,
+                url,
                 content=body(),
                 headers={
                     "User-Agent": AGENT_USER_AGENT,

@@ -41,6 +41,10 @@ def collector_config_file(
         "data_dir": str(tmp / "collector"),
         "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
         "status": {"sweeper": False},
+        # Tests drive agents faster than stations report: per-token limits out of their way
+        # (tests/integration/test_security_limits.py sets and tests them).
+        "limits": {"requests_per_s": 10_000, "requests_burst": 10_000,
+                   "records_per_s": 1e6, "records_burst": 10**7},
     }  # fmt: skip
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):

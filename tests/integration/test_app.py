@@ -317,6 +317,8 @@ def test_speedtest_endpoint_in_the_collector_and_records_in_influxdb(
     from tests.conftest import base_config, write_config
 
     doc = base_config(tmp_path)
+    # The speedtest endpoint needs a ticket, which the probes get with the agent's token.
+    doc["collector"] = {"url": stack.url, "token": stack.token}
     doc["probes"] = {
         "throughput": {"backend": "mini", "url": f"{stack.url}/speedtest/", "duration_s": 1},
         "upload": {"targets": [{"url": f"{stack.url}/speedtest/sink", "name": "collector"}]},
