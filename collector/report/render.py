@@ -212,6 +212,12 @@ def _display(v: Any, col: Column, lang: Lang) -> str:
     return "" if v is None else str(v)
 
 
+def _cell_class(v: Any, col: Column) -> str:
+    if col.kind == "verdict":
+        return str(v or "")
+    return "n" if col.kind in ("int", "pct", "float") else ""
+
+
 def _badness(r: dict[str, Any]) -> tuple[int, float, float]:
     rank = {SILENT: 0, NOT_MET: 1, NO_DATA: 2, MET: 3}.get(str(r.get("verdict")), 4)
     return (rank, -(r.get("critical_h") or 0.0), r.get("completeness_pct") or 0.0)
@@ -280,7 +286,12 @@ def context(
                             for tm, n in r.get("_worst", [])
                         )
             nkeys = sum(1 for c in cols if c.key in _KEYS.get(t.name, ()))
-            parts.append({"columns": [c.key for c in cols], "rows": rows, "nkeys": nkeys})
+            # Each cell with its class: verdicts are coloured, numbers right-aligned.
+            cells = [
+                [(v, _cell_class(r.get(c.key), c)) for v, c in zip(row, cols, strict=True)]
+                for row, r in zip(rows, shown, strict=True)
+            ]
+            parts.append({"columns": [c.key for c in cols], "rows": cells, "nkeys": nkeys})
         note = ""
         if len(shown) < len(t.rows):
             note = lang.t(
