@@ -140,6 +140,8 @@ class Metrics:
 
 # Longest delay before a 429 answer (Collector.answer).
 TARPIT_S = 1.0
+# Envelopes with more records than this are validated in a thread (Collector.ingest).
+LARGE_ENVELOPE = 200
 
 
 class HttpError(Exception):
@@ -262,9 +264,14 @@ class Collector:
             raise HttpError(403, f"token may not write for station {header.station}")
         self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
         now = datetime.now(UTC)
-        prepared = prepare_raw(
-            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded
-        )
+        args = (header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast, decoded)
+        if len(header.raw_records) > LARGE_ENVELOPE:
+            # Validating hundreds of records takes the event loop for milliseconds; in a
+            # thread the loop keeps answering other stations meanwhile (the GIL passes
+            # between them every few milliseconds).
+            prepared = await asyncio.to_thread(prepare_raw, *args)
+        else:
+            prepared = prepare_raw(*args)
         accepted = await self.write(prepared)
         for rej in prepared.rejected:
             self.metrics.rejected.labels(rej.reason).inc()
