@@ -249,8 +249,8 @@ def report(rows: list[dict[str, Any]], flood: dict[str, Any], seconds: float) ->
         "",
         f"Target (issue 15): under one abusive token, the good station's p99 within 2x of its"
         f" quiet value, with the default limits: {verdict} in this run ({ratio:.2f}x). The p99"
-        f" of {limited['quiet']['sent']} answers is about their"
-        f" {limited['quiet']['sent'] // 100 + 1}th slowest: a few coincidences with an"
+        f" of {limited['quiet']['sent']} answers lies among their"
+        f" {limited['quiet']['sent'] // 100 + 1} slowest: a few coincidences with an"
         " abusive write move it.",
     ]
     closed = ", ".join(f"{k} {v:,.0f}" for k, v in flood["closed"].items() if v)
