@@ -118,6 +118,8 @@ class Metrics:
 
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
+# Envelopes with more records than this are validated in a thread (Collector.ingest).
+LARGE_ENVELOPE = 200
 
 
 class HttpError(Exception):
@@ -247,10 +249,18 @@ class IngestService:
             raise HttpError(403, f"token may not write for station {header.station}")
         self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
         now = datetime.now(UTC)
-        prepare = prepare_decoded if decoded else prepare_raw
-        prepared = prepare(
-            header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast
-        )
+
+        def prepare() -> Prepared:
+            entry = prepare_decoded if decoded else prepare_raw
+            return entry(header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast)
+
+        if len(header.raw_records) > LARGE_ENVELOPE:
+            # Validating hundreds of records takes the event loop for milliseconds; in a
+            # thread the loop keeps answering other stations meanwhile (the GIL passes
+            # between them every few milliseconds).
+            prepared = await asyncio.to_thread(prepare)
+        else:
+            prepared = prepare()
         points = self.guard.check(prepared)  # repeated ids, series cap, history rewrite
         accepted = await self.write(prepared)
         self.guard.remember(prepared, points, accepted)
