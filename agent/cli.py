@@ -194,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     enr.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for an https collector")
     enr.add_argument("--no-start", action="store_true", help="do not (re)start the service")
+    enr.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="accept a plain http:// collector outside loopback (a lab only: the code, the "
+        "token and every result travel unencrypted); writes collector.allow_insecure: true",
+    )
     enr.set_defaults(standalone=cmd_enroll)
     return p
 
@@ -645,7 +651,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return fail(f"{problem}; run as root: sudo sinyal-agent enroll ... (the code is "
                         "still unused)", EXIT_CONFIG)  # fmt: skip
     host = urlsplit(url).hostname or ""
-    if url.startswith("http://") and not _local_host(host):
+    insecure = url.startswith("http://") and not _local_host(host)
+    if insecure and not args.allow_insecure:
+        return fail(
+            f"--collector: got {url!r}, expected the collector's https:// URL (plain http "
+            "only to loopback, or with --allow-insecure in a lab); the code is still unused",
+            EXIT_CONFIG,
+        )
+    if insecure:
         print(
             "sinyal-agent enroll: warning: http:// sends the code and the token unencrypted; "
             "use the collector's https:// URL in the field",
@@ -658,7 +671,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     station = answer.station
     try:
         enroll.write_token(token_file, answer.token)
-        old = enroll.configure(config_path, answer, url, token_file)
+        old = enroll.configure(config_path, answer, url, token_file, insecure)
         if old is None:  # a new config: probe the collector's host
             text = config_path.read_text(encoding="utf-8")
             host = urlsplit(url).hostname or "127.0.0.1"

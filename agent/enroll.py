@@ -164,7 +164,11 @@ def replace_block(text: str, key: str, block: str) -> str:
 
 
 def configure(
-    config_path: Path, answer: Answer, collector_url: str, token_file: Path
+    config_path: Path,
+    answer: Answer,
+    collector_url: str,
+    token_file: Path,
+    allow_insecure: bool = False,
 ) -> str | None:
     """Write the station block and the collector section into the config; returns the
     previous text (None when the file was created) so a caller can put it back."""
@@ -175,6 +179,8 @@ def configure(
         with contextlib.suppress(yaml.YAMLError):
             doc = yaml.safe_load(old) or {}
     collector: dict[str, Any] = {"url": collector_url, "token_file": str(token_file)}
+    if allow_insecure:  # plain http outside loopback, asked for with --allow-insecure
+        collector["allow_insecure"] = True
     previous = doc.get("collector") if isinstance(doc, dict) else None
     if isinstance(previous, dict):
         for key in ("ca_bundle", "timeout_s"):

@@ -142,7 +142,7 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
     t0 = time.perf_counter()
     from agent.contract.thresholds import load as load_thresholds
     from collector import config
-    from collector.report import ReportRequest, make_report
+    from collector.report.api import ReportRequest, make_report
     from collector.report.i18n import Lang
     from collector.report.render import write_all
 

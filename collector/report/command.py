@@ -10,19 +10,7 @@ from pathlib import Path
 from agent.contract import thresholds as agent_thresholds
 from agent.contract.configkit import ConfigError
 from collector.config import CollectorConfig
-from collector.registry import Registry
-from collector.report import (
-    FORMATS,
-    QueryError,
-    ReportError,
-    ReportRequest,
-    SinkUnavailable,
-    make_report,
-    query_count,
-)
-from collector.report.i18n import Lang
-from collector.report.render import write_all
-from collector.report.scope import DEFAULT_INTERVAL_S
+from collector.report.scope import DEFAULT_INTERVAL_S, FORMATS, ReportRequest
 
 log = logging.getLogger("sinyal.collector.report")
 
@@ -122,8 +110,21 @@ def request_from(args: argparse.Namespace) -> ReportRequest:
 
 
 def run(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    # The report's libraries (InfluxDB client, matplotlib, WeasyPrint...) are loaded here,
+    # not when the command line is parsed.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from collector.registry import Registry
+    from collector.report.api import (
+        QueryError,
+        ReportError,
+        SinkUnavailable,
+        make_report,
+        query_count,
+    )
+    from collector.report.i18n import Lang
+    from collector.report.render import write_all
 
     err = Console(stderr=True)
     try:

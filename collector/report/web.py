@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from agent.contract.thresholds import load as load_thresholds
 from collector.config import CollectorConfig
 from collector.registry import Registry
-from collector.report import (
+from collector.report.api import (
     QueryError,
     ReportError,
     ReportRequest,
