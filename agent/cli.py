@@ -651,7 +651,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return fail(f"{problem}; run as root: sudo sinyal-agent enroll ... (the code is "
                         "still unused)", EXIT_CONFIG)  # fmt: skip
     host = urlsplit(url).hostname or ""
-    insecure = url.startswith("http://") and not _local_host(host)
+    insecure = not agent_config.protected_url(url)  # the rule the config applies
     if insecure and not args.allow_insecure:
         return fail(
             f"--collector: got {url!r}, expected the collector's https:// URL (plain http "
@@ -717,17 +717,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if failed:
         print("enrolled, but a check failed: see the fixes above", file=sys.stderr)
     return EXIT_FAIL if failed else EXIT_OK
-
-
-def _local_host(host: str) -> bool:
-    """Loopback, private or lab addresses, where plain http is a reasonable choice."""
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost"
-    return ip.is_loopback or ip.is_private
 
 
 def _token_file_of(config_path: Path) -> Path:

@@ -47,7 +47,7 @@ from agent.contract.envcheck import AGENT_KEYS, unknown_env_errors
 __all__ = ["ENV_PREFIX", "ConfigError", "read_yaml"]
 
 
-def _protected_url(url: str) -> bool:
+def protected_url(url: str) -> bool:
     """https, or http to this machine (loopback): what needs no collector.allow_insecure."""
     parts = urlsplit(url)
     if parts.scheme == "https":
@@ -513,7 +513,7 @@ class _Loader:
         if m and m.get("token") is None and m.get("token_file") is None:
             r.error("collector.token", "nothing", "token or token_file (required with url)")
         url = values["url"]
-        if url is not None and not values["allow_insecure"] and not _protected_url(url):
+        if url is not None and not values["allow_insecure"] and not protected_url(url):
             r.error(
                 "collector.url",
                 show(url),

@@ -63,7 +63,10 @@ def serve(cfg: CollectorConfig) -> None:
         cfg.sink.kind,
         cfg.sink.url,
     )
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it stopped on: a normal stop
+        log.info("sinyal-collector stopped")
 
 
 def build_server(cfg: CollectorConfig) -> tuple[uvicorn.Server, socket.socket]:
