@@ -29,12 +29,16 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+# Run as a script (python benchmarks/X.py): the checkout's packages come first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS
 from collector.config import Limits

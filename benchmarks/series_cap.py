@@ -34,6 +34,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, RESULTS, machine, proc_sample
 
+# Run as a script (python benchmarks/X.py): the checkout's packages come first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from agent.contract.record import format_time
 from collector.config import Limits
 from collector.registry import Registry

@@ -16,11 +16,15 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+# Run as a script (python benchmarks/X.py): the checkout's packages come first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import BIN, RESULTS, ROOT, machine
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+# Run as a script (python benchmarks/X.py): the checkout's packages come first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import config as agent_config
 from agent.probes.base import ProbeEnv
