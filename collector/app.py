@@ -305,11 +305,10 @@ class IngestService:
     async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
         changed: list[Station] = []
         for station, records in by_station.values():
-            info = station
             records.sort(key=lambda r: r.measured_at)
-            first = not self.engine.knows(info.id)  # the map learns of a new station at once
-            if self.engine.observe(info, records) or first:
-                changed.append(info)
+            first = not self.engine.knows(station.id)  # the map learns of a new station at once
+            if self.engine.observe(station, records) or first:
+                changed.append(station)
         if changed:
             await self.write_status(changed)
 

@@ -40,9 +40,6 @@ from agent.contract.record import (
 from collector.admission import RTT_FIELDS
 from collector.lineproto import escape_field_key, escape_tag, series_key
 
-_REQUIRED_KEYS = RECORD_REQUIRED_KEYS
-_RECORD_KEYS = RECORD_KEYS
-_CLOCK_KEYS = CLOCK_KEYS
 _ERROR_CODES = frozenset(e.value for e in ErrorCode)
 _TIME_SOURCES = frozenset(TIME_SOURCES)
 _hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
@@ -163,8 +160,8 @@ class _WireEnvelope(msgspec.Struct, gc=False):
     sent_at: Any = None
 
 
-assert set(_WireClock.__struct_fields__) == _CLOCK_KEYS
-assert set(_WireRecord.__struct_fields__) == _RECORD_KEYS
+assert set(_WireClock.__struct_fields__) == CLOCK_KEYS
+assert set(_WireRecord.__struct_fields__) == RECORD_KEYS
 assert set(_TIME_SOURCES) == {"system", "collector", "unknown"}
 _decode_wire = msgspec.json.Decoder(_WireEnvelope).decode
 
@@ -272,7 +269,7 @@ class FastPath:
         """(record, its tag values, its encoded fields, whether its values are known to be
         plausible) when the record is valid and usual, None when the reference path must
         decide (it may still be valid). Not known plausible: plausibility() decides."""
-        if type(d) is not dict or not (_REQUIRED_KEYS <= d.keys() <= _RECORD_KEYS):
+        if type(d) is not dict or not (RECORD_REQUIRED_KEYS <= d.keys() <= RECORD_KEYS):
             return None
         rid, kind, at, tags, raw_fields = (
             d["id"], d["kind"], d["measured_at"], d["tags"], d["fields"]
@@ -294,7 +291,7 @@ class FastPath:
         clock = d.get("clock")
         info = None
         if clock is not None:
-            if type(clock) is not dict or not clock.keys() <= _CLOCK_KEYS:
+            if type(clock) is not dict or not clock.keys() <= CLOCK_KEYS:
                 return None
             boot, mono = clock.get("boot_id"), clock.get("monotonic_ns")
             synced, source = clock.get("synced"), clock.get("source")

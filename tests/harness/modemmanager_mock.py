@@ -17,13 +17,14 @@ every second until killed (for benchmarks/agent_footprint.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,20 @@ class MockModemManager:
             self._loop.call_soon_threadsafe(self._bus.disconnect)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@contextlib.contextmanager
+def running_modemmanager() -> Iterator[MockModemManager]:
+    """A private dbus-daemon with the mocked ModemManager on it, both stopped afterwards."""
+    bus = PrivateBus()
+    try:
+        service = MockModemManager(bus.address)
+        try:
+            yield service
+        finally:
+            service.close()
+    finally:
+        bus.close()
 
 
 def main(argv: list[str]) -> None:

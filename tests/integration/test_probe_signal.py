@@ -32,6 +32,7 @@ from tests.harness.modemmanager_mock import (
     TECH_UMTS,
     MockModemManager,
     PrivateBus,
+    running_modemmanager,
 )
 
 MakeConfig = Callable[..., AgentConfig]
@@ -40,15 +41,8 @@ MakeConfig = Callable[..., AgentConfig]
 @pytest.fixture
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
-    bus = PrivateBus()
-    try:
-        service = MockModemManager(bus.address)
-        try:
-            yield service
-        finally:
-            service.close()
-    finally:
-        bus.close()
+    with running_modemmanager() as service:
+        yield service
 
 
 def make_probe(

@@ -27,7 +27,7 @@ from tests.harness.collector_stack import (
 )
 from tests.harness.dbs import InfluxServer
 from tests.harness.grafana_artifacts import dashboards, interpolate, queries, rules
-from tests.harness.modemmanager_mock import MockModemManager, PrivateBus
+from tests.harness.modemmanager_mock import MockModemManager, running_modemmanager
 
 
 @pytest.fixture
@@ -40,15 +40,8 @@ def stack(tmp_path: Path, influxdb: InfluxServer, influx_database: str) -> Itera
 @pytest.fixture
 def mm() -> Iterator[MockModemManager]:
     require_tool("dbus-daemon")
-    bus = PrivateBus()
-    try:
-        service = MockModemManager(bus.address)
-        try:
-            yield service
-        finally:
-            service.close()
-    finally:
-        bus.close()
+    with running_modemmanager() as service:
+        yield service
 
 
 def latest_status(influx: InfluxServer, db: str) -> dict[str, Any]:
