@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -70,9 +70,11 @@ ENVELOPE_SCHEMA: dict[str, Any] = envelope_json_schema()
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shard_id: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        info = Gauge("sinyal_shard", "This process's shard (shard.id)", ["shard"], registry=r)
+        info.labels(shard_id).set(1)
         self.accepted = Counter(
             "sinyal_records_accepted", "Records written and acknowledged", registry=r
         )
@@ -149,7 +151,9 @@ class IngestService:
         self.registry = registry or Registry(cfg.registry_path)
         self.sink = sink or make_sink(cfg.sink)
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
-        self.metrics = Metrics()
+        # This process's name among the processes a proxy routes stations to (cfg.shard).
+        self.shard_id = cfg.shard_id
+        self.metrics = Metrics(self.shard_id)
         self.batcher = Batcher(self.sink)
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
