@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ports",
         metavar="LIST",
-        help="the workers' ports, comma-separated (default: listen.port and the next N-1)",
+        help="the workers' ports, comma-separated (default: listen.port and the next N-1;"
+        " one port: this process serves on it)",
     )
     serve.add_argument(
         "--shard-id",
@@ -488,8 +489,8 @@ def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
         print(f"sinyal-collector serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        if args.ports is None and args.workers == 1:
-            serve(cfg)
+        if len(ports) == 1:  # this process serves, on --ports' port if given
+            serve(dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, port=ports[0])))
         else:
             return serve_workers(cfg, ports)
     except ListenError as exc:
