@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = RESULTS / "envelope-cpu.md"
 MARKER = "<!-- history: kept by benchmarks/envelope_cpu.py -->"
 SHAPES = (4, 100)
+Req = tuple[bytes, dict[str, str]]
 
 
 @dataclass
@@ -69,12 +70,12 @@ class Phase:
     def per_record_us(self) -> float:
         return 1e6 * self.cpu_s / (self.envelopes * self.records)
 
-    def row(self) -> str:
+    def row(self, label: str) -> str:
         lat = sorted(self.latencies)
         p50 = lat[len(lat) // 2] * 1000
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
         return (
-            f"| {self.records} | {self.envelopes / self.seconds:,.0f} "
+            f"| {label} | {self.records} | {self.envelopes / self.seconds:,.0f} "
             f"| {100 * self.cpu_s / self.seconds:.0f} % | **{self.per_envelope_ms:.3f} ms** "
             f"| **{self.per_record_us:.1f} µs** "
             f"| {100 * self.influx_cpu_s / self.seconds:.0f} % "
@@ -83,7 +84,7 @@ class Phase:
 
 
 HEADER = (
-    "| records per envelope | envelopes/s | collector CPU | per envelope | per record"
+    "| collector | records per envelope | envelopes/s | collector CPU | per envelope | per record"
     " | InfluxDB CPU | machine busy | ack p50 | ack p99 |"
 )
 
@@ -112,6 +113,15 @@ def main() -> None:
     ap.add_argument("--stations", type=int, default=2000)
     ap.add_argument("--profile", metavar="DIR", help="py-spy the collector in each phase")
     ap.add_argument("--note", default="", help="what this run is (in the results file)")
+    ap.add_argument("--rounds", type=int, default=1, help="phases per shape and checkout")
+    ap.add_argument(
+        "--against",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="other checkouts (e.g. `git archive` of an older commit) measured in the same"
+        " run, phases alternating with this one's",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
         tmp = Path(tmp_s)
@@ -123,9 +133,7 @@ def main() -> None:
         tokens = {info.scope_value: t for info, t in reg.add_tokens([(s, None) for s in ids])}
         reg.close()
 
-        def requests(
-            batches: list[list[dict[str, object]]],
-        ) -> tuple[list[tuple[bytes, dict[str, str]]], list[str]]:
+        def requests(batches: list[list[dict[str, object]]]) -> tuple[list[Req], list[str]]:
             bodies, paths = [], []
             for b in batches:
                 station = str(b[0]["tags"]["station"])  # type: ignore[index]
@@ -138,71 +146,101 @@ def main() -> None:
                 paths.append(upload_path(station))
             return bodies, paths
 
-        warm = build_batches(ids, len(ids), 1, per_station=True)
-        for b in warm:
-            b[0]["tags"]["target"] = "warm-up"  # a series of its own: never overwrites
-        # More envelopes than can be sent in --seconds (about 3,000/s and 150/s at most here).
-        count = {4: int(4000 * args.seconds), 100: int(300 * args.seconds)}
-        print("building envelopes…", flush=True)
-        shaped = {n: requests(build_batches(ids, count[n], n, per_station=True)) for n in SHAPES}
-        warm_req = requests(warm)
+        def envelopes(n: int, count: int, series: str) -> tuple[list[Req], list[str]]:
+            """`count` unique envelopes of `n` records, in series of their own (targets
+            named after `series`), so no phase rewrites another's points."""
+            batches = build_batches(ids, count, n, per_station=True)
+            for b in batches:
+                for i, rec in enumerate(b):
+                    rec["tags"]["target"] = f"{series}-{i % 10}"  # type: ignore[index]
+            return requests(batches)
 
-        port = free_port()
-        cfg = {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "sink": {"kind": "v1", "url": db.url, "database": "bench"},
-            "limits": {"requests_per_s": 1e6, "requests_burst": 10**7,
-                       "records_per_s": 1e7, "records_burst": 10**9},
-            "data_dir": str(tmp / "collector"),
-            "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
-            "status": {"sweeper": False},
-        }  # fmt: skip
-        (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "serve", "-c", str(tmp / "collector.yaml")],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        url = f"http://127.0.0.1:{port}/"
-        phases: list[Phase] = []
+        checkouts = [ROOT, *(Path(d).resolve() for d in args.against)]
+        # More envelopes than can be sent in --seconds (about 2,000/s and 150/s at most here).
+        count = {4: int(2500 * args.seconds), 100: int(200 * args.seconds)}
+        procs: list[subprocess.Popen[bytes]] = []
+        urls: list[str] = []
+        phases: list[tuple[str, Phase]] = []
         try:
-            wait_healthy(port, proc)
-            asyncio.run(post_http(url, warm_req[0], 600, args.concurrency, accepts(1), warm_req[1]))
-            for n in SHAPES:
-                spy = None
-                if args.profile:
-                    Path(args.profile).mkdir(parents=True, exist_ok=True)
-                    spy = subprocess.Popen(
-                        [str(BIN / "py-spy"), "record", "-p", str(proc.pid), "-f", "raw",
-                         "-o", f"{args.profile}/{n}.txt", "-d", str(int(args.seconds))],
-                        stdout=subprocess.DEVNULL,
-                    )  # fmt: skip
-                    time.sleep(1)
-                bodies, paths = shaped[n]
-                c0, i0, m0 = cpu(proc.pid), cpu(db.process.pid), machine_busy()
-                done, elapsed, lat = asyncio.run(
-                    post_http(url, bodies, args.seconds, args.concurrency, accepts(n), paths)
+            for k, checkout in enumerate(checkouts):
+                port = free_port()
+                cfg = {
+                    "listen": {"host": "127.0.0.1", "port": port},
+                    "sink": {"kind": "v1", "url": db.url, "database": "bench"},
+                    "limits": {"requests_per_s": 1e6, "requests_burst": 10**7,
+                               "records_per_s": 1e7, "records_burst": 10**9},
+                    "data_dir": str(tmp / "collector"),
+                    "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+                    "status": {"sweeper": False},
+                }  # fmt: skip
+                (tmp / f"collector{k}.yaml").write_text(yaml.safe_dump(cfg))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "collector.cli",
+                            "serve",
+                            "-c",
+                            str(tmp / f"collector{k}.yaml"),
+                        ],
+                        cwd=checkout,
+                        env={**os.environ, "PYTHONPATH": str(checkout)},
+                    )
                 )
-                c1, i1, m1 = cpu(proc.pid), cpu(db.process.pid), machine_busy()
-                phases.append(Phase(n, done, elapsed, c1 - c0, i1 - i0, m1 - m0, lat))
-                print(phases[-1].row(), flush=True)
-                if spy is not None:
-                    spy.wait(60)
+                urls.append(f"http://127.0.0.1:{port}/")
+                wait_healthy(port, procs[-1])
+                warm_bodies, warm_paths = envelopes(1, len(ids), f"warm{k}")
+                asyncio.run(
+                    post_http(urls[-1], warm_bodies, 600, args.concurrency, accepts(1), warm_paths)
+                )
+            for n in SHAPES:
+                for r in range(args.rounds):
+                    for k, (checkout, proc, url) in enumerate(
+                        zip(checkouts, procs, urls, strict=True)
+                    ):
+                        print(f"{n} records, round {r + 1}, {checkout}: building…", flush=True)
+                        bodies, paths = envelopes(n, count[n], f"r{r}c{k}")
+                        spy = None
+                        if args.profile and k == 0 and r == 0:
+                            Path(args.profile).mkdir(parents=True, exist_ok=True)
+                            spy = subprocess.Popen(
+                                [str(BIN / "py-spy"), "record", "-p", str(proc.pid), "-f",
+                                 "raw", "-o", f"{args.profile}/{n}.txt", "-d",
+                                 str(int(args.seconds))],
+                                stdout=subprocess.DEVNULL,
+                            )  # fmt: skip
+                            time.sleep(1)
+                        c0, i0, m0 = cpu(proc.pid), cpu(db.process.pid), machine_busy()
+                        done, elapsed, lat = asyncio.run(
+                            post_http(
+                                url, bodies, args.seconds, args.concurrency, accepts(n), paths
+                            )
+                        )
+                        c1, i1, m1 = cpu(proc.pid), cpu(db.process.pid), machine_busy()
+                        phase = Phase(n, done, elapsed, c1 - c0, i1 - i0, m1 - m0, lat)
+                        label = "this checkout" if k == 0 else f"`{checkout.name}`"
+                        phases.append((label, phase))
+                        print(phase.row(label), flush=True)
+                        if spy is not None:
+                            spy.wait(60)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
 
-    rows = "\n".join(p.row() for p in phases)
+    rows = "\n".join(p.row(label) for label, p in phases)
     history = ""
     if OUT.exists() and MARKER in OUT.read_text():
         history = OUT.read_text().split(MARKER, 1)[1]
     note = f" {args.note}" if args.note else ""
+    against = "".join(f" --against {d}" for d in args.against)
     OUT.write_text(
         f"""# Collector CPU per envelope
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, a machine shared with other
 work.{note} Command: `python benchmarks/envelope_cpu.py --seconds {args.seconds:g}
---concurrency {args.concurrency} --stations {args.stations}`.
+--concurrency {args.concurrency} --stations {args.stations} --rounds {args.rounds}{against}`.
 
 One `sinyal-collector serve` process (this checkout, uvicorn, sink v1 to InfluxDB 1.6.7 on
 loopback, status engine on, sweeper off), {args.stations} stations each with its own token,
@@ -215,7 +253,7 @@ every answer is checked accepted). Goals: at most 0.3 ms per 4-record envelope; 
 100-record envelopes below the 22–34 µs measured before.
 
 {HEADER}
-|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 CPU in % of one core (200 % is both cores).
