@@ -236,7 +236,7 @@ def main() -> None:
     history = ""
     if OUT.exists() and MARKER in OUT.read_text():
         history = OUT.read_text().split(MARKER, 1)[1]
-    note = f" {args.note}" if args.note else ""
+    note = f" {args.note.rstrip('.')}." if args.note else ""
     against = "".join(f" --against {d}" for d in args.against)
     OUT.write_text(
         f"""# Collector CPU per envelope
