@@ -50,13 +50,16 @@ from collector.connguard import REASONS as GUARD_REASONS
 from collector.enrol_api import add_enrolment
 from collector.guard import Guard
 from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
-from collector.lineproto import encode_point
 from collector.ratelimit import DailyQuota, TokenBuckets, retry_after
 from collector.registry import Registry, TokenInfo
-from collector.sinks import Sink, SinkUnavailable, make_sink
+from collector.sinks import QueryError, Sink, SinkUnavailable, make_sink
 from collector.speedtest import Access, Refusal, SpeedtestEndpoint, download_size
 from collector.station import Station
 from collector.status import StatusEngine
+from collector.statusstore import latest as latest_status
+from collector.statusstore import readable as status_readable
+from collector.statusstore import taken_over
+from collector.statuswriter import StatusWriter
 from collector.tickets import TicketSigner, load_key, ticket_in_path
 
 log = logging.getLogger("sinyal.collector")
@@ -146,6 +149,9 @@ class IngestService:
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
         self.metrics = Metrics()
         self.batcher = Batcher(self.sink)
+        # Status points go to the database from a task of their own, never on an ack's way.
+        self.status_writer = StatusWriter(self.batcher.write)
+        self.shard = cfg.status.shard_id or f"{cfg.listen.host}:{cfg.listen.port}"
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
         lim = cfg.limits
@@ -299,32 +305,73 @@ class IngestService:
             accepted.append(record.id)
             st = prepared.stations[i]
             by_station.setdefault(st.id, (st, []))[1].append(record)
-        await self.update_status(by_station)
+        self.update_status(by_station)
         return accepted
 
-    async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
+    def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
+        """Feed the status engine; the points it makes are queued for the status writer
+        (the agent's acknowledgement does not wait for them)."""
+        engine = self.engine
         changed: list[Station] = []
+        points = []
         for station, records in by_station.values():
             records.sort(key=lambda r: r.measured_at)
-            first = not self.engine.knows(station.id)  # the map learns of a new station at once
-            if self.engine.observe(station, records) or first:
+            # A station new to this shard is announced at once: the map learns of it, and
+            # the shard that had it before sees it was taken over.
+            first = not engine.owns(station.id)
+            now_changed = bool(engine.observe(station, records)) or first
+            if engine.has_history:  # a backlog after silence: its changes, at their times
+                history = engine.take_history(station.id)
+                if history:
+                    points += engine.history_points(station, history, self.shard)
+                    now_changed = True  # the current point follows its history
+            if now_changed:
                 changed.append(station)
         if changed:
-            await self.write_status(changed)
+            points += engine.status_points(changed, datetime.now(UTC), self.shard)
+            self.status_writer.put(points)
 
-    async def write_status(self, stations: list[Station]) -> None:
-        """Status points are derived data: a failed write is logged and rewritten later."""
-        points = self.engine.status_points(stations, datetime.now(UTC))
-        lines = [encode_point(m, tags, fields, t) for m, tags, fields, t in points]
-        if not lines:
+    def write_status(self, stations: list[Station]) -> None:
+        """Queue the current station_status points of these stations (the status writer
+        retries them while the database is down)."""
+        self.status_writer.put(self.engine.status_points(stations, datetime.now(UTC), self.shard))
+
+    async def restore_status(self) -> None:
+        """At start: this shard's stations' status from their latest station_status points."""
+        if not self.cfg.status.restore or not status_readable(self.cfg.sink):
             return
+        assert self.cfg.sink is not None
         try:
-            await self.batcher.write(lines)
-        except SinkUnavailable as exc:
-            log.warning("station_status not written (%d stations): %s", len(stations), exc)
+            rows = await asyncio.to_thread(latest_status, self.cfg.sink, self.shard)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("status not restored from the database (starting from none): %s", exc)
+            return
+        n = self.engine.restore(rows)
+        mine = sum(1 for r in rows if r.owned)
+        log.info(
+            "status restored for %d stations (%d last written by shard %s)", n, mine, self.shard
+        )
+
+    async def _not_taken_over(self) -> bool:
+        """Disown the overdue stations another shard wrote a newer point for. False when the
+        database could not say (the sweep waits for the next pass)."""
+        overdue = self.engine.overdue()
+        if not overdue or not status_readable(self.cfg.sink):
+            return True
+        assert self.cfg.sink is not None
+        try:
+            taken = await asyncio.to_thread(taken_over, self.cfg.sink, self.shard, overdue)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("silence check postponed: cannot read station_status: %s", exc)
+            return False
+        for sid in taken:
+            log.info("station %s was taken over by another shard", sid)
+            self.engine.disown(sid)
+        return True
 
     async def sweeper(self, stop: asyncio.Event) -> None:
-        """Marks silent stations and refreshes every station's status point periodically."""
+        """Marks silent the stations this shard owns and refreshes their status points
+        periodically."""
         interval = self.cfg.status.sweep_interval_s
         refresh_every = max(interval, 300.0)
         last_refresh = float("-inf")  # the first pass writes every station's point
@@ -334,13 +381,16 @@ class IngestService:
                 return
             try:
                 known = self.registry.stations()
-                changes = self.engine.sweep(known)
+                if not await self._not_taken_over():
+                    continue
+                changes = self.engine.sweep(known, self.cfg.status.flag_never_reported)
+                owned = self.engine.owned()
                 if time.monotonic() - last_refresh >= refresh_every:
-                    await self.write_status(known)
+                    self.write_status([k for k in known if k.id in owned])
                     last_refresh = time.monotonic()
                 elif changes:
                     ids = {c.station for c in changes}
-                    await self.write_status([k for k in known if k.id in ids])
+                    self.write_status([k for k in known if k.id in ids])
             except Exception:
                 log.exception("sweeper pass failed")
 
@@ -450,6 +500,8 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        await c.restore_status()
+        c.status_writer.start()
         task = asyncio.create_task(c.sweeper(stop)) if cfg.status.sweeper else None
         c.registry.start_background()
         try:
@@ -459,6 +511,7 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
             stop.set()
             if task is not None:
                 await task
+            await c.status_writer.close()  # what is queued is written before the sink closes
             await c.sink.aclose()
             c.sink.close()
 

@@ -10,6 +10,7 @@ See docs/collector.md.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,13 @@ class StatusConfig:
     silent_after_s: float = 300.0
     sweeper: bool = True  # run the silent-station sweeper on this replica
     sweep_interval_s: float = 30.0
+    # This process's name in a sharded deployment (written in every station_status point's
+    # `shard` field); "" means host:port of listen.
+    shard_id: str = ""
+    # Rebuild the status from the database's latest station_status points at start (v1 sink).
+    restore: bool = True
+    # Flag silent the registry stations that never reported (one shard of several).
+    flag_never_reported: bool = True
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,12 @@ STATUS_KEYS = {
     "silent_after_s": Key(number(10, 86400), "seconds, 10..86400"),
     "sweeper": Key(boolean, "true or false"),
     "sweep_interval_s": Key(number(1, 3600), "seconds, 1..3600"),
+    "shard_id": Key(
+        string(re.compile(r"[A-Za-z0-9_.:-]{1,64}")),
+        "1-64 of A-Z a-z 0-9 _ . : - naming this collector process, e.g. node1:8081",
+    ),
+    "restore": Key(boolean, "true or false"),
+    "flag_never_reported": Key(boolean, "true or false"),
 }
 LIMITS_KEYS = {
     "max_body_bytes": Key(integer(1024, 2**30), "bytes, 1024..1073741824"),

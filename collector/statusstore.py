@@ -1,0 +1,90 @@
+"""What a shard reads back of `station_status`: the latest point per station at start (to
+rebuild its stations' status, not from zero) and, before the sweeper marks a station silent,
+whether another shard wrote a newer point for it (it was re-routed: not silent).
+
+Both are InfluxQL queries, so they need a sink that speaks it: InfluxDB 1.x (the v1 sink).
+A v2 sink (VictoriaMetrics, InfluxDB 2.x) is not read: its collector starts with no status
+and checks no takeover (docs/scaling.md says how to run that).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from collector.config import SinkConfig
+from collector.sinks import query_influxql
+from collector.status import MEASUREMENT, Restored, Status
+
+# How far back a restarting shard looks for its stations' latest points. Every station with
+# state on a running shard gets a point at least every refresh (5 minutes).
+RESTORE_WINDOW = timedelta(hours=24)
+
+
+def readable(cfg: SinkConfig | None) -> bool:
+    """Whether station_status can be read back from this sink."""
+    return cfg is not None and cfg.kind == "v1"
+
+
+def _quote(value: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _time(ns: Any) -> datetime:
+    return datetime.fromtimestamp(int(ns) / 1e9, UTC)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def latest(cfg: SinkConfig, shard: str, window: timedelta = RESTORE_WINDOW) -> list[Restored]:
+    """Each station's latest current (not history) station_status point within `window`.
+    Raises SinkUnavailable or QueryError (collector.sinks)."""
+    q = (
+        'SELECT "status", "reasons", "causes", "status_age_s", "last_seen_s", "shard",'
+        f' "history" FROM "{MEASUREMENT}" WHERE time > now() - {int(window.total_seconds())}s'
+        ' GROUP BY "station" ORDER BY time DESC LIMIT 3'
+    )
+    seen: set[str] = set()
+    out: list[Restored] = []
+    for row in query_influxql(cfg, q):
+        sid = row.get("station")
+        status = row.get("status")
+        if not sid or sid in seen or row.get("history") or not isinstance(status, int):
+            continue
+        if not 0 <= status <= 3:
+            continue
+        seen.add(sid)
+        at = _time(row["time"])
+        age = _num(row.get("status_age_s")) or 0.0
+        last_seen = _num(row.get("last_seen_s"))
+        out.append(
+            Restored(
+                station=sid,
+                status=Status(status),
+                reasons=tuple(x for x in str(row.get("reasons") or "").split("; ") if x),
+                causes=tuple(x for x in str(row.get("causes") or "").split(",") if x),
+                at=at,
+                since=at - timedelta(seconds=max(0.0, age)),
+                last_rx=None if last_seen is None else at - timedelta(seconds=max(0.0, last_seen)),
+                owned=row.get("shard") == shard,
+            )
+        )
+    return out
+
+
+def taken_over(cfg: SinkConfig, shard: str, overdue: list[tuple[str, datetime]]) -> set[str]:
+    """The overdue stations another shard wrote a point for after their last upload here.
+    Raises SinkUnavailable or QueryError."""
+    if not overdue:
+        return set()
+    since = min(t for _, t in overdue)
+    since_ns = int((since - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e9)
+    q = (
+        f'SELECT "shard" FROM "{MEASUREMENT}" WHERE time > {since_ns}'
+        f' AND "shard" <> {_quote(shard)} GROUP BY "station" ORDER BY time DESC LIMIT 1'
+    )
+    newest = {row["station"]: _time(row["time"]) for row in query_influxql(cfg, q)}
+    return {sid for sid, last in overdue if sid in newest and newest[sid] > last}
