@@ -295,12 +295,16 @@ def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer)
     recs = [golden("icmp-total-loss", age_s=300 - 60 * i) for i in range(5)]
     r = post(stack, envelope(recs))
     assert len(r.json()["accepted"]) == 5
-    rows = influxdb.query('SELECT * FROM "station_status"', stack.cfg.sink.database)
-    assert rows, "a status change writes a station_status point"
+    # The status writer writes it after the acknowledgement, within its batching pause.
+    deadline = time.monotonic() + 10
+    while not (rows := influxdb.query('SELECT * FROM "station_status"', stack.cfg.sink.database)):
+        assert time.monotonic() < deadline, "a status change writes a station_status point"
+        time.sleep(0.05)
     last = rows[-1]
     assert last["station"] == STATION
     assert last["status"] == 2
     assert last["lat"] == pytest.approx(-6.1754, abs=0.01)
+    assert last["shard"] == f"{stack.cfg.listen.host}:{stack.cfg.listen.port}"
 
 
 def test_speedtest_endpoint_in_the_collector_and_records_in_influxdb(
