@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
 import time
 import zlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -44,6 +45,7 @@ from agent.contract.record import (
     format_time,
 )
 from agent.contract.thresholds import load as load_thresholds
+from collector import statusstore
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.connguard import REASONS as GUARD_REASONS
@@ -56,9 +58,6 @@ from collector.sinks import QueryError, Sink, SinkUnavailable, make_sink
 from collector.speedtest import Access, Refusal, SpeedtestEndpoint, download_size
 from collector.station import Station
 from collector.status import StatusEngine
-from collector.statusstore import latest as latest_status
-from collector.statusstore import readable as status_readable
-from collector.statusstore import taken_over
 from collector.statuswriter import StatusWriter
 from collector.tickets import TicketSigner, load_key, ticket_in_path
 
@@ -338,29 +337,44 @@ class IngestService:
 
     async def restore_status(self) -> None:
         """At start: this shard's stations' status from their latest station_status points."""
-        if not self.cfg.status.restore or not status_readable(self.cfg.sink):
+        if not self.cfg.status.restore or not statusstore.readable(self.cfg.sink):
             return
         assert self.cfg.sink is not None
         try:
-            rows = await asyncio.to_thread(latest_status, self.cfg.sink, self.shard)
+            rows = await asyncio.to_thread(statusstore.latest, self.cfg.sink, self.shard)
         except (SinkUnavailable, QueryError) as exc:
             log.warning("status not restored from the database (starting from none): %s", exc)
             return
+        window = timedelta(seconds=2 * self.cfg.status.silent_after_s)
+        try:
+            newest = await asyncio.to_thread(statusstore.newest_rounds, self.cfg.sink, window)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("newest rounds not read (last uploads from status points): %s", exc)
+            newest = {}
+        rows = [
+            r
+            if (t := newest.get(r.station)) is None or (r.last_rx and r.last_rx >= t)
+            else dataclasses.replace(r, last_rx=t)
+            for r in rows
+        ]
         n = self.engine.restore(rows)
         mine = sum(1 for r in rows if r.owned)
         log.info(
             "status restored for %d stations (%d last written by shard %s)", n, mine, self.shard
         )
 
-    async def _not_taken_over(self) -> bool:
-        """Disown the overdue stations another shard wrote a newer point for. False when the
-        database could not say (the sweep waits for the next pass)."""
-        overdue = self.engine.overdue()
-        if not overdue or not status_readable(self.cfg.sink):
+    async def _not_taken_over(self, include_silent: bool) -> bool:
+        """Disown the overdue (and silent) stations another shard wrote a newer point for.
+        False when the database could not say (the sweep waits for the next pass)."""
+        overdue = self.engine.overdue(include_silent)
+        if not overdue or not statusstore.readable(self.cfg.sink):
             return True
         assert self.cfg.sink is not None
+        now = datetime.now(UTC)
         try:
-            taken = await asyncio.to_thread(taken_over, self.cfg.sink, self.shard, overdue)
+            taken = await asyncio.to_thread(
+                statusstore.taken_over, self.cfg.sink, self.shard, overdue, now
+            )
         except (SinkUnavailable, QueryError) as exc:
             log.warning("silence check postponed: cannot read station_status: %s", exc)
             return False
@@ -381,11 +395,14 @@ class IngestService:
                 return
             try:
                 known = self.registry.stations()
-                if not await self._not_taken_over():
+                refresh = time.monotonic() - last_refresh >= refresh_every
+                # A station routed to another shard is neither flagged silent nor refreshed
+                # here once that shard wrote a newer point for it.
+                if not await self._not_taken_over(include_silent=refresh):
                     continue
                 changes = self.engine.sweep(known, self.cfg.status.flag_never_reported)
-                owned = self.engine.owned()
-                if time.monotonic() - last_refresh >= refresh_every:
+                if refresh:
+                    owned = self.engine.owned()
                     self.write_status([k for k in known if k.id in owned])
                     last_refresh = time.monotonic()
                 elif changes:

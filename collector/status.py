@@ -337,21 +337,25 @@ class StatusEngine:
             st.since = now
             return [StatusChange(sid, old, st.status, st.reasons, now)]
 
-    def overdue(self) -> list[tuple[str, datetime]]:
-        """The stations this shard owns that the next sweep would mark silent, with the
-        arrival of their last upload: the caller checks none was taken over by another shard
-        (a newer point from it) and `disown`s those that were, before calling `sweep`."""
+    def overdue(self, include_silent: bool = False) -> list[tuple[str, datetime]]:
+        """The stations this shard owns that the next sweep would mark silent (and, with
+        `include_silent`, those it holds silent), each with the arrival of its last upload
+        (or, never reported, when it was flagged): the caller checks none was taken over by
+        another shard (a newer point from it) and `disown`s those that were, before the
+        sweep and before a refresh."""
         with self._lock:
             now = self._clock()
             limit = timedelta(seconds=self._silent_s)
-            return [
-                (sid, st.last_rx)
-                for sid, st in self._stations.items()
-                if st.owned
-                and st.status is not Status.SILENT
-                and st.last_rx is not None
-                and now - st.last_rx >= limit
-            ]
+            out: list[tuple[str, datetime]] = []
+            for sid, st in self._stations.items():
+                if not st.owned:
+                    continue
+                if st.status is Status.SILENT:
+                    if include_silent:
+                        out.append((sid, st.since if st.last_rx is None else st.last_rx))
+                elif st.last_rx is not None and now - st.last_rx >= limit:
+                    out.append((sid, st.last_rx))
+            return out
 
     def disown(self, station_id: str) -> None:
         """Another shard took the station over: this one no longer sweeps or refreshes it

@@ -19,6 +19,8 @@ from collector.status import MEASUREMENT, Restored, Status
 # How far back a restarting shard looks for its stations' latest points. Every station with
 # state on a running shard gets a point at least every refresh (5 minutes).
 RESTORE_WINDOW = timedelta(hours=24)
+# How far back the takeover check looks (twice the 5-minute refresh).
+TAKEOVER_WINDOW = timedelta(minutes=10)
 
 
 def readable(cfg: SinkConfig | None) -> bool:
@@ -75,12 +77,26 @@ def latest(cfg: SinkConfig, shard: str, window: timedelta = RESTORE_WINDOW) -> l
     return out
 
 
-def taken_over(cfg: SinkConfig, shard: str, overdue: list[tuple[str, datetime]]) -> set[str]:
+def newest_rounds(cfg: SinkConfig, window: timedelta) -> dict[str, datetime]:
+    """Each station's newest icmp round stored within `window` (its measured_at): a restarted
+    shard's lower bound for the station's last upload, which status points (written on
+    changes and every few minutes) may tell too early. Raises SinkUnavailable or QueryError."""
+    q = (
+        'SELECT last("sent") FROM "icmp" WHERE time > now() -'
+        f' {int(window.total_seconds())}s GROUP BY "station"'
+    )
+    return {row["station"]: _time(row["time"]) for row in query_influxql(cfg, q)}
+
+
+def taken_over(
+    cfg: SinkConfig, shard: str, overdue: list[tuple[str, datetime]], now: datetime
+) -> set[str]:
     """The overdue stations another shard wrote a point for after their last upload here.
-    Raises SinkUnavailable or QueryError."""
+    Only the last TAKEOVER_WINDOW is read: a shard that owns a station writes its point at
+    least every refresh. Raises SinkUnavailable or QueryError."""
     if not overdue:
         return set()
-    since = min(t for _, t in overdue)
+    since = max(min(t for _, t in overdue), now - TAKEOVER_WINDOW)
     since_ns = int((since - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e9)
     q = (
         f'SELECT "shard" FROM "{MEASUREMENT}" WHERE time > {since_ns}'
