@@ -304,7 +304,7 @@ def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer)
     assert last["station"] == STATION
     assert last["status"] == 2
     assert last["lat"] == pytest.approx(-6.1754, abs=0.01)
-    assert last["shard"] == f"{stack.cfg.listen.host}:{stack.cfg.listen.port}"
+    assert last["shard"] == stack.cfg.shard_id
 
 
 def test_speedtest_endpoint_in_the_collector_and_records_in_influxdb(

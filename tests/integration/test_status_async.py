@@ -80,7 +80,7 @@ def test_transitions_wait_out_a_stopped_database_and_none_is_lost(tmp_path: Path
             # A write that timed out may have landed too once the database ran again: the
             # retry rewrites the same points (same times, same values), nothing doubles.
             rows = _statuses(db, "s")
-            shard = f"{cfg.listen.host}:{cfg.listen.port}"
+            shard = cfg.shard_id
             assert [(st, sh) for _, st, sh in rows] == [(2, shard), (0, shard)]
             assert t0 < rows[0][0] < rows[1][0]  # at the instants the changes happened
             assert writer.written == 2

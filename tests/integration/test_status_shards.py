@@ -49,7 +49,7 @@ def _wait(what: str, ready: Any, timeout_s: float = 30) -> None:
 
 
 def _shard(tmp: Path, db: InfluxServer, database: str, name: str, **status: Any) -> Any:
-    return collector_config_file(tmp / name, db.url, database, status={"shard_id": name, **status})
+    return collector_config_file(tmp / name, db.url, database, status=status, shard={"id": name})
 
 
 def test_a_restarted_shard_rebuilds_its_stations_status(
