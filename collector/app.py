@@ -405,12 +405,31 @@ class IngestService:
             self.engine.disown(sid)
         return True
 
+    async def _known_elsewhere(self, known: list[Station]) -> bool:
+        """Before flagging the registry stations this shard never heard of: learn those
+        another shard wrote a point for recently (they reported there). False when the
+        database could not say (they are not flagged this pass)."""
+        if not statusstore.readable(self.cfg.sink):
+            return True
+        if all(self.engine.knows(k.id) for k in known):
+            return True
+        assert self.cfg.sink is not None
+        window = statusstore.TAKEOVER_WINDOW
+        try:
+            rows = await asyncio.to_thread(statusstore.latest, self.cfg.sink, self.shard_id, window)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("never-reported stations not flagged: cannot read station_status: %s", exc)
+            return False
+        self.engine.restore(rows)
+        return True
+
     async def sweeper(self, stop: asyncio.Event) -> None:
         """Marks silent the stations this shard owns and refreshes their status points
         periodically."""
         interval = self.cfg.status.sweep_interval_s
         refresh_every = max(interval, 300.0)
         last_refresh = float("-inf")  # the first pass writes every station's point
+        next_never_check = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -422,7 +441,16 @@ class IngestService:
                 # here once that shard wrote a newer point for it.
                 if not await self._not_taken_over(include_silent=refresh):
                     continue
-                changes = self.engine.sweep(known, self.cfg.status.flag_never_reported)
+                never = False  # flag the registry stations no shard has heard of
+                if (
+                    self.cfg.status.flag_never_reported
+                    and time.monotonic() >= next_never_check
+                    and self.engine.may_flag_never_reported()
+                ):
+                    never = await self._known_elsewhere(known)
+                    if never:
+                        next_never_check = time.monotonic() + refresh_every
+                changes = self.engine.sweep(known, never)
                 if refresh:
                     owned = self.engine.owned()
                     self.write_status([k for k in known if k.id in owned])

@@ -357,6 +357,11 @@ class StatusEngine:
                     out.append((sid, st.last_rx))
             return out
 
+    def may_flag_never_reported(self) -> bool:
+        """Whether the engine has run for silent_after_s (sweep flags never-reported
+        stations only then)."""
+        return self._clock() - self._started >= timedelta(seconds=self._silent_s)
+
     def disown(self, station_id: str) -> None:
         """Another shard took the station over: this one no longer sweeps or refreshes it
         (its state is kept, should the station be routed back)."""

@@ -91,16 +91,23 @@ def newest_rounds(cfg: SinkConfig, window: timedelta) -> dict[str, datetime]:
 def taken_over(
     cfg: SinkConfig, shard: str, overdue: list[tuple[str, datetime]], now: datetime
 ) -> set[str]:
-    """The overdue stations another shard wrote a point for after their last upload here.
-    Only the last TAKEOVER_WINDOW is read: a shard that owns a station writes its point at
-    least every refresh. Raises SinkUnavailable or QueryError."""
+    """The overdue stations another shard received an upload from after their last upload
+    here: its latest point's time minus its last_seen_s (points without last_seen_s, such as
+    "never reported", say nothing of uploads). Only the last TAKEOVER_WINDOW is read: a
+    shard that owns a station writes its point at least every refresh. Raises
+    SinkUnavailable or QueryError."""
     if not overdue:
         return set()
     since = max(min(t for _, t in overdue), now - TAKEOVER_WINDOW)
     since_ns = int((since - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1e9)
     q = (
-        f'SELECT "shard" FROM "{MEASUREMENT}" WHERE time > {since_ns}'
-        f' AND "shard" <> {_quote(shard)} GROUP BY "station" ORDER BY time DESC LIMIT 1'
+        f'SELECT "last_seen_s" FROM "{MEASUREMENT}" WHERE time > {since_ns}'
+        f' AND "shard" <> {_quote(shard)} AND "last_seen_s" >= 0'
+        ' GROUP BY "station" ORDER BY time DESC LIMIT 1'
     )
-    newest = {row["station"]: _time(row["time"]) for row in query_influxql(cfg, q)}
-    return {sid for sid, last in overdue if sid in newest and newest[sid] > last}
+    seen: dict[str, datetime] = {}
+    for row in query_influxql(cfg, q):
+        ago = _num(row.get("last_seen_s"))
+        if ago is not None:
+            seen[row["station"]] = _time(row["time"]) - timedelta(seconds=ago)
+    return {sid for sid, last in overdue if sid in seen and seen[sid] > last}

@@ -1,6 +1,7 @@
 """python -m tests.drill [--short] [--real N] [--simulated N] [--shards N [--kill-shard-at S]]
-[--out DIR]: run the drill, write DIR/report.md and DIR/report.json, print the report. Exit 0 when every check passed, 1 when
-one failed, 2 when this machine cannot run it (not root, a tool missing), 130 on Ctrl-C."""
+[--out DIR]: run the drill, write DIR/report.md and DIR/report.json, print the report. Exit 0
+when every check passed, 1 when one failed, 2 when this machine cannot run it (not root, a tool
+missing), 130 on Ctrl-C."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from tests.harness.collector_stack import (
 )
 from tests.harness.dbs import InfluxServer
 
+NEVER = "3273011001012"  # in the registry, never reports
 OTHER = "3171011002004"  # in config/stations.example.csv, like STATION (region 3171)
 
 
@@ -84,13 +85,13 @@ def test_a_rerouted_station_is_not_flagged_silent_by_the_shard_it_left(
     tmp_path: Path, influxdb: InfluxServer, influx_database: str
 ) -> None:
     fast = {"silent_after_s": 10, "sweeper": True, "sweep_interval_s": 1}
-    c1 = _shard(tmp_path, influxdb, influx_database, "s1", **fast)
+    c1 = _shard(tmp_path, influxdb, influx_database, "s1", **fast)  # flags never-reported
     c2 = _shard(tmp_path, influxdb, influx_database, "s2", **fast, flag_never_reported=False)
     with running_collector(c1) as s1, running_collector(c2) as s2:
         _post(s1, [golden("icmp-ok", station=STATION)], STATION)
-        _post(s1, [golden("icmp-ok", station=OTHER)], OTHER)
-        # STATION moves to s2 (s1's node went away and came back, say) and keeps reporting;
-        # OTHER stops reporting altogether.
+        # OTHER reports once, to s2 only, then stops reporting altogether.
+        _post(s2, [golden("icmp-ok", station=OTHER)], OTHER)
+        # STATION moves to s2 (s1's node went away and came back, say) and keeps reporting.
         deadline = time.monotonic() + 25
         while time.monotonic() < deadline:
             _post(s2, [golden("icmp-ok", station=STATION, age_s=1)], STATION)
@@ -99,5 +100,12 @@ def test_a_rerouted_station_is_not_flagged_silent_by_the_shard_it_left(
         assert [p["shard"] for p in moved][:2] == ["s1", "s2"]
         assert all(p["status"] == 0 for p in moved), moved  # never silent
         assert s1.service is not None and not s1.service.engine.owns(STATION)
+        # OTHER is flagged silent by the shard it reported to, and s1 (which flags the
+        # stations that never reported) knows it reported elsewhere: no "never reported".
         gone = _points(influxdb, influx_database, OTHER)
-        assert [(p["status"], p["shard"]) for p in gone][-1] == (3, "s1")
+        assert {p["shard"] for p in gone} == {"s2"}, gone  # the first sweep refreshes it too
+        assert (gone[0]["status"], gone[-1]["status"]) == (0, 3), gone
+        never = _points(influxdb, influx_database, NEVER)
+        assert [(p["status"], p["shard"], p["reasons"]) for p in never][:1] == [
+            (3, "s1", "never reported")
+        ]
