@@ -50,8 +50,23 @@ Debouncing (per series; the station takes the worst series)
     the clock passes the newest earlier round.
 
     One `observe` call (one upload) yields at most one StatusChange: the status before the
-    call and after it. A backlog replayed after an outage is debounced round by round, and
-    the resulting status reflects its newest rounds.
+    call and after it. A backlog of a station that is not silent (uploads were delayed, not
+    lost) is debounced round by round, and the resulting status reflects its newest rounds.
+
+History (measurement time, not arrival time)
+    An upload that reaches a silent station (its link is back) carries the rounds measured in
+    the dark before its fresh ones (agents send their newest batch first after a failure).
+    Each series' newest round in that upload is current: it is debounced onto the series'
+    window as it was before the silence. Its older rounds are history: they never change the
+    current status. They are debounced in order on a copy of the series (as before the
+    silence), and every change of the station's status they make is kept as a HistoryChange
+    at that round's measured_at; `take_history` hands them over once, `history_points` makes
+    them `station_status` points at those times with the field history = 1 (status,
+    status_name, reasons, causes, shard: the map's other fields belong to the current
+    point). So a station that was ok, went dark and measures well again comes back ok at
+    once, and Grafana shows the outage's rounds where they were; one that was failing before
+    it went dark still needs N good rounds. Later batches of a long backlog are older than
+    their series' newest round: not counted (above) and not replayed.
 
 Reasons
     `reasons` explains the status, one string per series at the station's (worst) level,
@@ -83,25 +98,25 @@ Reasons
 Silence
     Silence is judged by receive time at the collector (this engine's clock when `observe` is
     called), not by measured_at: arrival is what tells the control room the link is up now,
-    and an agent replaying a backlog is up even though its records are old. `sweep()` marks
-    silent every station from which nothing arrived for at least `silent_after_s` and returns
-    those StatusChanges. Stations passed to `sweep(known)` (the registry) that never reported
-    become silent (old status ok, reason "never reported") once the engine has run for
-    `silent_after_s`. Any upload ends silence, even one whose records were all resends. The
-    series' history is kept across silence, so the first upload after it brings the station
-    back to its debounced status (a station that was failing before it went dark comes back
-    critical and needs N good rounds to clear; the backlog it uploads is debounced too).
+    an agent replaying a backlog is up even though its records are old, and an agent whose
+    clock is wrong can make its station neither look alive nor silent. `sweep()` marks silent
+    every station this shard owns from which nothing arrived for at least `silent_after_s`
+    and returns those StatusChanges. Stations passed to `sweep(known)` (the registry) that
+    this engine has no state for become silent (old status ok, reason "never reported") once
+    the engine has run for `silent_after_s`, when the caller says so (`flag_never_reported`:
+    one shard of several, after it `restore`d what the others wrote). Any upload ends
+    silence, even one whose records were all resends. The series' windows are kept across
+    silence (see History for the backlog that ends it).
 
 Points
-    `status_points(stations, now)` returns, for each given station this engine has state for
-    (reported, or swept silent), `("station_status", tags, fields, time_ns)` at `now`. The
-    caller writes them when `observe`/`sweep` report a change and periodically for all
-    stations, so Grafana's map always has a recent point. A station this engine has no state
-    for gets no point rather than an invented "ok" (after a restart the map keeps showing the
-    previous point until the station reports or is swept silent). Tags: station, province,
-    regency, operator (empty values omitted; province and regency fall back to the 2- and
-    4-digit prefix of a numeric TPS code). Fields, with stable types so InfluxDB never sees a
-    type conflict; absent means not known, never NaN or 0:
+    `status_points(stations, now, shard)` returns, for each given station this engine has
+    state for (reported, restored, or swept silent), `("station_status", tags, fields,
+    time_ns)` at `now`. The caller writes them when `observe`/`sweep` report a change and
+    periodically for the stations it owns, so Grafana's map always has a recent point. A
+    station this engine has no state for gets no point rather than an invented "ok". Tags:
+    station, province, regency, operator (empty values omitted; province and regency fall
+    back to the 2- and 4-digit prefix of a numeric TPS code). Fields, with stable types so
+    InfluxDB never sees a type conflict; absent means not known, never NaN or 0:
 
     ================  =====  ==========================================================
     status            int    0 ok, 1 degraded, 2 critical, 3 silent
@@ -120,18 +135,22 @@ Points
     icmp_target       str    that series' target
     icmp_uplink       str    that series' uplink
     tz                str    the registry's IANA zone, e.g. Asia/Makassar (absent when unknown)
+    shard             str    the collector process that wrote it (absent when not given)
+    history           int    1 on history points (absent on current ones)
     ================  =====  ==========================================================
 
-Replicas
-    This engine is per-process memory; nothing is shared between collector replicas. Debounce
-    state lives where a station's records land, and the sweeper only knows the stations its
-    own process has seen. Run status evaluation where every record of a station arrives: one
-    collector replica, or replicas behind a load balancer with sticky routing by token (one
-    station, one replica). Enable the sweeper (status.sweeper) on exactly one replica, and with
-    several replicas pass it only the stations routed to it, otherwise it marks silent the
-    stations that report to the others. A restarted replica starts with no history: statuses
-    rebuild from the next N rounds, and registry stations that do not report are flagged
-    silent `silent_after_s` after start.
+Shards
+    This engine is per-process memory. With several collector processes behind a proxy that
+    routes every station to one of them (nginx `hash $station consistent`), each owns the
+    stations it received an upload from (`observe`), or whose latest point it wrote before a
+    restart (`restore`, with `Restored.owned`); `sweep` and the caller's refresh cover only
+    owned stations (`owns`, `owned`). Before a sweep the caller reads, for the `overdue`
+    stations, whether another shard received an upload from them since (a newer point of
+    another shard) and `disown`s those: a re-routed station is not flagged silent by the shard
+    it left. A restarted shard `restore`s every station's latest point: owned or not, status,
+    reasons and since are kept, and a restored degraded or critical status holds (carry) until
+    one of the station's series has a full window of new rounds, so a restart neither clears
+    nor re-raises an alarm. collector.statusstore reads the points; collector.app wires it.
 
 Thread safety: every public method takes one lock, so the API may call from a threadpool.
 """
