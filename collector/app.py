@@ -125,6 +125,9 @@ class Metrics:
         )
 
 
+# Stations new to a shard: their uploads gathered this long, at most this many per query.
+TAKEOVER_GATHER_S = 0.1
+TAKEOVER_BATCH = 500
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
 # Envelopes with more records than this are validated in a thread (Collector.ingest).
@@ -159,6 +162,11 @@ class IngestService:
         self.batcher = Batcher(self.sink)
         # Status points go to the database from a task of their own, never on an ack's way.
         self.status_writer = StatusWriter(self.batcher.write)
+        # Uploads of stations new to this shard, waiting for their latest status (_takeovers).
+        self._pending: list[tuple[Station, list[Any]]] = []
+        self._pending_ids: set[str] = set()
+        self._pending_wake = asyncio.Event()
+        self._takeover_task: asyncio.Task[None] | None = None
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
         lim = cfg.limits
@@ -329,12 +337,67 @@ class IngestService:
 
     def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
         """Feed the status engine; the points it makes are queued for the status writer
-        (the agent's acknowledgement does not wait for them)."""
+        (the agent's acknowledgement does not wait for them). The uploads of a station this
+        shard does not own yet wait (not their acknowledgement) for the takeover task."""
+        direct: list[tuple[Station, list[Any]]] = []
+        for station, records in by_station.values():
+            records.sort(key=lambda r: r.measured_at)
+            if self._takeover_task is not None and (
+                station.id in self._pending_ids or not self.engine.owns(station.id)
+            ):
+                self._pending.append((station, records))
+                self._pending_ids.add(station.id)
+            else:
+                direct.append((station, records))
+        if self._pending:
+            self._pending_wake.set()
+        self._evaluate(direct)
+
+    async def _takeovers(self, stop: asyncio.Event) -> None:
+        """Stations new to this shard (re-routed from another, or first seen): their latest
+        points, read in batches, replace this shard's older knowledge of them before their
+        uploads are evaluated, so a station critical on the shard it left stays critical
+        here (collector.status StatusEngine.adopt)."""
+        assert self.cfg.sink is not None
+        while not stop.is_set():
+            waker = asyncio.ensure_future(self._pending_wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._pending_wake.clear()
+            await asyncio.sleep(TAKEOVER_GATHER_S)  # gather the uploads of concurrent stations
+            batch = self._pending[:TAKEOVER_BATCH]
+            del self._pending[: len(batch)]
+            if not batch:
+                continue
+            ids = sorted({st.id for st, _ in batch})
+            try:
+                rows = await asyncio.to_thread(
+                    statusstore.latest,
+                    self.cfg.sink,
+                    self.shard_id,
+                    statusstore.RESTORE_WINDOW,
+                    ids,
+                )
+            except (SinkUnavailable, QueryError) as exc:
+                log.warning(
+                    "takeover of %d stations without their latest status: %s", len(ids), exc
+                )
+                rows = []
+            self.engine.adopt(rows)
+            self._pending_ids = {st.id for st, _ in self._pending}
+            self._evaluate(batch)
+            if self._pending:
+                self._pending_wake.set()
+        self._evaluate(self._pending)  # at shutdown: no more reading
+        self._pending, self._pending_ids = [], set()
+
+    def _evaluate(self, items: list[tuple[Station, list[Any]]]) -> None:
         engine = self.engine
         changed: list[Station] = []
         points = []
-        for station, records in by_station.values():
-            records.sort(key=lambda r: r.measured_at)
+        for station, records in items:
             # A station new to this shard is announced at once: the map learns of it, and
             # the shard that had it before sees it was taken over.
             first = not engine.owns(station.id)
@@ -609,6 +672,8 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         await c.restore_status()
         c.status_writer.start()
         task = asyncio.create_task(c.sweeper(stop)) if cfg.status.sweeper else None
+        if cfg.status.restore and statusstore.readable(cfg.sink):
+            c._takeover_task = asyncio.create_task(c._takeovers(stop))
         c.registry.start_background()
         try:
             yield
@@ -617,6 +682,8 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
             stop.set()
             if task is not None:
                 await task
+            if c._takeover_task is not None:
+                await c._takeover_task
             await c.status_writer.close()  # what is queued is written before the sink closes
             await c.sink.aclose()
             c.sink.close()

@@ -425,6 +425,25 @@ class StatusEngine:
         """Whether take_history() has anything for some station (cheap, no lock)."""
         return bool(self._with_history)
 
+    def adopt(self, latest: Iterable[Restored]) -> None:
+        """Before this shard takes over stations another one had (their first upload here):
+        the stations' latest points, where newer than what this engine knows of them,
+        replace its state like `restore` (the series start again; a degraded or critical
+        status holds until a full window)."""
+        with self._lock:
+            for r in latest:
+                st = self._stations.get(r.station)
+                if st is not None and (st.owned or (st.last_rx is not None and st.last_rx >= r.at)):
+                    continue
+                self._stations[r.station] = _Station(
+                    r.status,
+                    r.since,
+                    r.last_rx,
+                    r.reasons,
+                    r.causes,
+                    carry=r.status if r.status in (Status.DEGRADED, Status.CRITICAL) else None,
+                )
+
     def take_history(self, station_id: str) -> list[HistoryChange]:
         """The history changes the last `observe` found in a backlog (then forgotten)."""
         with self._lock:

@@ -9,6 +9,8 @@ and checks no takeover (docs/scaling.md says how to run that).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,12 +43,26 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def latest(cfg: SinkConfig, shard: str, window: timedelta = RESTORE_WINDOW) -> list[Restored]:
-    """Each station's latest current (not history) station_status point within `window`.
-    Raises SinkUnavailable or QueryError (collector.sinks)."""
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def latest(
+    cfg: SinkConfig,
+    shard: str,
+    window: timedelta = RESTORE_WINDOW,
+    stations: Sequence[str] | None = None,
+) -> list[Restored]:
+    """Each station's latest current (not history) station_status point within `window`
+    (only of `stations`, when given). Raises SinkUnavailable or QueryError (collector.sinks)."""
+    where = f"time > now() - {int(window.total_seconds())}s"
+    if stations is not None:
+        ids = sorted({sid.replace(".", "\\.") for sid in stations if _PLAIN_ID.fullmatch(sid)})
+        if not ids:
+            return []
+        where += f' AND "station" =~ /^(?:{"|".join(ids)})$/'
     q = (
         'SELECT "status", "reasons", "causes", "status_age_s", "last_seen_s", "shard",'
-        f' "history" FROM "{MEASUREMENT}" WHERE time > now() - {int(window.total_seconds())}s'
+        f' "history" FROM "{MEASUREMENT}" WHERE {where}'
         ' GROUP BY "station" ORDER BY time DESC LIMIT 3'
     )
     seen: set[str] = set()

@@ -63,6 +63,10 @@ def test_transitions_wait_out_a_stopped_database_and_none_is_lost(tmp_path: Path
             assert len(_post(s, up)) == 5
             # Both uploads were acknowledged; no status point was written on their way.
             assert _statuses(db, "s") == []
+            deadline = time.monotonic() + 10  # a station new to this shard: read first
+            while writer.pending() < 2:
+                assert time.monotonic() < deadline, "the status points were never queued"
+                time.sleep(0.05)
             assert writer.pending() == 2
             os.kill(db.process.pid, signal.SIGSTOP)
             try:

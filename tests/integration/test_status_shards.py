@@ -109,3 +109,25 @@ def test_a_rerouted_station_is_not_flagged_silent_by_the_shard_it_left(
         assert [(p["status"], p["shard"], p["reasons"]) for p in never][:1] == [
             (3, "s1", "never reported")
         ]
+
+
+def test_a_station_taken_over_keeps_its_status_on_the_new_shard(
+    tmp_path: Path, influxdb: InfluxServer, influx_database: str
+) -> None:
+    c1 = _shard(tmp_path, influxdb, influx_database, "s1")
+    c2 = _shard(tmp_path, influxdb, influx_database, "s2")
+    with running_collector(c1) as s1, running_collector(c2) as s2:
+        _post(s1, [golden("icmp-total-loss", age_s=300 - 60 * i) for i in range(5)])
+        _wait("s1's critical point", lambda: _points(influxdb, influx_database, STATION))
+        # Re-routed to s2 (which started before it was critical) with one good round: still
+        # critical there (a single good round never clears), not ok from an empty window.
+        good = golden("icmp-ok", age_s=10)
+        good["tags"]["target"] = "kpu"
+        _post(s2, [good])
+        _wait(
+            "s2's point",
+            lambda: any(p["shard"] == "s2" for p in _points(influxdb, influx_database, STATION)),
+        )
+        pts = _points(influxdb, influx_database, STATION)
+        assert [(p["shard"], p["status"]) for p in pts] == [("s1", 2), ("s2", 2)]
+        assert "error=timeout" in pts[-1]["reasons"]
