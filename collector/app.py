@@ -128,6 +128,9 @@ class Metrics:
 # Stations new to a shard: their uploads gathered this long, at most this many per query.
 TAKEOVER_GATHER_S = 0.1
 TAKEOVER_BATCH = 500
+# Beyond this many waiting uploads (a slow database in a mass takeover), new stations are
+# evaluated at once from what this shard knows: memory stays bounded.
+TAKEOVER_MAX_PENDING = 20_000
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
 # Envelopes with more records than this are validated in a thread (Collector.ingest).
@@ -343,7 +346,8 @@ class IngestService:
         for station, records in by_station.values():
             records.sort(key=lambda r: r.measured_at)
             if self._takeover_task is not None and (
-                station.id in self._pending_ids or not self.engine.owns(station.id)
+                station.id in self._pending_ids
+                or (not self.engine.owns(station.id) and len(self._pending) < TAKEOVER_MAX_PENDING)
             ):
                 self._pending.append((station, records))
                 self._pending_ids.add(station.id)
