@@ -398,10 +398,19 @@ class IngestService:
         self._pending, self._pending_ids = [], set()
 
     def _evaluate(self, items: list[tuple[Station, list[Any]]]) -> None:
+        """Observe each upload; queue the points of the stations it changed. A station with
+        several uploads in `items` (they waited for a takeover) gets a point per change, each
+        at its own instant."""
         engine = self.engine
         changed: list[Station] = []
         points = []
+        ids: set[str] = set()
+        at = datetime.now(UTC)
         for station, records in items:
+            if station.id in ids:  # its earlier upload's point first, then a later instant
+                points += engine.status_points(changed, at, self.shard_id)
+                changed, ids = [], set()
+                at = max(datetime.now(UTC), at + timedelta(microseconds=1))
             # A station new to this shard is announced at once: the map learns of it, and
             # the shard that had it before sees it was taken over.
             first = not engine.owns(station.id)
@@ -413,8 +422,10 @@ class IngestService:
                     now_changed = True  # the current point follows its history
             if now_changed:
                 changed.append(station)
+                ids.add(station.id)
         if changed:
-            points += engine.status_points(changed, datetime.now(UTC), self.shard_id)
+            points += engine.status_points(changed, at, self.shard_id)
+        if points:
             self.status_writer.put(points)
 
     def write_status(self, stations: list[Station]) -> None:
