@@ -428,6 +428,10 @@ class IngestService:
         if points:
             self.status_writer.put(points)
 
+    def status_settled(self) -> bool:
+        """No upload waits for its status and no status point waits to be written."""
+        return not self._pending and not self.status_writer.pending()
+
     def write_status(self, stations: list[Station]) -> None:
         """Queue the current station_status points of these stations (the status writer
         retries them while the database is down)."""

@@ -56,6 +56,7 @@ class StatusWriter:
         self.dropped = 0  # transitions dropped over the per-station bound
         self.refused = 0  # points the database refused
         self.failures = 0  # writes that failed (database unavailable)
+        self._writing = 0  # points in the write in flight
 
     # -- the ingest side ---------------------------------------------------------------------
 
@@ -84,7 +85,8 @@ class StatusWriter:
             self.dropped += 1
 
     def pending(self) -> int:
-        return sum(len(q) for q in self._queue.values())
+        """Points queued or being written."""
+        return sum(len(q) for q in self._queue.values()) + self._writing
 
     # -- the task ----------------------------------------------------------------------------
 
@@ -107,6 +109,7 @@ class StatusWriter:
         """Write everything queued now; False when the database did not confirm."""
         while self._queue:
             batch = self._take()
+            self._writing = len(batch)
             try:
                 result = await self._write([encode_point(*p) for p in batch])
             except SinkUnavailable as exc:
@@ -115,6 +118,8 @@ class StatusWriter:
                     self._add(p)
                 log.warning("station_status not written yet (%d points): %s", len(batch), exc)
                 return False
+            finally:
+                self._writing = 0
             self.refused += len(result.rejected)
             for why in result.rejected.values():
                 log.warning("station_status point refused by the database: %s", why)

@@ -95,6 +95,17 @@ def running_collector(cfg: CollectorConfig) -> Iterator[Stack]:
         registry.close()
 
 
+def status_written(stack: Stack, timeout_s: float = 10.0) -> None:
+    """Wait until the collector wrote the status points of what it acknowledged (they are
+    written after the acknowledgement, collector.statuswriter)."""
+    assert stack.service is not None
+    deadline = time.monotonic() + timeout_s
+    while not stack.service.status_settled():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status points not written within {timeout_s:g} s")
+        time.sleep(0.02)
+
+
 def golden(name: str, station: str = STATION, age_s: float = 60.0) -> dict[str, Any]:
     """A golden record with a fresh id, the given station and a recent measured_at."""
     d: dict[str, Any] = copy.deepcopy(

@@ -25,6 +25,7 @@ from tests.harness.collector_stack import (
     free_port,
     golden,
     running_collector,
+    status_written,
 )
 from tests.harness.dbs import InfluxServer, influxd
 
@@ -225,6 +226,7 @@ def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxSe
         [row] = stored(influxdb, db, "http", rec["id"])
         assert row["target"] == text and row["uplink"] == text
     # Nothing else appeared: no extra measurement, tag key or point.
+    status_written(stack)
     measurements = {row["name"] for row in influxdb.query("SHOW MEASUREMENTS", db)}
     assert measurements == {"http", "station_status"}  # the station's first status point
     keys = {row["tagKey"] for row in influxdb.query('SHOW TAG KEYS FROM "http"', db)}
