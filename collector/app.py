@@ -26,6 +26,7 @@ import dataclasses
 import hmac
 import ipaddress
 import logging
+import os
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -38,7 +39,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from agent.contract import __version__
 from agent.contract.configkit import STATION_ID_RE
@@ -117,12 +120,20 @@ class Metrics:
             self.rate_limited.labels(limit)
         for reason in ("no_ticket", "quota", "too_large"):
             self.speedtest_refused.labels(reason)
+        self._by_status: dict[int, Any] = {}
         self.write_seconds = Histogram(
             "sinyal_database_write_seconds",
             "Time for the database to confirm a batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def status(self, code: int) -> Any:
+        """The requests counter of one HTTP status (the labelled child, made once)."""
+        child = self._by_status.get(code)
+        if child is None:
+            child = self._by_status[code] = self.requests.labels(str(code))
+        return child
 
 
 # Stations new to a shard: their uploads gathered this long, at most this many per query.
@@ -143,6 +154,25 @@ class HttpError(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+
+
+class Upload:
+    """An upload request as the ingest route reads it: its headers (the first of each name,
+    as Starlette's Request gives them) and its ASGI receive."""
+
+    __slots__ = ("headers", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name not in headers:
+                headers[name] = value
+        self.headers = headers
+        self.receive = receive
+
+    def header(self, name: bytes) -> str:
+        """A header's value ("" without one); `name` in lower case."""
+        return self.headers.get(name, b"").decode("latin-1")
 
 
 class IngestService:
@@ -176,9 +206,13 @@ class IngestService:
         self.request_buckets = TokenBuckets(lim.requests_per_s, lim.requests_burst)
         self.record_buckets = TokenBuckets(lim.records_per_s, lim.records_burst)
 
-    def authenticate(self, request: Request) -> TokenInfo:
+    def authenticate(self, request: Request | Upload) -> TokenInfo:
         """The request's agent token, charged one request: 401, or 429 over its rate."""
-        token = _bearer(request.headers.get("authorization", ""))
+        if isinstance(request, Upload):
+            authorization = request.header(b"authorization")
+        else:
+            authorization = request.headers.get("authorization", "")
+        token = _bearer(authorization)
         scope = self.registry.authenticate(token) if token else None
         if scope is None:
             raise HttpError(
@@ -206,20 +240,28 @@ class IngestService:
                 headers,
             )
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_body(self, request: Upload) -> bytes:
         limit = self.cfg.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = request.header(b"content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise HttpError(413, f"body larger than {limit} bytes")
             chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").lower()
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        given = request.headers.get(b"content-encoding")
+        encoding = "identity" if given is None else given.decode("latin-1").lower()
         if encoding == "gzip":
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
             try:
@@ -239,24 +281,24 @@ class IngestService:
         return body
 
     async def answer(
-        self, request: Request, station: str | None = None
+        self, request: Upload, station: str | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         """The ingest endpoint's answer: (HTTP status, JSON body, extra headers). `station`:
         the station the URL names (None on the deprecated route without one)."""
         try:
             payload = await self.ingest(request, station)
         except HttpError as exc:
-            self.metrics.requests.labels(str(exc.status)).inc()
+            self.metrics.status(exc.status).inc()
             if exc.status == 429:
                 # A client over its limit waits for the answer (at most TARPIT_S): one that
                 # honours Retry-After loses nothing, one that does not can no longer make
                 # the collector answer it hundreds of times a second.
                 await asyncio.sleep(min(TARPIT_S, float(exc.headers["Retry-After"])))
             return exc.status, orjson.dumps({"error": exc.reason}), exc.headers
-        self.metrics.requests.labels("200").inc()
+        self.metrics.status(200).inc()
         return 200, orjson.dumps(payload), {}
 
-    async def ingest(self, request: Request, station: str | None = None) -> dict[str, Any]:
+    async def ingest(self, request: Upload, station: str | None = None) -> dict[str, Any]:
         token = self.authenticate(request)
         if station is not None and not token.allows(station):
             raise HttpError(403, f"token may not write for station {station}")
@@ -306,7 +348,7 @@ class IngestService:
         return {
             "accepted": accepted,
             "rejected": [r.to_dict() for r in prepared.rejected],
-            "server_time": format_time(datetime.now(UTC)),
+            "server_time": _now_text(),
         }
 
     async def write(self, prepared: Prepared) -> list[str]:
@@ -573,35 +615,35 @@ def route_station(path: str) -> str | None:
 
 class IngestRoute:
     """Answers POST /api/v1/stations/{station}/measurements (and the deprecated
-    POST /api/v1/measurements) ahead of FastAPI's routing, as a plain ASGI app.
+    POST /api/v1/measurements) ahead of FastAPI, as a plain ASGI app (CollectorApp calls it
+    before its own middleware and routing).
 
     The route is the collector's hot path: at election-day rates FastAPI's per-request
-    machinery (route matching, exception and exit-stack middleware, dependency solving)
-    was a tenth of the collector's CPU for a job that needs none of it. Every other path,
-    and the route's OpenAPI description, stay with FastAPI."""
+    machinery (its telemetry check, the middleware stack, route matching, dependency
+    solving) was a tenth of the collector's CPU for a job that needs none of it. Every
+    other path, and the route's OpenAPI description, stay with FastAPI."""
 
-    def __init__(self, app: ASGIApp, collector: IngestService) -> None:
-        self.app = app
+    def __init__(self, collector: IngestService) -> None:
         self.collector = collector
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @staticmethod
+    def station(scope: Scope) -> str | None:
+        """None: not this route's request. "": the station route, without a station id.
+        LEGACY_PATH: the deprecated route. Else the URL's station."""
         if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        if path == LEGACY_PATH:
-            status, body, extra = await self.collector.answer(Request(scope, receive))
+            return None
+        path: str = scope["path"]
+        return LEGACY_PATH if path == LEGACY_PATH else route_station(path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, station: str) -> None:
+        if station == LEGACY_PATH:
+            status, body, extra = await self.collector.answer(Upload(scope, receive))
             extra = {**extra, **LEGACY_HEADERS}
+        elif station:
+            status, body, extra = await self.collector.answer(Upload(scope, receive), station)
         else:
-            station = route_station(path)
-            if station is None:
-                await self.app(scope, receive, send)
-                return
-            if station:
-                status, body, extra = await self.collector.answer(Request(scope, receive), station)
-            else:
-                status, body, extra = 404, _BAD_STATION, {}
-                self.collector.metrics.requests.labels("404").inc()
+            status, body, extra = 404, _BAD_STATION, {}
+            self.collector.metrics.status(404).inc()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -611,7 +653,25 @@ class IngestRoute:
         await send({"type": "http.response.body", "body": body})
 
 
+class CollectorApp(FastAPI):
+    """The collector's FastAPI app, with the ingest route answered before FastAPI's own
+    machinery (IngestRoute)."""
+
+    def __init__(self, ingest: IngestRoute, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingest = ingest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        station = IngestRoute.station(scope)
+        if station is not None:
+            await self.ingest(scope, receive, send, station)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 ADMIN_PATHS = frozenset({"/metrics", "/openapi.json"})
+# Whose X-Forwarded-For is believed: uvicorn's default (loopback), or its environment variable.
+FORWARDED_ALLOW_IPS = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 
 class AdminGate:
@@ -675,6 +735,12 @@ def _error_response(exc: HttpError) -> Response:
     return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
 
 
+def _now_text() -> str:
+    """format_time(datetime.now(UTC)) (tests/unit/test_app_hotpath.py), at a third of its
+    cost: isoformat is written in C, strftime is not."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 def _bearer(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
@@ -707,7 +773,8 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
             await c.sink.aclose()
             c.sink.close()
 
-    app = FastAPI(
+    app = CollectorApp(
+        IngestRoute(c),
         title="Sinyal collector",
         version=__version__,
         lifespan=lifespan,
@@ -716,8 +783,11 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         redoc_url=None,
     )
     app.state.collector = c
-    app.add_middleware(IngestRoute, collector=c)
     app.add_middleware(AdminGate, token=cfg.admin.token, on_refuse=c.metrics.admin_refused.inc)
+    # X-Forwarded-For from a proxy on loopback, for AdminGate (added last: outermost).
+    # uvicorn's own copy is off in serve (collector.server): an upload needs no client
+    # address, so the ingest route goes without it.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=FORWARDED_ALLOW_IPS)
     st = cfg.speedtest
     signer = TicketSigner(load_key(cfg.data_dir / "speedtest.key"), st.ticket_ttl_s)
     quota = DailyQuota(st.daily_bytes_per_token)
@@ -762,7 +832,7 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         sid = route_station(request.url.path)
         if not sid:
             return Response(_BAD_STATION, 404, media_type="application/json")
-        status, body, headers = await c.answer(request, sid)
+        status, body, headers = await c.answer(Upload(request.scope, request.receive), sid)
         return Response(body, status, headers=headers, media_type="application/json")
 
     @app.post(
@@ -775,7 +845,7 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         **upload_doc,
     )
     async def measurements(request: Request) -> Response:
-        status, body, headers = await c.answer(request)
+        status, body, headers = await c.answer(Upload(request.scope, request.receive))
         return Response(
             body, status, headers={**headers, **LEGACY_HEADERS}, media_type="application/json"
         )
