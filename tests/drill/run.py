@@ -199,7 +199,7 @@ def nginx_config(run: Path, port: int, upstreams: Sequence[int]) -> Path:
     deploy/nginx/collector.conf routes), the next one while it is down."""
     tmp = run / "nginx"
     tmp.mkdir(parents=True, exist_ok=True)
-    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in upstreams)
+    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in upstreams)
     text = f"""daemon off;
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -214,12 +214,12 @@ http {{
   scgi_temp_path {tmp}/scgi;
   client_max_body_size 6m;
   client_body_buffer_size 6m;
-  map $uri $station {{
-    ~^/api/v1/stations/([^/]+)/measurements$ $1;
-    default $http_authorization;
+  map $uri $sinyal_station {{
+    "~^/api/v1/stations/(?<sid>[^/]+)/measurements$" $sid;
+    default "";
   }}
   upstream collectors {{
-    hash $station consistent;
+    hash $sinyal_station consistent;
 {servers}
     keepalive 16;
   }}
@@ -232,6 +232,7 @@ http {{
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
       proxy_next_upstream error timeout;
+      proxy_next_upstream_tries 2;
       proxy_connect_timeout 2s;
       proxy_read_timeout 60s;
     }}
