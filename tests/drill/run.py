@@ -199,7 +199,8 @@ def nginx_config(run: Path, port: int, upstreams: Sequence[int]) -> Path:
     deploy/nginx/collector.conf routes), the next one while it is down."""
     tmp = run / "nginx"
     tmp.mkdir(parents=True, exist_ok=True)
-    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in upstreams)
+    line = "    server 127.0.0.1:{} max_fails=1 fail_timeout=10s;"
+    servers = "\n".join(line.format(p) for p in upstreams)
     text = f"""daemon off;
 worker_processes 1;
 pid {tmp}/nginx.pid;
