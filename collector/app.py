@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -29,7 +30,7 @@ import os
 import time
 import zlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ from agent.contract.record import (
     format_time,
 )
 from agent.contract.thresholds import load as load_thresholds
+from collector import statusstore
 from collector.admission import RouteScope, ScopeLike
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
@@ -58,13 +60,13 @@ from collector.connguard import REASONS as GUARD_REASONS
 from collector.enrol_api import add_enrolment
 from collector.guard import Guard
 from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
-from collector.lineproto import encode_point
 from collector.ratelimit import DailyQuota, TokenBuckets, retry_after
 from collector.registry import Registry, TokenInfo
-from collector.sinks import Sink, SinkUnavailable, make_sink
+from collector.sinks import QueryError, Sink, SinkUnavailable, make_sink
 from collector.speedtest import Access, Refusal, SpeedtestEndpoint, download_size
 from collector.station import Station
 from collector.status import StatusEngine
+from collector.statuswriter import StatusWriter
 from collector.tickets import TicketSigner, load_key, ticket_in_path
 
 log = logging.getLogger("sinyal.collector")
@@ -134,6 +136,12 @@ class Metrics:
         return child
 
 
+# Stations new to a shard: their uploads gathered this long, at most this many per query.
+TAKEOVER_GATHER_S = 0.1
+TAKEOVER_BATCH = 500
+# Beyond this many waiting uploads (a slow database in a mass takeover), new stations are
+# evaluated at once from what this shard knows: memory stays bounded.
+TAKEOVER_MAX_PENDING = 20_000
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
 # Envelopes with more records than this are validated in a thread (Collector.ingest).
@@ -185,6 +193,13 @@ class IngestService:
         self.shard_id = cfg.shard_id
         self.metrics = Metrics(self.shard_id)
         self.batcher = Batcher(self.sink)
+        # Status points go to the database from a task of their own, never on an ack's way.
+        self.status_writer = StatusWriter(self.batcher.write)
+        # Uploads of stations new to this shard, waiting for their latest status (_takeovers).
+        self._pending: list[tuple[Station, list[Any]]] = []
+        self._pending_ids: set[str] = set()
+        self._pending_wake = asyncio.Event()
+        self._takeover_task: asyncio.Task[None] | None = None
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
         lim = cfg.limits
@@ -362,48 +377,211 @@ class IngestService:
             accepted.append(record.id)
             st = prepared.stations[i]
             by_station.setdefault(st.id, (st, []))[1].append(record)
-        await self.update_status(by_station)
+        self.update_status(by_station)
         return accepted
 
-    async def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
-        changed: list[Station] = []
+    def update_status(self, by_station: dict[str, tuple[Any, list[Any]]]) -> None:
+        """Feed the status engine; the points it makes are queued for the status writer
+        (the agent's acknowledgement does not wait for them). The uploads of a station this
+        shard does not own yet wait (not their acknowledgement) for the takeover task."""
+        direct: list[tuple[Station, list[Any]]] = []
         for station, records in by_station.values():
             records.sort(key=lambda r: r.measured_at)
-            first = not self.engine.knows(station.id)  # the map learns of a new station at once
-            if self.engine.observe(station, records) or first:
-                changed.append(station)
-        if changed:
-            await self.write_status(changed)
+            if self._takeover_task is not None and (
+                station.id in self._pending_ids
+                or (not self.engine.owns(station.id) and len(self._pending) < TAKEOVER_MAX_PENDING)
+            ):
+                self._pending.append((station, records))
+                self._pending_ids.add(station.id)
+            else:
+                direct.append((station, records))
+        if self._pending:
+            self._pending_wake.set()
+        self._evaluate(direct)
 
-    async def write_status(self, stations: list[Station]) -> None:
-        """Status points are derived data: a failed write is logged and rewritten later."""
-        points = self.engine.status_points(stations, datetime.now(UTC))
-        lines = [encode_point(m, tags, fields, t) for m, tags, fields, t in points]
-        if not lines:
+    async def _takeovers(self, stop: asyncio.Event) -> None:
+        """Stations new to this shard (re-routed from another, or first seen): their latest
+        points, read in batches, replace this shard's older knowledge of them before their
+        uploads are evaluated, so a station critical on the shard it left stays critical
+        here (collector.status StatusEngine.adopt)."""
+        assert self.cfg.sink is not None
+        while not stop.is_set():
+            waker = asyncio.ensure_future(self._pending_wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._pending_wake.clear()
+            await asyncio.sleep(TAKEOVER_GATHER_S)  # gather the uploads of concurrent stations
+            batch = self._pending[:TAKEOVER_BATCH]
+            del self._pending[: len(batch)]
+            if not batch:
+                continue
+            ids = sorted({st.id for st, _ in batch})
+            try:
+                rows = await asyncio.to_thread(
+                    statusstore.latest,
+                    self.cfg.sink,
+                    self.shard_id,
+                    statusstore.RESTORE_WINDOW,
+                    ids,
+                )
+            except (SinkUnavailable, QueryError) as exc:
+                log.warning(
+                    "takeover of %d stations without their latest status: %s", len(ids), exc
+                )
+                rows = []
+            self.engine.adopt(rows)
+            self._pending_ids = {st.id for st, _ in self._pending}
+            self._evaluate(batch)
+            if self._pending:
+                self._pending_wake.set()
+        self._evaluate(self._pending)  # at shutdown: no more reading
+        self._pending, self._pending_ids = [], set()
+
+    def _evaluate(self, items: list[tuple[Station, list[Any]]]) -> None:
+        """Observe each upload; queue the points of the stations it changed. A station with
+        several uploads in `items` (they waited for a takeover) gets a point per change, each
+        at its own instant."""
+        engine = self.engine
+        changed: list[Station] = []
+        points = []
+        ids: set[str] = set()
+        at = datetime.now(UTC)
+        for station, records in items:
+            if station.id in ids:  # its earlier upload's point first, then a later instant
+                points += engine.status_points(changed, at, self.shard_id)
+                changed, ids = [], set()
+                at = max(datetime.now(UTC), at + timedelta(microseconds=1))
+            # A station new to this shard is announced at once: the map learns of it, and
+            # the shard that had it before sees it was taken over.
+            first = not engine.owns(station.id)
+            now_changed = bool(engine.observe(station, records)) or first
+            if engine.has_history:  # a backlog after silence: its changes, at their times
+                history = engine.take_history(station.id)
+                if history:
+                    points += engine.history_points(station, history, self.shard_id)
+                    now_changed = True  # the current point follows its history
+            if now_changed:
+                changed.append(station)
+                ids.add(station.id)
+        if changed:
+            points += engine.status_points(changed, at, self.shard_id)
+        if points:
+            self.status_writer.put(points)
+
+    def status_settled(self) -> bool:
+        """No upload waits for its status and no status point waits to be written."""
+        return not self._pending and not self.status_writer.pending()
+
+    def write_status(self, stations: list[Station]) -> None:
+        """Queue the current station_status points of these stations (the status writer
+        retries them while the database is down)."""
+        self.status_writer.put(
+            self.engine.status_points(stations, datetime.now(UTC), self.shard_id)
+        )
+
+    async def restore_status(self) -> None:
+        """At start: this shard's stations' status from their latest station_status points."""
+        if not self.cfg.status.restore or not statusstore.readable(self.cfg.sink):
             return
+        assert self.cfg.sink is not None
         try:
-            await self.batcher.write(lines)
-        except SinkUnavailable as exc:
-            log.warning("station_status not written (%d stations): %s", len(stations), exc)
+            rows = await asyncio.to_thread(statusstore.latest, self.cfg.sink, self.shard_id)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("status not restored from the database (starting from none): %s", exc)
+            return
+        window = timedelta(seconds=2 * self.cfg.status.silent_after_s)
+        try:
+            newest = await asyncio.to_thread(statusstore.newest_rounds, self.cfg.sink, window)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("newest rounds not read (last uploads from status points): %s", exc)
+            newest = {}
+        rows = [
+            r
+            if (t := newest.get(r.station)) is None or (r.last_rx and r.last_rx >= t)
+            else dataclasses.replace(r, last_rx=t)
+            for r in rows
+        ]
+        n = self.engine.restore(rows)
+        mine = sum(1 for r in rows if r.owned)
+        log.info(
+            "status restored for %d stations (%d last written by shard %s)", n, mine, self.shard_id
+        )
+
+    async def _not_taken_over(self, include_silent: bool) -> bool:
+        """Disown the overdue (and silent) stations another shard wrote a newer point for.
+        False when the database could not say (the sweep waits for the next pass)."""
+        overdue = self.engine.overdue(include_silent)
+        if not overdue or not statusstore.readable(self.cfg.sink):
+            return True
+        assert self.cfg.sink is not None
+        now = datetime.now(UTC)
+        try:
+            taken = await asyncio.to_thread(
+                statusstore.taken_over, self.cfg.sink, self.shard_id, overdue, now
+            )
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("silence check postponed: cannot read station_status: %s", exc)
+            return False
+        for sid in taken:
+            log.info("station %s was taken over by another shard", sid)
+            self.engine.disown(sid)
+        return True
+
+    async def _known_elsewhere(self, known: list[Station]) -> bool:
+        """Before flagging the registry stations this shard never heard of: learn those
+        another shard wrote a point for recently (they reported there). False when the
+        database could not say (they are not flagged this pass)."""
+        if not statusstore.readable(self.cfg.sink):
+            return True
+        if all(self.engine.knows(k.id) for k in known):
+            return True
+        assert self.cfg.sink is not None
+        window = statusstore.TAKEOVER_WINDOW
+        try:
+            rows = await asyncio.to_thread(statusstore.latest, self.cfg.sink, self.shard_id, window)
+        except (SinkUnavailable, QueryError) as exc:
+            log.warning("never-reported stations not flagged: cannot read station_status: %s", exc)
+            return False
+        self.engine.restore(rows)
+        return True
 
     async def sweeper(self, stop: asyncio.Event) -> None:
-        """Marks silent stations and refreshes every station's status point periodically."""
+        """Marks silent the stations this shard owns and refreshes their status points
+        periodically."""
         interval = self.cfg.status.sweep_interval_s
         refresh_every = max(interval, 300.0)
         last_refresh = float("-inf")  # the first pass writes every station's point
+        next_never_check = float("-inf")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
                 return
             try:
                 known = self.registry.stations()
-                changes = self.engine.sweep(known)
-                if time.monotonic() - last_refresh >= refresh_every:
-                    await self.write_status(known)
+                refresh = time.monotonic() - last_refresh >= refresh_every
+                # A station routed to another shard is neither flagged silent nor refreshed
+                # here once that shard wrote a newer point for it.
+                if not await self._not_taken_over(include_silent=refresh):
+                    continue
+                never = False  # flag the registry stations no shard has heard of
+                if (
+                    self.cfg.status.flag_never_reported
+                    and time.monotonic() >= next_never_check
+                    and self.engine.may_flag_never_reported()
+                ):
+                    never = await self._known_elsewhere(known)
+                    if never:
+                        next_never_check = time.monotonic() + refresh_every
+                changes = self.engine.sweep(known, never)
+                if refresh:
+                    owned = self.engine.owned()
+                    self.write_status([k for k in known if k.id in owned])
                     last_refresh = time.monotonic()
                 elif changes:
                     ids = {c.station for c in changes}
-                    await self.write_status([k for k in known if k.id in ids])
+                    self.write_status([k for k in known if k.id in ids])
             except Exception:
                 log.exception("sweeper pass failed")
 
@@ -576,7 +754,11 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        await c.restore_status()
+        c.status_writer.start()
         task = asyncio.create_task(c.sweeper(stop)) if cfg.status.sweeper else None
+        if cfg.status.restore and statusstore.readable(cfg.sink):
+            c._takeover_task = asyncio.create_task(c._takeovers(stop))
         c.registry.start_background()
         try:
             yield
@@ -585,6 +767,9 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
             stop.set()
             if task is not None:
                 await task
+            if c._takeover_task is not None:
+                await c._takeover_task
+            await c.status_writer.close()  # what is queued is written before the sink closes
             await c.sink.aclose()
             c.sink.close()
 

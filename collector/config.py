@@ -117,6 +117,10 @@ class StatusConfig:
     silent_after_s: float = 300.0
     sweeper: bool = True  # run the silent-station sweeper on this replica
     sweep_interval_s: float = 30.0
+    # Rebuild the status from the database's latest station_status points at start (v1 sink).
+    restore: bool = True
+    # Flag silent the registry stations that never reported (one shard of several).
+    flag_never_reported: bool = True
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ STATUS_KEYS = {
     "silent_after_s": Key(number(10, 86400), "seconds, 10..86400"),
     "sweeper": Key(boolean, "true or false"),
     "sweep_interval_s": Key(number(1, 3600), "seconds, 1..3600"),
+    "restore": Key(boolean, "true or false"),
+    "flag_never_reported": Key(boolean, "true or false"),
 }
 LIMITS_KEYS = {
     "max_body_bytes": Key(integer(1024, 2**30), "bytes, 1024..1073741824"),

@@ -50,8 +50,23 @@ Debouncing (per series; the station takes the worst series)
     the clock passes the newest earlier round.
 
     One `observe` call (one upload) yields at most one StatusChange: the status before the
-    call and after it. A backlog replayed after an outage is debounced round by round, and
-    the resulting status reflects its newest rounds.
+    call and after it. A backlog of a station that is not silent (uploads were delayed, not
+    lost) is debounced round by round, and the resulting status reflects its newest rounds.
+
+History (measurement time, not arrival time)
+    An upload that reaches a silent station (its link is back) carries the rounds measured in
+    the dark before its fresh ones (agents send their newest batch first after a failure).
+    Each series' newest round in that upload is current: it is debounced onto the series'
+    window as it was before the silence. Its older rounds are history: they never change the
+    current status. They are debounced in order on a copy of the series (as before the
+    silence), and every change of the station's status they make is kept as a HistoryChange
+    at that round's measured_at; `take_history` hands them over once, `history_points` makes
+    them `station_status` points at those times with the field history = 1 (status,
+    status_name, reasons, causes, shard: the map's other fields belong to the current
+    point). So a station that was ok, went dark and measures well again comes back ok at
+    once, and Grafana shows the outage's rounds where they were; one that was failing before
+    it went dark still needs N good rounds. Later batches of a long backlog are older than
+    their series' newest round: not counted (above) and not replayed.
 
 Reasons
     `reasons` explains the status, one string per series at the station's (worst) level,
@@ -83,25 +98,25 @@ Reasons
 Silence
     Silence is judged by receive time at the collector (this engine's clock when `observe` is
     called), not by measured_at: arrival is what tells the control room the link is up now,
-    and an agent replaying a backlog is up even though its records are old. `sweep()` marks
-    silent every station from which nothing arrived for at least `silent_after_s` and returns
-    those StatusChanges. Stations passed to `sweep(known)` (the registry) that never reported
-    become silent (old status ok, reason "never reported") once the engine has run for
-    `silent_after_s`. Any upload ends silence, even one whose records were all resends. The
-    series' history is kept across silence, so the first upload after it brings the station
-    back to its debounced status (a station that was failing before it went dark comes back
-    critical and needs N good rounds to clear; the backlog it uploads is debounced too).
+    an agent replaying a backlog is up even though its records are old, and an agent whose
+    clock is wrong can make its station neither look alive nor silent. `sweep()` marks silent
+    every station this shard owns from which nothing arrived for at least `silent_after_s`
+    and returns those StatusChanges. Stations passed to `sweep(known)` (the registry) that
+    this engine has no state for become silent (old status ok, reason "never reported") once
+    the engine has run for `silent_after_s`, when the caller says so (`flag_never_reported`:
+    one shard of several, after it `restore`d what the others wrote). Any upload ends
+    silence, even one whose records were all resends. The series' windows are kept across
+    silence (see History for the backlog that ends it).
 
 Points
-    `status_points(stations, now)` returns, for each given station this engine has state for
-    (reported, or swept silent), `("station_status", tags, fields, time_ns)` at `now`. The
-    caller writes them when `observe`/`sweep` report a change and periodically for all
-    stations, so Grafana's map always has a recent point. A station this engine has no state
-    for gets no point rather than an invented "ok" (after a restart the map keeps showing the
-    previous point until the station reports or is swept silent). Tags: station, province,
-    regency, operator (empty values omitted; province and regency fall back to the 2- and
-    4-digit prefix of a numeric TPS code). Fields, with stable types so InfluxDB never sees a
-    type conflict; absent means not known, never NaN or 0:
+    `status_points(stations, now, shard)` returns, for each given station this engine has
+    state for (reported, restored, or swept silent), `("station_status", tags, fields,
+    time_ns)` at `now`. The caller writes them when `observe`/`sweep` report a change and
+    periodically for the stations it owns, so Grafana's map always has a recent point. A
+    station this engine has no state for gets no point rather than an invented "ok". Tags:
+    station, province, regency, operator (empty values omitted; province and regency fall
+    back to the 2- and 4-digit prefix of a numeric TPS code). Fields, with stable types so
+    InfluxDB never sees a type conflict; absent means not known, never NaN or 0:
 
     ================  =====  ==========================================================
     status            int    0 ok, 1 degraded, 2 critical, 3 silent
@@ -120,24 +135,29 @@ Points
     icmp_target       str    that series' target
     icmp_uplink       str    that series' uplink
     tz                str    the registry's IANA zone, e.g. Asia/Makassar (absent when unknown)
+    shard             str    the collector process that wrote it (absent when not given)
+    history           int    1 on history points (absent on current ones)
     ================  =====  ==========================================================
 
-Replicas
-    This engine is per-process memory; nothing is shared between collector replicas. Debounce
-    state lives where a station's records land, and the sweeper only knows the stations its
-    own process has seen. Run status evaluation where every record of a station arrives: one
-    collector replica, or replicas behind a load balancer with sticky routing by token (one
-    station, one replica). Enable the sweeper (status.sweeper) on exactly one replica, and with
-    several replicas pass it only the stations routed to it, otherwise it marks silent the
-    stations that report to the others. A restarted replica starts with no history: statuses
-    rebuild from the next N rounds, and registry stations that do not report are flagged
-    silent `silent_after_s` after start.
+Shards
+    This engine is per-process memory. With several collector processes behind a proxy that
+    routes every station to one of them (nginx `hash $station consistent`), each owns the
+    stations it received an upload from (`observe`), or whose latest point it wrote before a
+    restart (`restore`, with `Restored.owned`); `sweep` and the caller's refresh cover only
+    owned stations (`owns`, `owned`). Before a sweep the caller reads, for the `overdue`
+    stations, whether another shard received an upload from them since (a newer point of
+    another shard) and `disown`s those: a re-routed station is not flagged silent by the shard
+    it left. A restarted shard `restore`s every station's latest point: owned or not, status,
+    reasons and since are kept, and a restored degraded or critical status holds (carry) until
+    one of the station's series has a full window of new rounds, so a restart neither clears
+    nor re-raises an alarm. collector.statusstore reads the points; collector.app wires it.
 
 Thread safety: every public method takes one lock, so the API may call from a threadpool.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections import deque
@@ -245,6 +265,31 @@ class _Series:
     last_fields: Mapping[str, FieldValue] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class HistoryChange:
+    """A status change at a round's measurement time, found in a backlog (see History)."""
+
+    station: str
+    status: Status
+    reasons: tuple[str, ...]
+    causes: tuple[str, ...]
+    at: datetime  # the measured_at of the round that made it
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A station's latest station_status point, read back at start (collector.statusstore)."""
+
+    station: str
+    status: Status
+    reasons: tuple[str, ...]
+    causes: tuple[str, ...]
+    at: datetime  # the point's time
+    since: datetime  # when that status began
+    last_rx: datetime | None  # when its last upload arrived (None: never reported)
+    owned: bool  # written by this shard
+
+
 @dataclass(slots=True)
 class _Station:
     status: Status
@@ -253,6 +298,9 @@ class _Station:
     reasons: tuple[str, ...] = ()
     causes: tuple[str, ...] = ()
     series: dict[_SeriesKey, _Series] = field(default_factory=dict)
+    owned: bool = False  # this shard received its uploads (or wrote its latest point)
+    carry: Status | None = None  # a restored degraded/critical status, until a full window
+    history: list[HistoryChange] = field(default_factory=list)
 
 
 class StatusEngine:
@@ -280,6 +328,7 @@ class StatusEngine:
         self._series_keys: dict[
             tuple[str, tuple[tuple[str, str], ...]], tuple[_SeriesKey, str, str]
         ] = {}
+        self._with_history: set[str] = set()  # stations take_history() has changes for
 
     # -- public API --------------------------------------------------------------------------
 
@@ -295,6 +344,9 @@ class StatusEngine:
                 st = self._stations[sid] = _Station(Status.OK, now)
             old = st.status
             st.last_rx = now
+            st.owned = True
+            if old is Status.SILENT and len(records) > 1:
+                records = self._replay_backlog(sid, st, records)
             for record in records:
                 self._round(st, record)
             self._prune(st)
@@ -304,17 +356,117 @@ class StatusEngine:
             st.since = now
             return [StatusChange(sid, old, st.status, st.reasons, now)]
 
-    def sweep(self, known: Iterable[Station] = ()) -> list[StatusChange]:
-        """Mark silent the stations nothing arrived from for silent_after_s; return the
-        changes. `known` (the registry's stations) adds those that never reported, once the
-        engine has run for silent_after_s."""
+    def overdue(self, include_silent: bool = False) -> list[tuple[str, datetime]]:
+        """The stations this shard owns that the next sweep would mark silent (and, with
+        `include_silent`, those it holds silent), each with the arrival of its last upload
+        (or, never reported, when it was flagged): the caller checks none was taken over by
+        another shard (a newer point from it) and `disown`s those that were, before the
+        sweep and before a refresh."""
+        with self._lock:
+            now = self._clock()
+            limit = timedelta(seconds=self._silent_s)
+            out: list[tuple[str, datetime]] = []
+            for sid, st in self._stations.items():
+                if not st.owned:
+                    continue
+                if st.status is Status.SILENT:
+                    if include_silent:
+                        out.append((sid, st.since if st.last_rx is None else st.last_rx))
+                elif st.last_rx is not None and now - st.last_rx >= limit:
+                    out.append((sid, st.last_rx))
+            return out
+
+    def may_flag_never_reported(self) -> bool:
+        """Whether the engine has run for silent_after_s (sweep flags never-reported
+        stations only then)."""
+        return self._clock() - self._started >= timedelta(seconds=self._silent_s)
+
+    def disown(self, station_id: str) -> None:
+        """Another shard took the station over: this one no longer sweeps or refreshes it
+        (its state is kept, should the station be routed back)."""
+        with self._lock:
+            st = self._stations.get(station_id)
+            if st is not None:
+                st.owned = False
+
+    def owns(self, station_id: str) -> bool:
+        """Whether this shard sweeps and refreshes the station (cheap; for the ingest path)."""
+        st = self._stations.get(station_id)
+        return st is not None and st.owned
+
+    def owned(self) -> set[str]:
+        with self._lock:
+            return {sid for sid, st in self._stations.items() if st.owned}
+
+    def restore(self, latest: Iterable[Restored]) -> int:
+        """Start from the stations' latest station_status points (a restarted shard): status,
+        reasons, since and last upload; a degraded or critical status holds until the
+        station's series have a full window of new rounds. Stations this engine already has
+        state for are left alone. Returns how many were restored."""
+        n = 0
+        with self._lock:
+            for r in latest:
+                if r.station in self._stations:
+                    continue
+                self._stations[r.station] = _Station(
+                    r.status,
+                    r.since,
+                    r.last_rx,
+                    r.reasons,
+                    r.causes,
+                    owned=r.owned,
+                    carry=r.status if r.status in (Status.DEGRADED, Status.CRITICAL) else None,
+                )
+                n += 1
+        return n
+
+    @property
+    def has_history(self) -> bool:
+        """Whether take_history() has anything for some station (cheap, no lock)."""
+        return bool(self._with_history)
+
+    def adopt(self, latest: Iterable[Restored]) -> None:
+        """Before this shard takes over stations another one had (their first upload here):
+        the stations' latest points, where newer than what this engine knows of them,
+        replace its state like `restore` (the series start again; a degraded or critical
+        status holds until a full window)."""
+        with self._lock:
+            for r in latest:
+                st = self._stations.get(r.station)
+                if st is not None and (st.owned or (st.last_rx is not None and st.last_rx >= r.at)):
+                    continue
+                self._stations[r.station] = _Station(
+                    r.status,
+                    r.since,
+                    r.last_rx,
+                    r.reasons,
+                    r.causes,
+                    carry=r.status if r.status in (Status.DEGRADED, Status.CRITICAL) else None,
+                )
+
+    def take_history(self, station_id: str) -> list[HistoryChange]:
+        """The history changes the last `observe` found in a backlog (then forgotten)."""
+        with self._lock:
+            st = self._stations.get(station_id)
+            self._with_history.discard(station_id)
+            if st is None or not st.history:
+                return []
+            out, st.history = st.history, []
+            return out
+
+    def sweep(
+        self, known: Iterable[Station] = (), flag_never_reported: bool = True
+    ) -> list[StatusChange]:
+        """Mark silent the owned stations nothing arrived from for silent_after_s; return the
+        changes. `known` (the registry's stations) adds those no shard has state for, once
+        the engine has run for silent_after_s (when `flag_never_reported`)."""
         with self._lock:
             now = self._clock()
             limit = timedelta(seconds=self._silent_s)
             reason = (f"no data for >={self._silent_s:g}s",)
             changes: list[StatusChange] = []
             for sid, st in self._stations.items():
-                if st.status is Status.SILENT or st.last_rx is None:
+                if st.status is Status.SILENT or st.last_rx is None or not st.owned:
                     continue
                 if now - st.last_rx >= limit:
                     changes.append(StatusChange(sid, st.status, Status.SILENT, reason, now))
@@ -324,12 +476,14 @@ class StatusEngine:
                         reason,
                         ("silent",),
                     )
-            if now - self._started >= limit:
+            if flag_never_reported and now - self._started >= limit:
                 never = ("never reported",)
                 for info in known:
                     if info.id in self._stations:
                         continue
-                    self._stations[info.id] = _Station(Status.SILENT, now, None, never, ("silent",))
+                    self._stations[info.id] = _Station(
+                        Status.SILENT, now, None, never, ("silent",), owned=True
+                    )
                     changes.append(StatusChange(info.id, Status.OK, Status.SILENT, never, now))
             return changes
 
@@ -345,9 +499,10 @@ class StatusEngine:
             return None if st is None else self._snapshot(station_id, st, self._clock())
 
     def status_points(
-        self, stations: Iterable[Station], now: datetime
+        self, stations: Iterable[Station], now: datetime, shard: str = ""
     ) -> list[tuple[str, dict[str, str], dict[str, int | float | str], int]]:
-        """`station_status` points at `now` for the given stations that have state here."""
+        """`station_status` points at `now` for the given stations that have state here;
+        `shard` (when given) goes in each point's `shard` field."""
         t_ns = _time_ns(now)
         out: list[tuple[str, dict[str, str], dict[str, int | float | str], int]] = []
         with self._lock:
@@ -356,7 +511,30 @@ class StatusEngine:
                 if st is None:
                     continue
                 snap = self._snapshot(info.id, st, now)
-                out.append((MEASUREMENT, _tags(info), _fields(snap, info, now), t_ns))
+                fields = _fields(snap, info, now)
+                if shard:
+                    fields["shard"] = shard
+                out.append((MEASUREMENT, _tags(info), fields, t_ns))
+        return out
+
+    @staticmethod
+    def history_points(
+        info: Station, changes: Sequence[HistoryChange], shard: str = ""
+    ) -> list[tuple[str, dict[str, str], dict[str, int | float | str], int]]:
+        """`station_status` points for history changes, at their measurement times, with the
+        field history = 1 (and fewer fields: the map's values belong to the current point)."""
+        out: list[tuple[str, dict[str, str], dict[str, int | float | str], int]] = []
+        for c in changes:
+            fields: dict[str, int | float | str] = {
+                "status": int(c.status),
+                "status_name": c.status.label,
+                "reasons": "; ".join(c.reasons),
+                "causes": ",".join(c.causes),
+                "history": 1,
+            }
+            if shard:
+                fields["shard"] = shard
+            out.append((MEASUREMENT, _tags(info), fields, _time_ns(c.at)))
         return out
 
     # -- rounds and debouncing ---------------------------------------------------------------
@@ -522,6 +700,35 @@ class StatusEngine:
             return Status.DEGRADED
         return Status.OK
 
+    def _replay_backlog(self, sid: str, st: _Station, records: Sequence[Record]) -> list[Record]:
+        """A silent station's upload: each series' newest round is current; its older rounds
+        are history. They are debounced on a copy of the station's series (as before the
+        silence), and every status change they make is kept, at its round's measured_at,
+        for take_history(). Returns the records the live state counts."""
+        newest: dict[tuple[str, tuple[tuple[str, str], ...]], Record] = {}
+        for r in records:
+            key = (r.kind, tuple(r.tags.items()))
+            have = newest.get(key)
+            if have is None or r.measured_at >= have.measured_at:
+                newest[key] = r
+        current = {id(r) for r in newest.values()}
+        if len(current) == len(records):
+            return list(records)
+        scratch = _Station(Status.OK, st.since, series=copy.deepcopy(st.series))
+        self._settle(scratch)
+        level = scratch.status
+        for r in records:
+            if id(r) in current:
+                continue
+            self._round(scratch, r)
+            self._settle(scratch)
+            if scratch.status != level:
+                level = scratch.status
+                at = r.measured_at if r.measured_at.tzinfo else r.measured_at.replace(tzinfo=UTC)
+                st.history.append(HistoryChange(sid, level, scratch.reasons, scratch.causes, at))
+                self._with_history.add(sid)
+        return [r for r in records if id(r) in current]
+
     def _prune(self, st: _Station) -> None:
         stamps = [s.last_at for s in st.series.values() if s.last_at is not None]
         if not stamps:
@@ -541,6 +748,12 @@ class StatusEngine:
     def _settle(self, st: _Station) -> None:
         """Station status, reasons and causes from its series (worst of)."""
         worst = max((s.status for s in st.series.values()), default=Status.OK)
+        if st.carry is not None:
+            if any(len(s.window) >= self._n for s in st.series.values()):
+                st.carry = None  # the series have a full window of their own now
+            elif st.carry > worst:
+                st.status = st.carry
+                return  # the restored status and its reasons hold
         st.status = worst
         if worst is Status.OK:
             st.reasons, st.causes = (), ()

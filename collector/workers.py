@@ -75,12 +75,15 @@ def worker_ports(base: int, workers: int, ports: str | None) -> list[int]:
     return [base + i for i in range(workers)]
 
 
-def worker_config(cfg: CollectorConfig, port: int) -> CollectorConfig:
+def worker_config(cfg: CollectorConfig, port: int, first: bool = True) -> CollectorConfig:
     """One worker's configuration: its port, and its shard id (`shard.id:port` when the
-    config names the node, else hostname:port)."""
+    config names the node, else hostname:port). Only the first worker flags silent the
+    registry stations that never reported (status.flag_never_reported)."""
     listen = dataclasses.replace(cfg.listen, port=port)
     shard = ShardConfig(f"{cfg.shard.id}:{port}" if cfg.shard.id else None)
-    return dataclasses.replace(cfg, listen=listen, shard=shard)
+    never = cfg.status.flag_never_reported and first
+    status = dataclasses.replace(cfg.status, flag_never_reported=never)
+    return dataclasses.replace(cfg, listen=listen, shard=shard, status=status)
 
 
 @dataclass
@@ -110,9 +113,9 @@ class Supervisor:
         self.stopping: int | None = None  # the signal that stops the service
         self.stop_deadline = 0.0
         try:
-            for port in ports:
+            for i, port in enumerate(ports):
                 sock = bind(self.host, port, self.backlog)
-                self.workers.append(Worker(worker_config(cfg, port), sock))
+                self.workers.append(Worker(worker_config(cfg, port, i == 0), sock))
         except ListenError:
             self.close_sockets()
             raise

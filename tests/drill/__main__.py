@@ -1,6 +1,7 @@
-"""python -m tests.drill [--short] [--real N] [--simulated N] [--out DIR]: run the drill, write
-DIR/report.md and DIR/report.json, print the report. Exit 0 when every check passed, 1 when
-one failed, 2 when this machine cannot run it (not root, a tool missing), 130 on Ctrl-C."""
+"""python -m tests.drill [--short] [--real N] [--simulated N] [--shards N [--kill-shard-at S]]
+[--out DIR]: run the drill, write DIR/report.md and DIR/report.json, print the report. Exit 0
+when every check passed, 1 when one failed, 2 when this machine cannot run it (not root, a tool
+missing), 130 on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -38,10 +39,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--profile", default="good4g=0.9,congested=0.1", help="simulator profile mix")
     ap.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="collector processes (default 1); 2 or more run behind nginx, every station"
+        " routed to one of them (consistent hash of its station)",
+    )
+    ap.add_argument(
+        "--kill-shard-at",
+        type=float,
+        metavar="S",
+        help="with --shards: SIGKILL the collector that owns the dark station S seconds after"
+        " T0, and start it again --kill-down-s later",
+    )
+    ap.add_argument(
+        "--kill-down-s",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="how long the killed collector stays down (default 15)",
+    )
+    ap.add_argument(
         "--out", type=Path, default=ROOT / "var" / "drill", help="report directory (var/drill)"
     )
     args = ap.parse_args(argv)
-    problems = environment_problems()
+    if not 1 <= args.shards <= 8:
+        ap.error(f"--shards: got {args.shards}, expected 1..8 collector processes")
+    if args.kill_shard_at is not None and (args.shards < 2 or args.kill_shard_at < 0):
+        ap.error("--kill-shard-at: needs --shards 2 or more and a time >= 0 after T0")
+    if not 0 < args.kill_down_s <= 600:
+        ap.error(f"--kill-down-s: got {args.kill_down_s:g}, expected 0..600 seconds")
+    problems = environment_problems(args.shards)
     if problems:
         for p in problems:
             print(f"drill: {p}", file=sys.stderr)
@@ -53,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         simulated=args.simulated if args.simulated is not None else (20 if args.short else 200),
         sim_profile=args.profile,
         out=args.out,
+        shards=args.shards,
+        kill_shard_at=args.kill_shard_at,
+        kill_down_s=args.kill_down_s,
         log=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True),
     )
     signal.signal(signal.SIGTERM, _interrupt)

@@ -67,6 +67,8 @@ class Report:
     simulated_last: dict[str, int] = field(default_factory=dict)  # last status -> stations
     simulator_report: Any = None
     failures: list[str] = field(default_factory=list)
+    shards: int = 1  # collector processes (behind nginx when more than one)
+    shard_events: list[str] = field(default_factory=list)  # collectors killed and restarted
 
     @property
     def passed(self) -> bool:
@@ -205,6 +207,8 @@ def build(
         simulated_last=_last_statuses(by_station, [s.id for s in simulated]),
         simulator_report=obs.simulator_report,
         failures=failures,
+        shards=obs.shards,
+        shard_events=list(obs.shard_events),
     )
 
 
@@ -234,6 +238,13 @@ def markdown(r: Report) -> str:
         f"- Real stations: {r.real_stations} (one `sinyal-agent run` each, in its own network"
         " namespace of the field lab)",
         f"- {r.simulator}",
+        f"- Collectors: {r.shards}"
+        + (
+            " processes behind nginx (every station routed to one, consistent hash of its"
+            " station); " + ("; ".join(r.shard_events) or "none killed")
+            if r.shards > 1
+            else " process"
+        ),
         f"- Settings: icmp every {st['icmp_interval_s']:g} s ({st['icmp_count']} pings per"
         f" target, 3 targets); status after {st['breach_m']} of {st['window_n']} rounds;"
         f" silent after {st['silent_after_s']:g} s, swept every {st['sweep_interval_s']:g} s",

@@ -46,6 +46,7 @@ DATABASE = "sinyal_drill"
 CORE_PORT = 8080
 POLL_S = 2.0
 TOOLS = ("ip", "tc", "iptables", "iptables-restore", "ss", "socat", "influxd")
+SHARD_TOOLS = ("nginx",)
 N_TARGETS = 3
 
 
@@ -57,6 +58,9 @@ class Options:
     sim_profile: str = "good4g=0.9,congested=0.1"
     out: Path = ROOT / "var" / "drill"
     log: Callable[[str], None] = print
+    shards: int = 1  # collector processes; more than one: behind nginx, routed by station
+    kill_shard_at: float | None = None  # s after T0: SIGKILL a collector (the dark station's)
+    kill_down_s: float = 15.0  # how long it stays down before it is started again
 
 
 @dataclass
@@ -80,14 +84,16 @@ class Observed:
     simulator: str = ""  # a line for the report
     simulator_report: Any = None
     ended: float = 0.0
+    shards: int = 1
+    shard_events: list[str] = field(default_factory=list)  # kills and restarts, for the report
 
 
-def environment_problems() -> list[str]:
+def environment_problems(shards: int = 1) -> list[str]:
     """Why this machine cannot run a drill (empty when it can)."""
     out = []
     if os.geteuid() != 0:
         out.append("needs root: it builds network namespaces (ip netns, tc, iptables)")
-    for tool in TOOLS:
+    for tool in (*TOOLS, *(SHARD_TOOLS if shards > 1 else ())):
         if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
             out.append(f"needs {tool} on PATH (apt-get install it; deploy/local/system-deps.sh)")
     return out
@@ -187,6 +193,58 @@ def agent_config(
     return path
 
 
+def nginx_config(run: Path, port: int, upstreams: Sequence[int]) -> Path:
+    """nginx in front of the collector processes: every station to the same one (the station
+    of POST /api/v1/stations/{station}/measurements, consistent hashing, as
+    deploy/nginx/collector.conf routes), the next one while it is down."""
+    tmp = run / "nginx"
+    tmp.mkdir(parents=True, exist_ok=True)
+    line = "    server 127.0.0.1:{} max_fails=1 fail_timeout=10s;"
+    servers = "\n".join(line.format(p) for p in upstreams)
+    text = f"""daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {run}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  client_max_body_size 6m;
+  client_body_buffer_size 6m;
+  map $uri $sinyal_station {{
+    "~^/api/v1/stations/(?<sid>[^/]+)/measurements$" $sid;
+    default "";
+  }}
+  upstream collectors {{
+    hash $sinyal_station consistent;
+{servers}
+    keepalive 16;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://collectors;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_next_upstream error timeout;
+      proxy_next_upstream_tries 2;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 60s;
+    }}
+  }}
+}}
+"""
+    path = run / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
 class Drill:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -197,7 +255,12 @@ class Drill:
         self.problems = timeline(self.real, self.t)
         self.influx: InfluxServer | None = None
         self.lab: Lab | None = None
-        self.obs = Observed(started=time.time())
+        self.obs = Observed(started=time.time(), shards=opts.shards)
+        self._stack: ExitStack | None = None
+        self._killed = 0
+        self.ports: list[int] = []
+        self.collectors: list[subprocess.Popen[str]] = []
+        self.collector_cmds: list[list[str]] = []
         self._seen_ns = 0
         self._last: dict[str, int] = {}
 
@@ -211,6 +274,7 @@ class Drill:
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
         with ExitStack() as stack:
+            self._stack = stack
             self._start(stack)
             self._wait_for_reports()
             self._play()
@@ -237,19 +301,26 @@ class Drill:
 
         self.influx = stack.enter_context(influxd(shutil.which("influxd") or "influxd"))
         self.influx.create_database(DATABASE)
-        port = free_port()
-        cfg = run / "collector.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": {"host": "127.0.0.1", "port": port},
-                    "sink": {"kind": "v1", "url": self.influx.url, "database": DATABASE},
-                    "data_dir": str(run / "collector"),
-                    "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
-                    "status": t.collector_status(),
-                }
-            )
-        )
+        shards = max(1, self.opts.shards)
+        ports = [free_port() for _ in range(shards)]
+        configs: list[Path] = []
+        for i, shard_port in enumerate(ports):
+            # Shard 0 keeps the name collector.yaml (tests read it); all share data_dir (one
+            # registry) and the database; only shard 0 flags never-reported stations.
+            status = {**t.collector_status(), "flag_never_reported": i == 0}
+            path = run / ("collector.yaml" if i == 0 else f"collector-{i}.yaml")
+            doc: dict[str, Any] = {
+                "listen": {"host": "127.0.0.1", "port": shard_port},
+                "sink": {"kind": "v1", "url": self.influx.url, "database": DATABASE},
+                "data_dir": str(run / "collector"),
+                "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+                "status": status,
+            }
+            if shards > 1:
+                doc["shard"] = {"id": f"drill-s{i}"}
+            path.write_text(yaml.safe_dump(doc))
+            configs.append(path)
+        cfg = configs[0]
         self.collector_cfg = cfg
         _collector_cli(cfg, "check-config")
         _collector_cli(cfg, "stations", "import", str(stations_csv))
@@ -257,11 +328,23 @@ class Drill:
         _collector_cli(cfg, "agents", "add", "--all-stations", "--out", str(tokens_csv),
                        "--note", "voting-day drill")  # fmt: skip
         tokens = fleet.read_tokens(tokens_csv)
+        self.ports = ports
+        for i, path in enumerate(configs):
+            serve = [sys.executable, "-m", "collector.cli", "serve", "-c", str(path)]
+            self.collector_cmds.append(serve)
+            self.collectors.append(self._start_collector(i))
+        port = ports[0]
+        if shards > 1:
+            port = free_port()
+            conf = nginx_config(run, port, ports)
+            nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+            cmd = [nginx or "nginx", "-p", str(run / "nginx"), "-c", str(conf)]
+            proxy = _process(stack, [*cmd, "-e", str(run / "nginx-error.log")], run / "nginx.log")
+            up = f"http://127.0.0.1:{port}/healthz"
+            _wait("nginx", lambda: proxy.poll() is None and _http_ok(up), 15)
         url = f"http://127.0.0.1:{port}"
-        serve = [sys.executable, "-m", "collector.cli", "serve", "-c", str(cfg)]
-        collector = _process(stack, serve, run / "collector.log", cwd=ROOT)
-        _wait("the collector", lambda: collector.poll() is None and _http_ok(f"{url}/healthz"), 30)
-        self.log(f"drill: InfluxDB {self.influx.url}, collector {url}, logs in {run}")
+        where = f"{shards} collectors behind nginx {url}" if shards > 1 else f"collector {url}"
+        self.log(f"drill: InfluxDB {self.influx.url}, {where}, logs in {run}")
 
         # The relay into the lab: root namespace socket -> collector; core -> socket.
         sock = run / "collector.sock"
@@ -319,6 +402,15 @@ class Drill:
                     cwd=ROOT,
                 )
         self.log(f"drill: {len(self.real)} agents started in their station namespaces")
+
+    def _start_collector(self, i: int, log_name: str = "") -> subprocess.Popen[str]:
+        """Collector process i (a shard), started and answering; stopped with the stack."""
+        assert self._stack is not None
+        name = log_name or ("collector.log" if i == 0 else f"collector-{i}.log")
+        proc = _process(self._stack, self.collector_cmds[i], self.run_dir / name, cwd=ROOT)
+        url = f"http://127.0.0.1:{self.ports[i]}"
+        _wait(f"collector {i}", lambda: proc.poll() is None and _http_ok(f"{url}/healthz"), 30)
+        return proc
 
     def _start_simulator(self, stack: ExitStack, url: str, tokens: dict[str, str]) -> None:
         path = self.run_dir / "sim-tokens.csv"
@@ -380,13 +472,23 @@ class Drill:
         self.log(f"drill: baseline {t.baseline_s:g} s (everyone should stay ok)")
         self._sleep_polling(time.time() + t.baseline_s)
         self.obs.t0 = t0 = time.time()
-        events: list[tuple[float, str, Problem]] = []
+        events: list[tuple[float, str, Problem | None]] = []
         for p in self.problems:
             events += [(t0 + p.start_s, "inject", p), (t0 + p.start_s + p.duration_s, "clear", p)]
+        kill_at = self.opts.kill_shard_at
+        if kill_at is not None and len(self.collectors) > 1:
+            events += [
+                (t0 + kill_at, "kill", None),
+                (t0 + kill_at + self.opts.kill_down_s, "restart", None),
+            ]
         events.sort(key=lambda e: e[0])
         assert self.lab is not None
-        for at, action, p in events:
+        for at, action, event in events:
             self._sleep_polling(at)
+            if event is None:
+                self._kill_or_restart(action)
+                continue
+            p = event
             for sid in p.stations:
                 st = self.lab.station(sid)
                 self.lab.impair(st, **(p.impairment if action == "inject" else CLEAR))
@@ -398,6 +500,35 @@ class Drill:
         while time.time() < deadline and not self._all_cleared():
             self._sleep_polling(min(deadline, time.time() + POLL_S))
         self._poll()
+
+    def _kill_or_restart(self, action: str) -> None:
+        """SIGKILL the collector that owns the dark station (a crash: nothing flushed), or
+        start it again on its port."""
+        if action == "kill":
+            dark = self.problems[-1].stations[0]
+            self._killed = self._owner(dark)
+            proc = self.collectors[self._killed]
+            proc.kill()
+            proc.wait(timeout=10)
+            what = f"KILL collector shard drill-s{self._killed} (pid {proc.pid}, owns {dark})"
+        else:
+            i = self._killed
+            self.collectors[i] = self._start_collector(i, f"collector-{i}-restarted.log")
+            what = f"RESTART collector shard drill-s{i} (pid {self.collectors[i].pid})"
+        now = time.time()
+        self.obs.shard_events.append(f"{what} at T0{now - self.obs.t0:+.1f}s")
+        self.log(f"{self._rel(now)} {what}")
+
+    def _owner(self, station: str) -> int:
+        """The shard that wrote the station's latest status point (0 when none says)."""
+        assert self.influx is not None
+        rows = self.influx.query(
+            f'SELECT "shard" FROM "station_status" WHERE "station" = \'{station}\''
+            " ORDER BY time DESC LIMIT 1",
+            DATABASE,
+        )
+        shard = str(rows[0].get("shard") or "").removeprefix("drill-s") if rows else ""
+        return int(shard) if shard.isdigit() and int(shard) < len(self.collectors) else 0
 
     def _all_cleared(self) -> bool:
         for p in self.problems:

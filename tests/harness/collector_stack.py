@@ -20,7 +20,7 @@ import yaml
 
 from agent.contract.record import format_time
 from collector import config as collector_config
-from collector.app import create_app
+from collector.app import IngestService, create_app
 from collector.config import CollectorConfig
 from collector.registry import Registry
 from tests.conftest import FIXTURES, ROOT
@@ -65,6 +65,7 @@ class Stack:
     token: str  # scoped to STATION
     region_token: str  # scoped to region 3171
     token_id: str
+    service: IngestService | None = None  # the running collector's own objects, for tests
 
 
 @contextlib.contextmanager
@@ -87,11 +88,22 @@ def running_collector(cfg: CollectorConfig) -> Iterator[Stack]:
         time.sleep(0.02)
     try:
         yield Stack(cfg, f"http://{cfg.listen.host}:{cfg.listen.port}", registry, token,
-                    region_token, info.id)  # fmt: skip
+                    region_token, info.id, app.state.collector)  # fmt: skip
     finally:
         server.should_exit = True
         thread.join(10)
         registry.close()
+
+
+def status_written(stack: Stack, timeout_s: float = 10.0) -> None:
+    """Wait until the collector wrote the status points of what it acknowledged (they are
+    written after the acknowledgement, collector.statuswriter)."""
+    assert stack.service is not None
+    deadline = time.monotonic() + timeout_s
+    while not stack.service.status_settled():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status points not written within {timeout_s:g} s")
+        time.sleep(0.02)
 
 
 def golden(name: str, station: str = STATION, age_s: float = 60.0) -> dict[str, Any]:

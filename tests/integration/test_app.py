@@ -25,6 +25,7 @@ from tests.harness.collector_stack import (
     free_port,
     golden,
     running_collector,
+    status_written,
 )
 from tests.harness.dbs import InfluxServer, influxd
 
@@ -225,6 +226,7 @@ def test_injection_attempts_are_stored_verbatim(stack: Stack, influxdb: InfluxSe
         [row] = stored(influxdb, db, "http", rec["id"])
         assert row["target"] == text and row["uplink"] == text
     # Nothing else appeared: no extra measurement, tag key or point.
+    status_written(stack)
     measurements = {row["name"] for row in influxdb.query("SHOW MEASUREMENTS", db)}
     assert measurements == {"http", "station_status"}  # the station's first status point
     keys = {row["tagKey"] for row in influxdb.query('SHOW TAG KEYS FROM "http"', db)}
@@ -295,12 +297,16 @@ def test_station_status_points_are_written(stack: Stack, influxdb: InfluxServer)
     recs = [golden("icmp-total-loss", age_s=300 - 60 * i) for i in range(5)]
     r = post(stack, envelope(recs))
     assert len(r.json()["accepted"]) == 5
-    rows = influxdb.query('SELECT * FROM "station_status"', stack.cfg.sink.database)
-    assert rows, "a status change writes a station_status point"
+    # The status writer writes it after the acknowledgement, within its batching pause.
+    deadline = time.monotonic() + 10
+    while not (rows := influxdb.query('SELECT * FROM "station_status"', stack.cfg.sink.database)):
+        assert time.monotonic() < deadline, "a status change writes a station_status point"
+        time.sleep(0.05)
     last = rows[-1]
     assert last["station"] == STATION
     assert last["status"] == 2
     assert last["lat"] == pytest.approx(-6.1754, abs=0.01)
+    assert last["shard"] == stack.cfg.shard_id
 
 
 def test_speedtest_endpoint_in_the_collector_and_records_in_influxdb(

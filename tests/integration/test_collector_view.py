@@ -44,6 +44,10 @@ def seed(stack: Stack, influxdb: InfluxServer) -> None:
         timeout=30,
     )
     assert len(r.json()["accepted"]) == 5
+    deadline = time.monotonic() + 10  # the status writer writes after the acknowledgement
+    while not influxdb.query('SELECT "status" FROM "station_status"', stack.cfg.sink.database):
+        assert time.monotonic() < deadline, "no station_status point within 10 s"
+        time.sleep(0.05)
     line = encode_point(
         "station_status",
         {

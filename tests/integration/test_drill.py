@@ -106,7 +106,43 @@ def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path:
     assert not _running(str(out))
 
 
-def _start_drill(tmp_path: Path, real: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_short_drill_with_two_collectors_behind_nginx_one_killed_and_restarted(
+    tmp_path: Path,
+) -> None:
+    """issue 20: status owned per shard. Two collector processes behind nginx, the dark
+    station's killed 30 s after T0 and restarted 15 s later: no station wrongly flagged,
+    every problem flagged and cleared within its target."""
+    require_tool("nginx")
+    proc, out, log = _start_drill(tmp_path, 8, "--shards", "2", "--kill-shard-at", "30")
+    try:
+        rc = proc.wait(timeout=480)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    text = log.read_text()
+    print(text)
+    assert rc == 0, text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["passed"] and not rep["failures"] and rep["shards"] == 2
+    killed, restarted = rep["shard_events"]
+    assert killed.startswith("KILL collector shard drill-s") and "RESTART" in restarted
+    for o in rep["outcomes"]:
+        assert o["time_to_flag_s"] <= o["flag_target_s"], o
+        assert o["time_to_clear_s"] <= o["clear_target_s"], o
+    assert rep["untouched_not_ok"] == {} and rep["early_alarms"] == {}
+    # The killed process was started again and rebuilt its stations' status.
+    k = killed.removeprefix("KILL collector shard drill-s").split()[0]
+    assert "status restored" in (out / "run" / f"collector-{k}-restarted.log").read_text()
+    assert not _running(str(out))
+
+
+def _start_drill(
+    tmp_path: Path, real: int, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """`python -m tests.drill --short` in the background: the process, its out dir, its log."""
     require_lab(("socat",))
     require_tool("influxd")
@@ -120,6 +156,7 @@ def _start_drill(tmp_path: Path, real: int) -> tuple[subprocess.Popen[bytes], Pa
                 "--short",
                 "--real",
                 str(real),
+                *extra,
                 "--out",
                 str(out),
             ],

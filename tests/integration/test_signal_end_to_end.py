@@ -24,6 +24,7 @@ from tests.harness.collector_stack import (
     Stack,
     collector_config_file,
     running_collector,
+    status_written,
 )
 from tests.harness.dbs import InfluxServer
 from tests.harness.grafana_artifacts import dashboards, interpolate, queries, rules
@@ -88,6 +89,7 @@ def test_weak_signal_flags_the_station_within_the_debounce(
             spool.put(await probe.run())
             outcome = await up.upload_once()
             assert outcome is not None and outcome.ok, outcome
+            await asyncio.to_thread(status_written, stack)
             statuses.append(int(latest_status(influxdb, db).get("status", 0)))
         await probe.close()
         await up.aclose()

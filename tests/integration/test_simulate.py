@@ -22,7 +22,13 @@ from benchmarks.simulate import main
 from collector.config import CollectorConfig
 from collector.regions import tps_code
 from collector.registry import Registry
-from tests.harness.collector_stack import Stack, collector_config_file, free_port, running_collector
+from tests.harness.collector_stack import (
+    Stack,
+    collector_config_file,
+    free_port,
+    running_collector,
+    status_written,
+)
 from tests.harness.dbs import InfluxServer
 
 N = 40
@@ -122,6 +128,7 @@ def test_fleet_lands_once_with_the_statuses_its_profiles_call_for(
         assert (datetime.now(UTC) - made_at[rid]).days >= 1  # what its clock said
         assert t_start - 2 <= t_ns / 1e9 <= t_end + 2  # what the collector stored
 
+    status_written(fleet.stack)
     rows = influxdb.query(
         'SELECT last("status") AS status FROM "station_status" GROUP BY "station"',
         influx_database,
