@@ -620,20 +620,17 @@ def build(
     typical_series = Counter(series.values()).most_common(1)[0][0] if series else 1
 
     # Additive raw figures summed per group from the station rows.
-    for t, keys in GROUPINGS.items():
+    additive = {st.key for st in stats if st.additive}
+    for t in group_tables:
+        keys = GROUPINGS[t]
         for raw in station_raw.values():
             gk = _row_key(raw, keys)
-            d = group_raw[t].setdefault(gk, {k: raw.get(k) for k in keys})
+            d = group_raw[t].get(gk)
+            if d is None:
+                d = group_raw[t][gk] = {k: raw.get(k) for k in keys}
             d.setdefault("_stations", set()).add(raw["station"])
-            for col, v in raw.items():
-                if col in ("station", "operator", "province", "regency") or not isinstance(
-                    v, int | float
-                ):
-                    continue
-                if col.startswith(("n:", "meets:")) or any(
-                    s.key == col and s.additive for s in STATS
-                ):
-                    d[col] = d.get(col, 0) + v
+            for col in additive & raw.keys():
+                d[col] = d.get(col, 0) + raw[col]
 
     meets = meets_columns(th)
     tables: list[Table] = []

@@ -25,10 +25,11 @@ read as JSON. VictoriaMetrics has no InfluxQL and cannot serve reports.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import httpx
@@ -54,6 +55,9 @@ CHUNK_ROWS = 10_000  # rows per streamed chunk (InfluxDB also cuts a chunk at ea
 MSGPACK = "application/x-msgpack"
 # Limits on what the database may send in one chunk (the decoder's own buffer bound).
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
+# A read's statements cover at most this much time each, so a long read runs as several
+# statements side by side (InfluxDB 1.x runs one statement on one core).
+PIECE = timedelta(hours=6)
 
 
 def literal(value: str) -> str:
@@ -98,7 +102,10 @@ class Rows:
 
 @dataclass
 class _Builder:
+    """A read's rows as they arrive from its statements (several threads: `lock`)."""
+
     read: Read
+    lock: threading.Lock = field(default_factory=threading.Lock)
     series: dict[tuple[str, ...], int] = field(default_factory=dict)
     sid: list[npt.NDArray[np.int64]] = field(default_factory=list)
     time: list[npt.NDArray[np.int64]] = field(default_factory=list)
@@ -131,6 +138,16 @@ def _floats(col: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
             [v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in col],
             dtype=np.float64,
         )
+
+
+def pieces(w: Window, most: timedelta = PIECE) -> list[Window]:
+    """`w` cut into consecutive windows of at most `most`."""
+    out = []
+    t = w.start
+    while t < w.end:
+        out.append(Window(t, min(t + most, w.end)))
+        t += most
+    return out
 
 
 def merged(windows: Sequence[Window]) -> list[Window]:
@@ -173,17 +190,20 @@ class ReportQuery:
                 out.append(f"{ident(tag)} = {literal(value)}")
         return out
 
-    def text(self, rd: Read) -> str:
-        """The InfluxQL of `rd` for this scope: one statement per span of time."""
+    def statement(self, rd: Read, w: Window) -> str:
+        """The InfluxQL of `rd` over `w`."""
         cols = ", ".join(ident(f) for f in rd.fields)
         group = ", ".join(ident(t) for t in rd.tags)
-        out = []
-        for w in self.spans:
-            where = " AND ".join(
-                [f"time >= {_ns(w.start)} AND time < {_ns(w.end)}", *self._filters]
-            )
-            out.append(f"SELECT {cols} FROM {ident(rd.measurement)} WHERE {where} GROUP BY {group}")
-        return "; ".join(out)
+        where = " AND ".join([f"time >= {_ns(w.start)} AND time < {_ns(w.end)}", *self._filters])
+        return f"SELECT {cols} FROM {ident(rd.measurement)} WHERE {where} GROUP BY {group}"
+
+    def statements(self, rd: Read) -> list[str]:
+        """Every statement `rd` runs: one per piece of each span of time."""
+        return [self.statement(rd, p) for w in self.spans for p in pieces(w)]
+
+    def text(self, rd: Read) -> str:
+        """The InfluxQL of `rd` for this scope (for the method page and the manifest)."""
+        return "; ".join(self.statement(rd, w) for w in self.spans)
 
     def read(
         self,
@@ -191,27 +211,34 @@ class ReportQuery:
         progress: Callable[[str], None] | None = None,
         workers: int = 2,
     ) -> dict[str, Rows]:
-        """Stream each read (two at a time: InfluxDB 1.x runs a statement on one core);
-        rows by read name. Raises SinkUnavailable when the database does not answer,
-        QueryError when it refuses a statement or sends what is not an InfluxDB answer."""
+        """Stream each read, as statements of at most PIECE each, `workers` at a time
+        (InfluxDB 1.x runs a statement on one core); rows by read name. Raises
+        SinkUnavailable when the database does not answer, QueryError when it refuses a
+        statement or sends what is not an InfluxDB answer."""
         client: httpx.Client = _http_client(self.cfg)
+        builders = {rd.name: _Builder(rd) for rd in reads}
+        tasks = [(rd, p) for rd in reads for w in self.spans for p in pieces(w)]
+        left = {rd.name: sum(1 for t in tasks if t[0] is rd) for rd in reads}
+        lock = threading.Lock()
 
-        def one(rd: Read) -> tuple[str, Rows]:
-            rows = self._read(client, rd)
-            if progress is not None:
+        def one(task: tuple[Read, Window]) -> None:
+            rd, w = task
+            self._read(client, builders[rd.name], self.statement(rd, w))
+            with lock:
+                left[rd.name] -= 1
+                done = left[rd.name] == 0
+            if done and progress is not None:
                 progress(rd.name)
-            return rd.name, rows
 
         try:
-            if not self.spans:
-                return {rd.name: _Builder(rd).rows() for rd in reads}
-            # The largest read first, so the others run beside it.
+            # In the reads' order (the largest first), so the others run beside it.
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                return dict(pool.map(one, reads))
+                list(pool.map(one, tasks))
         finally:
             client.close()
+        return {name: b.rows() for name, b in builders.items()}
 
-    def _read(self, client: httpx.Client, rd: Read) -> Rows:
+    def _read(self, client: httpx.Client, b: _Builder, statement: str) -> None:
         where = f"InfluxDB at {_redact(self.cfg.url)}"
         params: dict[str, str] = {
             "db": self.cfg.database,
@@ -221,13 +248,12 @@ class ReportQuery:
         }
         if self.cfg.retention_policy:
             params["rp"] = self.cfg.retention_policy
-        b = _Builder(rd)
         try:
             with client.stream(
                 "POST",
                 "/query",
                 params=params,
-                data={"q": self.text(rd)},
+                data={"q": statement},
                 headers={"Accept": f"{MSGPACK}, application/json;q=0.5"},
             ) as r:
                 if r.status_code != 200:
@@ -247,7 +273,6 @@ class ReportQuery:
             raise SinkUnavailable(
                 f"{where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
             ) from None
-        return b.rows()
 
     def _take(self, b: _Builder, doc: Any) -> None:
         if not isinstance(doc, dict):
@@ -286,17 +311,13 @@ class ReportQuery:
         if not keep.any():
             return
         n = int(keep.sum())
-        s = b.series.setdefault(key, len(b.series))
-        b.sid.append(np.full(n, s, dtype=np.int64))
-        b.time.append(t[keep])
-        have = set()
-        for j, c in enumerate(cols[1:], start=1):
-            if c in b.read.fields:
-                b.values.setdefault(c, []).append(_floats(arr[keep, j]))
-                have.add(c)
-        for f in b.read.fields:
-            if f not in have:
-                b.values.setdefault(f, []).append(np.full(n, np.nan))
+        got = {c: _floats(arr[keep, j]) for j, c in enumerate(cols) if c in b.read.fields}
+        with b.lock:
+            s = b.series.setdefault(key, len(b.series))
+            b.sid.append(np.full(n, s, dtype=np.int64))
+            b.time.append(t[keep])
+            for f in b.read.fields:
+                b.values.setdefault(f, []).append(got[f] if f in got else np.full(n, np.nan))
 
 
 def _as_json(body: bytes, headers: httpx.Headers) -> bytes:

@@ -51,11 +51,15 @@ ONE_DAY = timedelta(days=1)
 METHOD: list[tuple[str, str]] = [
     (
         "Semua angka dihitung dari titik data mentah yang dikirim agen Sinyal dan disimpan "
-        "kolektor di InfluxDB, dengan kueri InfluxQL yang tercantum di bawah (agregasi di "
-        "basis data: count, sum, median, percentile).",
+        "kolektor di InfluxDB, dibaca dengan kueri InfluxQL yang tercantum di bawah (setiap "
+        "titik periode, sekali per ukuran); count, sum, median dan percentile dihitung atas "
+        "titik-titik itu dengan definisi InfluxQL. Hanya titik TPS terdaftar dalam cakupan, "
+        "pada jendela waktu TPS itu sendiri, yang dihitung.",
         "Every figure is computed from the raw points the Sinyal agents sent and the "
-        "collector stored in InfluxDB, with the InfluxQL listed below (aggregated in the "
-        "database: count, sum, median, percentile).",
+        "collector stored in InfluxDB, read with the InfluxQL listed below (every point of "
+        "the period, once per measurement); count, sum, median and percentile are computed "
+        "over those points with InfluxQL's definitions. Only points of stations registered "
+        "in scope, within their own station's windows, count.",
     ),
     (
         "Periode dibaca dalam waktu setempat. Tanpa --zone, tiap TPS memakai zona waktunya "
@@ -77,11 +81,11 @@ METHOD: list[tuple[str, str]] = [
     ),
     (
         "Angka per provinsi, kabupaten/kota dan operator: jumlah (count, sum) dijumlahkan "
-        "dari angka per TPS; median dan persentil dihitung ulang oleh basis data atas semua "
-        "putaran kelompok itu.",
+        "dari angka per TPS; median dan persentil dihitung ulang atas semua putaran "
+        "kelompok itu.",
         "Figures per province, regency and operator: counts and sums are added up from the "
-        "per-station figures; medians and percentiles are recomputed by the database over "
-        "all the group's rounds.",
+        "per-station figures; medians and percentiles are recomputed over all the group's "
+        "rounds.",
     ),
     (
         "Putaran diharapkan = jumlah seri ICMP TPS (uplink x sasaran) x durasi periode / "
