@@ -576,11 +576,13 @@ def build(
     }
     stats = [*STATS, *threshold_stats(th)]
     for rd in reads:
-        mrows = data[rd.name]
+        # Each measurement's rows are dropped once aggregated (icmp's are used below).
+        mrows = data[rd.name] if rd.name == "icmp" else data.pop(rd.name)
         if not len(mrows):
             continue
         mine = [s for s in stats if s.measurement == rd.measurement]
         _aggregate(mrows, mine, _groupings(mrows, group_tables), raws)
+        del mrows
     station_raw = raws.pop("stations")
     group_raw = raws
     for raw in station_raw.values():

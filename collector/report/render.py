@@ -264,8 +264,18 @@ def _period(report: Report, lang: Lang) -> str:
     return f"{lang.date(a)} {a:%H:%M} – {end} ({zone}; {hours})"
 
 
+def _src(c: Chart, for_pdf: bool) -> str:
+    if for_pdf:
+        return "data:image/png;base64," + base64.b64encode(c.png).decode()
+    return "data:image/svg+xml;base64," + base64.b64encode(c.svg.encode()).decode()
+
+
 def context(
-    report: Report, lang: Lang, chart_list: Sequence[Chart], links: Sequence[tuple[str, str]] = ()
+    report: Report,
+    lang: Lang,
+    chart_list: Sequence[Chart],
+    links: Sequence[tuple[str, str]] = (),
+    for_pdf: bool = False,
 ) -> dict[str, Any]:
     s = report.scope
     req = s.request
@@ -320,13 +330,7 @@ def context(
         "clipped": s.clipped,
         "overall": overall,
         "tables": tables,
-        "charts": [
-            {
-                "title": c.title,
-                "src": "data:image/svg+xml;base64," + base64.b64encode(c.svg.encode()).decode(),
-            }
-            for c in chart_list
-        ],
+        "charts": [{"title": c.title, "src": _src(c, for_pdf)} for c in chart_list],
         "method": [lang.pick(m) for m in METHOD]
         + [lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0))],
         "legend": legend,
@@ -347,7 +351,7 @@ def environment() -> Environment:
 
 
 def render_html(report: Report, lang: Lang, chart_list: Sequence[Chart], for_pdf: bool) -> str:
-    ctx = context(report, lang, chart_list)
+    ctx = context(report, lang, chart_list, for_pdf=for_pdf)
     return environment().get_template("report.html.j2").render(**ctx, for_pdf=for_pdf)
 
 
