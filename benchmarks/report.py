@@ -149,6 +149,7 @@ def kept_influxd(data: Path) -> Iterator[InfluxServer]:
 
 def run_child(cfg: Path, out: Path, args: list[str], influx_pid: int) -> dict[str, Any]:
     cpu0 = proc_cpu_s(influx_pid)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", str(cfg), str(out), *args],
@@ -161,6 +162,7 @@ def run_child(cfg: Path, out: Path, args: list[str], influx_pid: int) -> dict[st
     res: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     res["wall_s"] = wall
     res["influx_cpu_s"] = proc_cpu_s(influx_pid) - cpu0
+    res["load"] = [load0, os.getloadavg()[0]]  # 1-minute load average before and after
     return res
 
 
@@ -203,6 +205,8 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
         "phases": marks, "queries": len(report.queries),
         "station_rows": len(rows.rows) if rows else 0,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
         "bytes": {f.name: f.stat().st_size for f in Path(out).iterdir()},
     }))  # fmt: skip
 
@@ -278,15 +282,16 @@ def write_md(results: list[dict[str, Any]]) -> None:
         "InfluxDB 1.6.7 (Debian, inmem index) on loopback. Fleet: the report test's layout",
         "(3 provinces in WIB/WITA/WIT, 3 operators), 36 hours of rounds every 5 minutes seeded",
         "so each station's own local day is complete; the report covers one local day, national",
-        "(per station zone: 3 windows, so every query is a union of 3 subqueries) and one",
-        "province (Papua: a third of the stations, one of them on WITA, so two windows).",
+        "(per station zone: 3 windows, read as one 26-hour stretch) and one province (Papua: a",
+        "third of the stations, one of them on WITA, so two windows, one 25-hour stretch).",
         "All formats: CSV, XLSX, PDF, HTML (the printed ones list",
         "the worst 100 stations). Each report runs in a fresh process: `peak RSS` is its",
-        "ru_maxrss; influxd CPU is its user+system time during the report.",
+        "ru_maxrss and `report CPU` its user+system time; influxd CPU is influxd's user+system",
+        "time during the report; the load average (1 minute) shows how busy the 2 cores were.",
         "",
         "| stations | points stored | report | wall | query | files (csv / xlsx / charts / "
-        "html / pdf) | peak RSS | influxd CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "html / pdf) | peak RSS | report CPU | influxd CPU | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for name in ("national", "province"):
@@ -297,7 +302,8 @@ def write_md(results: list[dict[str, Any]]) -> None:
             lines.append(
                 f"| {r['stations']:,} | {r['points']:,} | {name} | {x['wall_s']:.1f} s | "
                 f"{x['query_s']:.1f} s | {files} s | {x['maxrss_mb']:.0f} MB | "
-                f"{x['influx_cpu_s']:.1f} s |"
+                f"{x.get('cpu_s', 0):.1f} s | {x['influx_cpu_s']:.1f} s | "
+                f"{x.get('load', [0, 0])[0]:.1f} / {x.get('load', [0, 0])[1]:.1f} |"
             )
     lines += ["", "influxd peak RSS (whole run so far, including the writes): " + ", ".join(
         f"{r['stations']:,} stations {r['influx_hwm_mb']:.0f} MB" for r in results)]  # fmt: skip
