@@ -6,7 +6,8 @@
 - model:  which aggregate gives each figure, tables, verdicts against config/thresholds.yaml
 - i18n:   Indonesian / English texts, number and date formats
 - charts: matplotlib (Agg) SVG charts and the station map
-- render: CSV + README, XLSX, HTML and PDF from one Jinja2 template, manifest with SHA-256
+- render: CSV + README, XLSX (XlsxWriter), HTML and PDF from one Jinja2 template,
+          manifest with SHA-256
 - web:    GET /reports (form, preview, downloads)
 
 See docs/reports.md.

@@ -164,36 +164,36 @@ def csv_readme(report: Report, lang: Lang) -> str:
 
 
 def write_xlsx(report: Report, lang: Lang, path: Path) -> None:
-    from openpyxl import Workbook
-    from openpyxl.styles import Font
-    from openpyxl.utils import get_column_letter
+    """One sheet per table (XlsxWriter, rows streamed: constant memory), a bold frozen
+    header row, typed cells with number formats, and a `method` sheet. Text is always
+    written as text, never read as a formula."""
+    import xlsxwriter
 
-    wb = Workbook()
-    first = True
+    wb = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    bold = wb.add_format({"bold": True})
+    formats = {kind: wb.add_format({"num_format": f}) for kind, f in XLSX_FORMATS.items()}
     for t in report.tables:
-        ws = wb.active if first else wb.create_sheet()
-        first = False
-        assert ws is not None
-        ws.title = t.name[:31]
-        ws.append([c.key for c in t.columns])
-        for cell in ws[1]:
-            cell.font = Font(bold=True)
-        ws.freeze_panes = "A2"
-        for r in t.rows:
-            ws.append([_typed(r.get(c.key), c) for c in t.columns])
-        for i, c in enumerate(t.columns, start=1):
-            letter = get_column_letter(i)
-            fmt = XLSX_FORMATS.get(c.kind)
-            if fmt:
-                for cell in ws[letter][1:]:
-                    cell.number_format = fmt
-            ws.column_dimensions[letter].width = max(10, min(40, len(c.key) + 2))
-            ws.cell(row=1, column=i).comment = None
-    ws = wb.create_sheet("method")
-    for id_, en in METHOD:
-        ws.append([lang.pick((id_, en))])
-    ws.append([lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0))])
-    wb.save(path)
+        ws = wb.add_worksheet(t.name[:31])
+        ws.freeze_panes(1, 0)
+        for i, c in enumerate(t.columns):
+            ws.set_column(i, i, max(10, min(40, len(c.key) + 2)))
+            ws.write_string(0, i, c.key, bold)
+        cols = [(i, c, formats.get(c.kind)) for i, c in enumerate(t.columns)]
+        for n, r in enumerate(t.rows, start=1):
+            for i, c, fmt in cols:
+                v = _typed(r.get(c.key), c)
+                if v is None:
+                    ws.write_blank(n, i, None, fmt)
+                elif isinstance(v, str):
+                    ws.write_string(n, i, v, fmt)
+                else:
+                    ws.write_number(n, i, v, fmt)
+    ws = wb.add_worksheet("method")
+    texts = [lang.pick((id_, en)) for id_, en in METHOD]
+    texts.append(lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0)))
+    for n, text in enumerate(texts):
+        ws.write_string(n, 0, text)
+    wb.close()
 
 
 def _typed(v: Any, col: Column) -> Any:
