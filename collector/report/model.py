@@ -522,9 +522,13 @@ def _aggregate(
     masks: dict[tuple[str, Where], Mask] = {}
     orders: dict[tuple[str, Where], Any] = {}
     sorted_: dict[tuple[str, Where, str], compute.Sorted] = {}
-    for st in stats:
+    # Stats of one field and condition together: its sort orders are freed before the next.
+    for st in sorted(stats, key=lambda s: (s.field, str(s.where))):
         mk = (st.field, st.where)
         if mk not in masks:
+            masks.clear()
+            orders.clear()
+            sorted_.clear()
             masks[mk] = ~np.isnan(rows.values[st.field]) & matches(st.where, rows)
         mask = masks[mk]
         values: F64 = rows.values[st.field]
@@ -575,8 +579,9 @@ def build(
         t: {} for t in ("stations", *GROUPINGS)
     }
     stats = [*STATS, *threshold_stats(th)]
-    for rd in reads:
-        # Each measurement's rows are dropped once aggregated (icmp's are used below).
+    # The largest (icmp) last, when the others' rows are gone; each measurement's rows are
+    # dropped once aggregated (icmp's are used below).
+    for rd in sorted(reads, key=lambda r: r.name == "icmp"):
         mrows = data[rd.name] if rd.name == "icmp" else data.pop(rd.name)
         if not len(mrows):
             continue

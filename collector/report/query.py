@@ -92,7 +92,7 @@ class Rows:
 
     tags: tuple[str, ...]
     series: list[tuple[str, ...]]
-    sid: npt.NDArray[np.int64]
+    sid: npt.NDArray[np.int32]
     time: npt.NDArray[np.int64]
     values: dict[str, npt.NDArray[np.float64]]
 
@@ -107,7 +107,7 @@ class _Builder:
     read: Read
     lock: threading.Lock = field(default_factory=threading.Lock)
     series: dict[tuple[str, ...], int] = field(default_factory=dict)
-    sid: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    sid: list[npt.NDArray[np.int32]] = field(default_factory=list)
     time: list[npt.NDArray[np.int64]] = field(default_factory=list)
     values: dict[str, list[npt.NDArray[np.float64]]] = field(default_factory=dict)
 
@@ -121,7 +121,7 @@ class _Builder:
         return Rows(
             self.read.tags,
             list(self.series),
-            cat(self.sid, np.int64),
+            cat(self.sid, np.int32),
             cat(self.time, np.int64),
             values,
         )
@@ -314,7 +314,7 @@ class ReportQuery:
         got = {c: _floats(arr[keep, j]) for j, c in enumerate(cols) if c in b.read.fields}
         with b.lock:
             s = b.series.setdefault(key, len(b.series))
-            b.sid.append(np.full(n, s, dtype=np.int64))
+            b.sid.append(np.full(n, s, dtype=np.int32))
             b.time.append(t[keep])
             for f in b.read.fields:
                 b.values.setdefault(f, []).append(got[f] if f in got else np.full(n, np.nan))
