@@ -9,13 +9,16 @@ points. Each report runs in a fresh child process (`--child`) so its wall time p
 its peak RSS (ru_maxrss) are its own; influxd's CPU time during the report and its peak RSS
 (VmHWM) are read from /proc.
 
-    .venv/bin/python benchmarks/report.py [--fleets 1000,3000,10000]
-Writes benchmarks/results/report.md (and report.json).
+    .venv/bin/python benchmarks/report.py [--fleets 1000,3000,10000] [--data DIR]
+Writes benchmarks/results/report.md (and report.json). With --data, influxd keeps its data in
+DIR and each fleet's database is seeded once (DIR/seeded-N.json records its day), so a rerun
+measures the reports without seeding again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,9 @@ from common import RESULTS, machine
 
 from collector.lineproto import encode_point
 from collector.registry import Registry
-from tests.harness.dbs import influxd
+from tests.harness.dbs import InfluxServer, _stop, _wait_http, influxd, influxd_config
 from tests.harness.report_fleet import FleetStation, fleet, write_registry_csv
+from tests.harness.servers import LOOPBACK, free_port
 
 ROUND_S = 300
 KEEP_MARK = "## Growth and extrapolation"  # written by hand from the figures; kept on reruns
@@ -120,8 +125,31 @@ def proc_hwm_mb(pid: int) -> float:
     return 0.0
 
 
+@contextlib.contextmanager
+def kept_influxd(data: Path) -> Iterator[InfluxServer]:
+    """influxd 1.6.7 on loopback with its data in `data` (kept after the run)."""
+    data.mkdir(parents=True, exist_ok=True)
+    http_port, rpc_port = free_port(), free_port()
+    conf = data / "influxdb.conf"
+    conf.write_text(influxd_config(data, http_port, rpc_port, False))
+    log_path = data / "influxd.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            ["/usr/bin/influxd", "run", "-config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://{LOOPBACK}:{http_port}"
+    try:
+        if not _wait_http(f"{url}/ping", proc, 204, 120.0):
+            raise RuntimeError(f"influxd did not answer on {url}: see {log_path}")
+        yield InfluxServer(url, proc, log_path)
+    finally:
+        _stop(proc)
+
+
 def run_child(cfg: Path, out: Path, args: list[str], influx_pid: int) -> dict[str, Any]:
     cpu0 = proc_cpu_s(influx_pid)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", str(cfg), str(out), *args],
@@ -134,6 +162,7 @@ def run_child(cfg: Path, out: Path, args: list[str], influx_pid: int) -> dict[st
     res: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     res["wall_s"] = wall
     res["influx_cpu_s"] = proc_cpu_s(influx_pid) - cpu0
+    res["load"] = [load0, os.getloadavg()[0]]  # 1-minute load average before and after
     return res
 
 
@@ -149,8 +178,9 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
     cfg = config.load(cfg_path, environ={})
     p = argparse.ArgumentParser()
     p.add_argument("--province")
+    p.add_argument("--day", required=True)
     a = p.parse_args(args)
-    day = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+    day = a.day
     req = ReportRequest(day, day, province=a.province, formats=tuple(FORMATS.split(",")),
                         interval_s=ROUND_S)  # fmt: skip
     with Registry(cfg.registry_path) as reg:
@@ -175,6 +205,8 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
         "phases": marks, "queries": len(report.queries),
         "station_rows": len(rows.rows) if rows else 0,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
         "bytes": {f.name: f.stat().st_size for f in Path(out).iterdir()},
     }))  # fmt: skip
 
@@ -182,6 +214,7 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fleets", default="1000,3000,10000")
+    ap.add_argument("--data", type=Path, help="keep influxd's data here and seed each fleet once")
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"))
     args, rest = ap.parse_known_args()
     if args.child:
@@ -192,8 +225,12 @@ def main() -> int:
                                                            microsecond=0)  # fmt: skip
     # The national report reads each station's own local day: seed a UTC day and a margin.
     results = []
-    with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
-        tmp = Path(tmp_s)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if args.data is not None:
+            db = stack.enter_context(kept_influxd(args.data.resolve()))
+        else:
+            db = stack.enter_context(influxd("/usr/bin/influxd"))
         for n in sizes:
             stations = fleet(n)
             assert len({s.id for s in stations}) == n
@@ -203,12 +240,19 @@ def main() -> int:
             reg.import_stations_csv(write_registry_csv(stations, work / "stations.csv"))
             reg.close()
             dbname = f"bench{n}"
-            points = 0
-            wsecs = 0.0
-            for d in (day0 - timedelta(hours=12), day0 + timedelta(hours=12)):
-                p_, s_ = seed(db.url, dbname, stations, d)
-                points += p_
-                wsecs += s_
+            mark = args.data / f"seeded-{n}.json" if args.data is not None else None
+            if mark is not None and mark.exists():
+                done = json.loads(mark.read_text())
+                points, wsecs, fday0 = done["points"], done["seed_s"], done["day0"]
+            else:
+                points, wsecs, fday0 = 0, 0.0, day0.isoformat()
+                for d in (day0 - timedelta(hours=12), day0 + timedelta(hours=12)):
+                    p_, s_ = seed(db.url, dbname, stations, d)
+                    points += p_
+                    wsecs += s_
+                if mark is not None:
+                    mark.write_text(json.dumps({"points": points, "seed_s": wsecs, "day0": fday0}))
+            day = ["--day", datetime.fromisoformat(fday0).date().isoformat()]
             cfg = work / "collector.yaml"
             cfg.write_text(yaml.safe_dump({
                 "sink": {"kind": "v1", "url": db.url, "database": dbname, "timeout_s": 600},
@@ -216,13 +260,14 @@ def main() -> int:
                 "thresholds_file": str(Path(__file__).resolve().parent.parent / "config"
                                        / "thresholds.yaml"),
             }))  # fmt: skip
-            nat = run_child(cfg, work / "national", [], db.process.pid)
-            prov = run_child(cfg, work / "province", ["--province", "Papua"], db.process.pid)
+            nat = run_child(cfg, work / "national", day, db.process.pid)
+            prov = run_child(cfg, work / "province", ["--province", "Papua", *day], db.process.pid)
             res = {"stations": n, "points": points, "seed_s": wsecs, "national": nat,
                    "province": prov, "influx_hwm_mb": proc_hwm_mb(db.process.pid)}  # fmt: skip
             results.append(res)
             print(json.dumps(res), flush=True)
-            httpx.post(f"{db.url}/query", data={"q": f'DROP DATABASE "{dbname}"'}, timeout=120)
+            if args.data is None:
+                httpx.post(f"{db.url}/query", data={"q": f'DROP DATABASE "{dbname}"'}, timeout=120)
     (RESULTS / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     write_md(results)
     return 0
@@ -237,15 +282,16 @@ def write_md(results: list[dict[str, Any]]) -> None:
         "InfluxDB 1.6.7 (Debian, inmem index) on loopback. Fleet: the report test's layout",
         "(3 provinces in WIB/WITA/WIT, 3 operators), 36 hours of rounds every 5 minutes seeded",
         "so each station's own local day is complete; the report covers one local day, national",
-        "(per station zone: 3 windows, so every query is a union of 3 subqueries) and one",
-        "province (Papua: a third of the stations, one of them on WITA, so two windows).",
+        "(per station zone: 3 windows, read as one 26-hour stretch) and one province (Papua: a",
+        "third of the stations, one of them on WITA, so two windows, one 25-hour stretch).",
         "All formats: CSV, XLSX, PDF, HTML (the printed ones list",
         "the worst 100 stations). Each report runs in a fresh process: `peak RSS` is its",
-        "ru_maxrss; influxd CPU is its user+system time during the report.",
+        "ru_maxrss and `report CPU` its user+system time; influxd CPU is influxd's user+system",
+        "time during the report; the load average (1 minute) shows how busy the 2 cores were.",
         "",
         "| stations | points stored | report | wall | query | files (csv / xlsx / charts / "
-        "html / pdf) | peak RSS | influxd CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "html / pdf) | peak RSS | report CPU | influxd CPU | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for name in ("national", "province"):
@@ -256,7 +302,8 @@ def write_md(results: list[dict[str, Any]]) -> None:
             lines.append(
                 f"| {r['stations']:,} | {r['points']:,} | {name} | {x['wall_s']:.1f} s | "
                 f"{x['query_s']:.1f} s | {files} s | {x['maxrss_mb']:.0f} MB | "
-                f"{x['influx_cpu_s']:.1f} s |"
+                f"{x.get('cpu_s', 0):.1f} s | {x['influx_cpu_s']:.1f} s | "
+                f"{x.get('load', [0, 0])[0]:.1f} / {x.get('load', [0, 0])[1]:.1f} |"
             )
     lines += ["", "influxd peak RSS (whole run so far, including the writes): " + ", ".join(
         f"{r['stations']:,} stations {r['influx_hwm_mb']:.0f} MB" for r in results)]  # fmt: skip

@@ -1,11 +1,13 @@
 """Regulator QoS reports: `sinyal-collector report` and the collector's /reports page.
 
 - scope:  the period, zones and filters (ReportRequest -> Scope), with the user's errors
-- query:  InfluxQL over the sink's read path, aggregated in the database
+- query:  InfluxQL over the sink's read path: each measurement's raw rows, streamed once
+- compute: counts, sums, medians, percentiles over those rows (numpy, InfluxQL definitions)
 - model:  which aggregate gives each figure, tables, verdicts against config/thresholds.yaml
 - i18n:   Indonesian / English texts, number and date formats
 - charts: matplotlib (Agg) SVG charts and the station map
-- render: CSV + README, XLSX, HTML and PDF from one Jinja2 template, manifest with SHA-256
+- render: CSV + README, XLSX (XlsxWriter), HTML and PDF from one Jinja2 template,
+          manifest with SHA-256
 - web:    GET /reports (form, preview, downloads)
 
 See docs/reports.md.

@@ -1,4 +1,6 @@
-"""The report's charts, drawn with matplotlib (Agg, no display) as SVG text.
+"""The report's charts, drawn with matplotlib (Agg, no display): SVG text for the HTML page,
+PNG for the PDF (WeasyPrint draws an SVG node by node, seconds for a map of thousands of
+stations; a PNG it only embeds).
 
 The station map is a scatter of the registry's lat/lon over Indonesia's extent, with
 graticule lines: no map tiles, nothing fetched from the internet.
@@ -25,19 +27,25 @@ STATUS_COLOURS = {MET: "#2e7d32", NOT_MET: "#c62828", NO_DATA: "#9e9e9e", SILENT
 MAP_EXTENT = (94.0, 142.0, -11.5, 6.5)
 
 
+PNG_DPI = 150  # the PDF's charts: 9 inches wide, about 1,350 pixels
+
+
 @dataclass(frozen=True)
 class Chart:
     key: str
     title: str
     svg: str
+    png: bytes
 
 
-def _svg(fig: Figure) -> str:
+def _chart(key: str, title: str, fig: Figure) -> Chart:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    return Chart(key, title, text[text.index("<svg") :], png.getvalue())
 
 
 def _timeline(report: Report, lang: Lang, value: str, ylabel: str, title: str) -> Chart:
@@ -58,7 +66,7 @@ def _timeline(report: Report, lang: Lang, value: str, ylabel: str, title: str) -
     if ops:
         ax.legend(fontsize=8)
     fig.autofmt_xdate()
-    return Chart(value, title, _svg(fig))
+    return _chart(value, title, fig)
 
 
 def _distribution(report: Report, lang: Lang) -> Chart:
@@ -73,7 +81,7 @@ def _distribution(report: Report, lang: Lang) -> Chart:
         ax.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=8)
     ax.set_ylabel("ms")
     ax.grid(alpha=0.3, axis="y")
-    return Chart("distribution", lang.t("chart_dist"), _svg(fig))
+    return _chart("distribution", lang.t("chart_dist"), fig)
 
 
 def _map(report: Report, lang: Lang) -> Chart:
@@ -98,7 +106,7 @@ def _map(report: Report, lang: Lang) -> Chart:
     ax.set_ylabel(f"{lang.t('latitude')} (°)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    return Chart("map", lang.t("chart_map"), _svg(fig))
+    return _chart("map", lang.t("chart_map"), fig)
 
 
 def charts(report: Report, lang: Lang) -> list[Chart]:

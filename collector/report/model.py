@@ -1,11 +1,12 @@
-"""The report's figures: which queries give them, how rows are assembled, the verdicts.
+"""The report's figures: which aggregate gives each, how rows are assembled, the verdicts.
 
-One table (`STATS`) says which database aggregate gives each raw figure; additive ones
-(count, sum) are read per station and operator and added up for provinces, regencies and
-operators, the others (median, percentile) are read from the database for every grouping,
-since a median of medians is not a median. `COLUMNS` then says how each column of each
-table is derived, its unit and its meaning in both languages: the CSV README, the XLSX
-number formats and the HTML/PDF tables all come from it.
+One table (`STATS`) says which aggregate of which raw field gives each raw figure, computed
+by collector.report.compute over the rows collector.report.query streamed from the
+database; additive ones (count, sum) are computed per station and operator and added up for
+provinces, regencies and operators, the others (median, percentile) are computed over the
+rows of every grouping, since a median of medians is not a median. `COLUMNS` then says how
+each column of each table is derived, its unit and its meaning in both languages: the CSV
+README, the XLSX number formats and the HTML/PDF tables all come from it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from agent.contract.thresholds import Threshold, Thresholds
-from collector.report.query import Q, ReportQuery, ident
+from collector.report import compute
+from collector.report.compute import F64, Mask
+from collector.report.query import Read, ReportQuery, Rows
 from collector.report.scope import Scope, fixed_zone, station_offset, zone_name
 from collector.station import Station
 
@@ -29,38 +34,71 @@ WORST_HOURS = 3
 # Verdicts and station states, as stored in CSV/XLSX (translated in HTML/PDF).
 MET, NOT_MET, NO_DATA, SILENT = "met", "not_met", "no_data", "silent"
 
-# Per-station queries group by station and operator only (InfluxDB 1.x takes about twice as
-# long to group by four tags); a station's province and regency come from the registry.
+# Per-station figures are per station and operator; a station's province and regency come
+# from the registry, the groups' from the rows' tags.
 STATION_KEYS = ("station", "operator")
+ROW_TAGS = ("station", "operator", "province", "regency")
+ICMP_TAGS = (*ROW_TAGS, "uplink", "target")  # a station's ICMP series: uplink x target
+
+
+@dataclass(frozen=True)
+class Cond:
+    """`field` `op` `value` of a row: false when the row has no value of `field` (as an
+    InfluxQL WHERE on a missing field)."""
+
+    field: str
+    op: str  # <, <=, >, >=, =
+    value: float
+
+    def test(self, rows: Rows) -> Mask:
+        v = rows.values[self.field]
+        with np.errstate(invalid="ignore"):
+            out: Mask = _OPS[self.op](v, self.value)
+        return out
+
+    def __str__(self) -> str:
+        num = repr(self.value) if not float(self.value).is_integer() else str(int(self.value))
+        return f"{self.field} {self.op} {num}"
+
+
+_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+        "=": np.equal}  # fmt: skip
+Where = tuple[Cond, ...]  # any of them (OR); () = every row
+
+
+def matches(where: Where, rows: Rows) -> Mask:
+    if not where:
+        return np.ones(len(rows), dtype=bool)
+    out = where[0].test(rows)
+    for c in where[1:]:
+        out = out | c.test(rows)
+    return out
 
 
 @dataclass(frozen=True)
 class Stat:
-    """A raw figure: `expr` is an InfluxQL aggregate of `field` over `measurement` rows that
-    satisfy `where`."""
+    """A raw figure: the `expr` aggregate of `field` over `measurement` rows that meet
+    `where`."""
 
     key: str
     measurement: str
-    expr: str  # "count", "sum", "median", "mean" or "percentile:N"
+    expr: str  # "count", "sum", "median" or "percentile:N"
     field: str
-    where: str | None = None
-    where_fields: tuple[str, ...] = ()
+    where: Where = ()
 
     @property
     def additive(self) -> bool:
         return self.expr in ("count", "sum")
 
-    def select(self) -> str:
-        f = ident(self.field)
-        if self.expr.startswith("percentile:"):
-            return f"percentile({f}, {self.expr.split(':')[1]}) AS {ident(self.key)}"
-        return f"{self.expr}({f}) AS {ident(self.key)}"
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field, *(c.field for c in self.where))
 
 
 STATS: tuple[Stat, ...] = (
     Stat("rounds", "icmp", "count", "loss_pct"),
     Stat("loss_sum", "icmp", "sum", "loss_pct"),
-    Stat("replied", "icmp", "count", "loss_pct", '"loss_pct" < 100', ("loss_pct",)),
+    Stat("replied", "icmp", "count", "loss_pct", (Cond("loss_pct", "<", 100),)),
     Stat("latency_p50_ms", "icmp", "percentile:50", "rtt_p50_ms"),
     Stat("latency_p95_ms", "icmp", "percentile:95", "rtt_p50_ms"),
     Stat("jitter_median_ms", "icmp", "median", "jitter_ms"),
@@ -75,34 +113,29 @@ STATS: tuple[Stat, ...] = (
     Stat("photo_n", "upload", "count", "ok"),
     Stat("photo_ok", "upload", "sum", "ok"),
     Stat("photo_skipped", "upload", "sum", "skipped"),
-    Stat("photo_median_s", "upload", "median", "duration_s", '"ok" = 1', ("ok",)),
+    Stat("photo_median_s", "upload", "median", "duration_s", (Cond("ok", "=", 1),)),
     Stat("rsrp_median_dbm", "signal", "median", "rsrp_dbm"),
     Stat("sinr_median_db", "signal", "median", "sinr_db"),
 )
 
 
-def _num(v: Any) -> str:
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
-
-
-def meets_condition(t: Threshold, fld: str) -> str:
-    """The InfluxQL condition of a value that does not cross `t`'s warn limit (good or fair,
-    as Threshold.breaches says)."""
-    f, w = ident(fld), _num(t.warn)
+def meets_condition(t: Threshold, fld: str) -> Cond:
+    """A value that does not cross `t`'s warn limit (good or fair, as Threshold.breaches
+    says)."""
     if t.higher_is_worse:
-        return f"{f} < {w}" if t.inclusive else f"{f} <= {w}"
-    return f"{f} > {w}" if t.inclusive else f"{f} >= {w}"
+        return Cond(fld, "<" if t.inclusive else "<=", t.warn)
+    return Cond(fld, ">" if t.inclusive else ">=", t.warn)
 
 
-def crosses_condition(t: Threshold, fld: str, level: str) -> str:
-    """The condition of a value at `level` ("warn" or "alert") or worse."""
-    f, v = ident(fld), _num(t.warn if level == "warn" else t.alert)
+def crosses_condition(t: Threshold, fld: str, level: str) -> Cond:
+    """A value at `level` ("warn" or "alert") or worse."""
+    v = t.warn if level == "warn" else t.alert
     if t.higher_is_worse:
-        return f"{f} >= {v}" if t.inclusive else f"{f} > {v}"
-    return f"{f} <= {v}" if t.inclusive else f"{f} < {v}"
+        return Cond(fld, ">=" if t.inclusive else ">", v)
+    return Cond(fld, "<=" if t.inclusive else "<", v)
 
 
-def icmp_level_condition(th: Thresholds, level: str) -> str:
+def icmp_level_condition(th: Thresholds, level: str) -> Where:
     """An icmp round at `level` or worse: a graded field crosses it, or (critical) the round
     got no reply at all. The same rule as collector.status for a round."""
     conds = [
@@ -112,8 +145,8 @@ def icmp_level_condition(th: Thresholds, level: str) -> str:
         if f.startswith("icmp.")
     ]
     if level == "alert":
-        conds += ['"loss_pct" = 100', '"ok" = 0']
-    return "(" + " OR ".join(conds) + ")"
+        conds += [Cond("loss_pct", "=", 100), Cond("ok", "=", 0)]
+    return tuple(conds)
 
 
 def threshold_stats(th: Thresholds) -> list[Stat]:
@@ -123,9 +156,7 @@ def threshold_stats(th: Thresholds) -> list[Stat]:
         for f in t.fields:
             kind, fld = f.split(".", 1)
             out.append(Stat(f"n:{t.name}:{f}", kind, "count", fld))
-            out.append(
-                Stat(f"meets:{t.name}:{f}", kind, "count", fld, meets_condition(t, fld), (fld,))
-            )
+            out.append(Stat(f"meets:{t.name}:{f}", kind, "count", fld, (meets_condition(t, fld),)))
     return out
 
 
@@ -440,19 +471,6 @@ def _row_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(row.get(k) or "") for k in keys)
 
 
-def _fold(
-    rows: list[dict[str, Any]], keys: Sequence[str], into: dict[tuple[str, ...], dict[str, Any]]
-) -> None:
-    """Merge query rows into `into` by their tag key (values of one query per key)."""
-    for r in rows:
-        k = _row_key(r, keys)
-        d = into.setdefault(k, {kk: r.get(kk) for kk in keys})
-        for col, v in r.items():
-            if col in ("_series", "time") or col in keys or v is None:
-                continue
-            d[col] = v
-
-
 GROUPINGS: dict[str, tuple[str, ...]] = {
     "operators": ("operator",),
     "provinces": ("operator", "province"),
@@ -460,65 +478,91 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def plan(scope: Scope, th: Thresholds) -> list[Q]:
-    """Every query the report needs, by name."""
-    stats = [*STATS, *threshold_stats(th)]
-    by: dict[tuple[str, str | None], list[Stat]] = {}
-    for s in stats:
-        by.setdefault((s.measurement, s.where), []).append(s)
-    qs: list[Q] = []
-    tables = ["operators", "provinces"] + (["regencies"] if scope.request.by_regency else [])
-    if _one_province(scope):
-        tables.remove("provinces")  # the same groups as "operators": copied, not queried
-
-    def fields_of(group: list[Stat], where: str | None) -> tuple[str, ...]:
-        return tuple(sorted({f for s in group for f in (s.field, *s.where_fields)}))
-
-    for i, ((meas, where), group) in enumerate(sorted(by.items(), key=lambda kv: str(kv[0]))):
-        sel = tuple(s.select() for s in group)
-        qs.append(
-            Q(f"stations/{meas}/{i}", meas, sel, fields_of(group, where), STATION_KEYS, where)
-        )
-        non_add = [s for s in group if not s.additive]
-        if non_add:
-            for t in tables:
-                qs.append(
-                    Q(
-                        f"{t}/{meas}/{i}",
-                        meas,
-                        tuple(s.select() for s in non_add),
-                        fields_of(non_add, where),
-                        GROUPINGS[t],
-                        where,
-                    )
-                )
-    crit = icmp_level_condition(th, "alert")
-    warn = icmp_level_condition(th, "warn")
-    icmp_fields = tuple(
-        sorted(
-            {"loss_pct", "ok"}
-            | {f.split(".", 1)[1] for t in th.metrics for f in t.fields if f.startswith("icmp.")}
-        )
-    )
-    cnt = ('count("loss_pct") AS "n"',)
-    qs += [
-        Q("levels/critical", "icmp", cnt, icmp_fields, ("station", "operator"), crit),
-        Q("levels/warn", "icmp", cnt, icmp_fields, ("station", "operator"), warn),
-        Q("series", "icmp", cnt, ("loss_pct",), ("station", "operator", "uplink", "target")),
-        Q("worst", "icmp", cnt, icmp_fields, ("station", "operator"), warn, "1h"),
-        Q(
-            "timeline",
-            "icmp",
-            # Means, not medians: the chart shows a trend, and InfluxDB 1.x computes a mean
-            # in one pass where a median holds and sorts every value (3x the time).
-            ('mean("rtt_p50_ms") AS "latency_ms"', 'mean("loss_pct") AS "loss_pct"'),
-            ("loss_pct", "rtt_p50_ms"),
-            ("operator",),
-            None,
-            "1h",
-        ),
+def plan(scope: Scope, th: Thresholds) -> list[Read]:
+    """Every read the report needs: each measurement once, with the fields its figures, the
+    round levels and the timeline use."""
+    fields: dict[str, set[str]] = {}
+    for s in [*STATS, *threshold_stats(th)]:
+        fields.setdefault(s.measurement, set()).update(s.fields)
+    for lv in ("alert", "warn"):
+        fields["icmp"].update(c.field for c in icmp_level_condition(th, lv))
+    fields["icmp"].update(("loss_pct", "rtt_p50_ms"))  # the timeline
+    # icmp first: the largest read starts first and the others run beside it.
+    order = sorted(fields, key=lambda m: (m != "icmp", m))
+    return [
+        Read(m, m, tuple(sorted(fields[m])), ICMP_TAGS if m == "icmp" else ROW_TAGS) for m in order
     ]
-    return qs
+
+
+@dataclass
+class _Grouping:
+    gid: Any  # each row's group
+    keys: list[tuple[str, ...]]
+    names: tuple[str, ...]
+
+
+def _groupings(rows: Rows, tables: Sequence[str]) -> dict[str, _Grouping]:
+    pos = {t: i for i, t in enumerate(rows.tags)}
+    out = {}
+    for name, names in (("stations", STATION_KEYS), *((t, GROUPINGS[t]) for t in tables)):
+        idx = [pos[k] for k in names]
+        gid, keys = compute.group_ids(rows.series, rows.sid, idx)
+        out[name] = _Grouping(gid, keys, names)
+    return out
+
+
+def _aggregate(
+    rows: Rows,
+    stats: Sequence[Stat],
+    groupings: dict[str, _Grouping],
+    into: dict[str, dict[tuple[str, ...], dict[str, Any]]],
+) -> None:
+    """Each stat over `rows`: additive ones per station, the others per every grouping;
+    a group gets a value only where it has rows for it (as a grouped InfluxQL aggregate)."""
+    masks: dict[tuple[str, Where], Mask] = {}
+    orders: dict[tuple[str, Where], Any] = {}
+    sorted_: dict[tuple[str, Where, str], compute.Sorted] = {}
+    # Stats of one field and condition together: its sort orders are freed before the next.
+    for st in sorted(stats, key=lambda s: (s.field, str(s.where))):
+        mk = (st.field, st.where)
+        if mk not in masks:
+            masks.clear()
+            orders.clear()
+            sorted_.clear()
+            masks[mk] = ~np.isnan(rows.values[st.field]) & matches(st.where, rows)
+        mask = masks[mk]
+        values: F64 = rows.values[st.field]
+        for gname, g in groupings.items():
+            if st.additive and gname != "stations":
+                continue  # added up from the station rows
+            n_groups = len(g.keys)
+            n = compute.count(g.gid, mask, n_groups)
+            if st.expr == "count":
+                out = n.astype(np.float64)
+            elif st.expr == "sum":
+                out = compute.total(g.gid, values, mask, n_groups)
+            else:
+                if mk not in orders:
+                    orders[mk] = compute.by_value(values, mask)
+                sk = (*mk, gname)
+                if sk not in sorted_:
+                    sorted_[sk] = compute.Sorted.of(g.gid, values, orders[mk], n_groups)
+                srt = sorted_[sk]
+                out = (
+                    srt.median()
+                    if st.expr == "median"
+                    else srt.percentile(float(st.expr.split(":")[1]))
+                )
+            dest = into[gname]
+            for i in np.flatnonzero(n > 0).tolist():
+                v = float(out[i])
+                if np.isnan(v):
+                    continue
+                k = g.keys[i]
+                d = dest.get(k)
+                if d is None:
+                    d = dest[k] = dict(zip(g.names, k, strict=True))
+                d[st.key] = int(v) if st.expr == "count" else v
 
 
 def build(
@@ -528,58 +572,72 @@ def build(
     stations_by_id: dict[str, Station],
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    queries = plan(scope, th)
-    res = rq.run(queries, progress)
-    station_raw: dict[tuple[str, ...], dict[str, Any]] = {}
-    group_raw: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {t: {} for t in GROUPINGS}
-    for q in queries:
-        kind = q.name.split("/")[0]
-        if kind == "stations":
-            _fold(res[q.name], STATION_KEYS, station_raw)
-        elif kind in GROUPINGS:
-            _fold(res[q.name], GROUPINGS[kind], group_raw[kind])
-    # Data of stations outside the registry scope (unregistered ids) stays out.
-    in_scope = {s.id for s in scope.stations}
-    station_raw = {k: v for k, v in station_raw.items() if k[0] in in_scope}
+    reads = plan(scope, th)
+    data = rq.read(reads, progress)
+    group_tables = ["operators", "provinces"] + (["regencies"] if scope.request.by_regency else [])
+    raws: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {
+        t: {} for t in ("stations", *GROUPINGS)
+    }
+    stats = [*STATS, *threshold_stats(th)]
+    # The largest (icmp) last, when the others' rows are gone; each measurement's rows are
+    # dropped once aggregated (icmp's are used below).
+    for rd in sorted(reads, key=lambda r: r.name == "icmp"):
+        mrows = data[rd.name] if rd.name == "icmp" else data.pop(rd.name)
+        if not len(mrows):
+            continue
+        mine = [s for s in stats if s.measurement == rd.measurement]
+        _aggregate(mrows, mine, _groupings(mrows, group_tables), raws)
+        del mrows
+    station_raw = raws.pop("stations")
+    group_raw = raws
     for raw in station_raw.values():
         st = stations_by_id[str(raw["station"])]
         raw["province"], raw["regency"] = st.province, st.regency
     offsets = {s.id: station_offset(s) for s in scope.stations}
     seconds = {g.offset_h: g.seconds for g in scope.groups}
 
+    icmp = data["icmp"]
+    sg = _groupings(icmp, ["operators"]) if len(icmp) else {}
     series: Counter[tuple[str, str]] = Counter()
-    for r in res["series"]:
-        series[(str(r.get("station")), str(r.get("operator") or ""))] += 1
     levels: dict[str, dict[tuple[str, str], int]] = {"critical": {}, "warn": {}}
-    for lv in levels:
-        for r in res[f"levels/{lv}"]:
-            levels[lv][(str(r.get("station")), str(r.get("operator") or ""))] = int(r["n"] or 0)
     worst: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for r in res["worst"]:
-        k = (str(r.get("station")), str(r.get("operator") or ""))
-        worst.setdefault(k, []).append((int(r["time"]), int(r["n"] or 0)))
+    timeline_rows: list[tuple[str, int, list[float | None]]] = []
+    if sg:
+        has = ~np.isnan(icmp.values["loss_pct"])
+        # ICMP series (uplink x target) per station and operator with a round in the period.
+        seen_series = {icmp.series[i] for i in np.unique(icmp.sid[has]).tolist()}
+        for k in {(s[0], s[1], s[4], s[5]) for s in seen_series}:
+            series[(k[0], k[1])] += 1
+        g = sg["stations"]
+        for lv, cond in (("critical", "alert"), ("warn", "warn")):
+            m = has & matches(icmp_level_condition(th, cond), icmp)
+            n = compute.count(g.gid, m, len(g.keys))
+            for i in np.flatnonzero(n > 0).tolist():
+                levels[lv][(g.keys[i][0], g.keys[i][1])] = int(n[i])
+            if lv == "warn":
+                tops = compute.worst_hours(g.gid, icmp.time, m, len(g.keys), WORST_HOURS)
+                for i, hs in enumerate(tops):
+                    if hs:
+                        worst[(g.keys[i][0], g.keys[i][1])] = hs
+        o = sg["operators"]
+        for gi, t_ns, means in compute.hourly_means(
+            o.gid, icmp.time, [icmp.values["rtt_p50_ms"], icmp.values["loss_pct"]], len(o.keys)
+        ):
+            timeline_rows.append((o.keys[gi][0], t_ns, means))
     typical_series = Counter(series.values()).most_common(1)[0][0] if series else 1
 
-    if _one_province(scope):
-        (prov,) = {s.province for s in scope.stations}
-        group_raw["provinces"] = {
-            (op, prov): {**raw, "province": prov} for (op,), raw in group_raw["operators"].items()
-        }
     # Additive raw figures summed per group from the station rows.
-    for t, keys in GROUPINGS.items():
+    additive = {st.key for st in stats if st.additive}
+    for t in group_tables:
+        keys = GROUPINGS[t]
         for raw in station_raw.values():
             gk = _row_key(raw, keys)
-            d = group_raw[t].setdefault(gk, {k: raw.get(k) for k in keys})
+            d = group_raw[t].get(gk)
+            if d is None:
+                d = group_raw[t][gk] = {k: raw.get(k) for k in keys}
             d.setdefault("_stations", set()).add(raw["station"])
-            for col, v in raw.items():
-                if col in ("station", "operator", "province", "regency") or not isinstance(
-                    v, int | float
-                ):
-                    continue
-                if col.startswith(("n:", "meets:")) or any(
-                    s.key == col and s.additive for s in STATS
-                ):
-                    d[col] = d.get(col, 0) + v
+            for col in additive & raw.keys():
+                d[col] = d.get(col, 0) + raw[col]
 
     meets = meets_columns(th)
     tables: list[Table] = []
@@ -677,12 +735,12 @@ def build(
 
     timeline = [
         {
-            "operator": str(r.get("operator") or ""),
-            "time": datetime.fromtimestamp(int(r["time"]) / 1e9, UTC),
-            "latency_ms": r.get("latency_ms"),
-            "loss_pct": r.get("loss_pct"),
+            "operator": op,
+            "time": datetime.fromtimestamp(t_ns / 1e9, UTC),
+            "latency_ms": latency,
+            "loss_pct": loss,
         }
-        for r in res["timeline"]
+        for op, t_ns, (latency, loss) in sorted(timeline_rows, key=lambda r: (r[0], r[1]))
     ]
     status: dict[str, str] = {}
     lat: dict[str, float] = {}
@@ -704,11 +762,7 @@ def build(
         }
         for s in scope.stations
     ]
-    return Report(scope, th, tables, timeline, points, [rq.text(q) for q in queries])
-
-
-def _one_province(scope: Scope) -> bool:
-    return len({s.province for s in scope.stations}) == 1
+    return Report(scope, th, tables, timeline, points, [rq.text(rd) for rd in reads])
 
 
 def _coverage(scope: Scope, srows: list[dict[str, Any]]) -> list[dict[str, Any]]:

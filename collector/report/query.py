@@ -1,45 +1,63 @@
-"""The report's read path: InfluxQL built from a Scope, run through collector.sinks.
+"""The report's read path: the raw values of the period, streamed from InfluxDB once.
 
-Aggregates are computed by the database (count, sum, mean, median, percentile, GROUP BY tag
-and time); Python only adds up counts and divides. A report whose stations share one UTC
-window reads the measurement directly::
+A report reads each measurement it needs once, with the fields its figures use, grouped by
+series (station, operator, province, regency, and uplink and target for icmp)::
 
-    SELECT count(loss_pct), ... FROM "icmp" WHERE time >= A AND time < B AND <filters>
-    GROUP BY "operator", "province"
+    SELECT "jitter_ms", "loss_pct", "mos", "ok", "rtt_p50_ms" FROM "icmp"
+    WHERE time >= A AND time < B AND <filters>
+    GROUP BY "station", "operator", "province", "regency", "uplink", "target"
 
-When the windows differ per zone (no --zone, or --voting-hours), every (zone, window) pair is
-a subquery and the aggregate runs over their union, so a national percentile is still one
-exact percentile over every round (InfluxQL 1.x has no OR between time ranges)::
+One statement per stretch of time the stations' windows cover (their union: a national day
+read in each station's own zone is one stretch of 26 hours; voting hours one stretch a day).
+The answer is streamed (`chunked=true`) as MessagePack, which InfluxDB 1.x encodes and
+Python decodes several times faster than JSON; each row is kept only when its time falls in
+its own station's windows (a station's zone comes from the registry), so rows of stations
+outside the scope or outside their windows never reach memory. collector.report.compute then
+computes every count, sum, median and percentile over these rows, with InfluxQL's
+definitions, in one pass instead of one database scan per figure.
 
-    SELECT percentile(rtt_p50_ms, 95) FROM
-      (SELECT rtt_p50_ms FROM "icmp" WHERE time >= A1 AND time < B1 AND (<zone WIB>)),
-      (SELECT rtt_p50_ms FROM "icmp" WHERE time >= A2 AND time < B2 AND (<zone WITA>))
-    WHERE time >= min(A) AND time < max(B) GROUP BY "operator"
-
-A zone is selected by province (every registered station of the province in scope is in that
-zone) plus, for provinces split between zones, by station id.
-
-InfluxDB 1.x answers all of this. InfluxDB 2.x and 3.x answer InfluxQL on their v1
-compatibility API (/query with a DBRP mapping on 2.x; 3.x Core/Enterprise serve /query), with
-the same sink settings; VictoriaMetrics has no InfluxQL and cannot serve reports.
+InfluxDB 1.x answers all of this (MessagePack since 1.4). InfluxDB 2.x and 3.x answer InfluxQL
+on their v1 compatibility API (/query with a DBRP mapping on 2.x; 3.x Core/Enterprise serve
+/query), with the same sink settings; a server that answers JSON instead of MessagePack is
+read as JSON. VictoriaMetrics has no InfluxQL and cannot serve reports.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Sequence
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 import httpx
+import msgpack
+import numpy as np
+import numpy.typing as npt
 
 from collector.config import SinkConfig
-from collector.report.scope import Scope, ZoneGroup
-from collector.sinks import QueryError, SinkUnavailable, _http_client, query_influxql
+from collector.report.scope import Scope, Window
+from collector.sinks import (
+    QueryError,
+    SinkUnavailable,
+    _classify,
+    _error_text,
+    _http_client,
+    _redact,
+    query_influxql,
+)
 
-__all__ = ["Q", "QueryError", "ReportQuery", "SinkUnavailable", "ident", "literal"]
+__all__ = ["QueryError", "Read", "ReportQuery", "Rows", "SinkUnavailable", "ident", "literal"]
+
+CHUNK_ROWS = 10_000  # rows per streamed chunk (InfluxDB also cuts a chunk at each series)
+MSGPACK = "application/x-msgpack"
+# Limits on what the database may send in one chunk (the decoder's own buffer bound).
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
+# A read's statements cover at most this much time each, so a long read runs as several
+# statements side by side (InfluxDB 1.x runs one statement on one core).
+PIECE = timedelta(hours=6)
 
 
 def literal(value: str) -> str:
@@ -56,35 +74,108 @@ def _ns(t: datetime) -> int:
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
-def _time(start: datetime, end: datetime) -> str:
-    return f"time >= {_ns(start)} AND time < {_ns(end)}"
-
-
-def _any(conds: Sequence[str]) -> str:
-    return "(" + " OR ".join(conds) + ")" if conds else "false"
-
-
 @dataclass(frozen=True)
-class Q:
-    """One query: `selects` over `measurement`, reading `fields`, grouped by tags (and time)."""
+class Read:
+    """One measurement read raw: `fields` of every point, series grouped by `tags` (the
+    first tag is the station)."""
 
     name: str
     measurement: str
-    selects: tuple[str, ...]  # e.g. "count(loss_pct) AS rounds"
-    fields: tuple[str, ...]  # the fields the selects and the condition read
-    group_by: tuple[str, ...]
-    where: str | None = None  # a field condition
-    every: str | None = None  # GROUP BY time(...)
+    fields: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+@dataclass
+class Rows:
+    """A measurement's rows in the period: per row its series (an index into `series`, the
+    tag values in `tags` order), its time (ns) and each field's value (NaN: no value)."""
+
+    tags: tuple[str, ...]
+    series: list[tuple[str, ...]]
+    sid: npt.NDArray[np.int32]
+    time: npt.NDArray[np.int64]
+    values: dict[str, npt.NDArray[np.float64]]
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+@dataclass
+class _Builder:
+    """A read's rows as they arrive from its statements (several threads: `lock`)."""
+
+    read: Read
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    series: dict[tuple[str, ...], int] = field(default_factory=dict)
+    sid: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    time: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    values: dict[str, list[npt.NDArray[np.float64]]] = field(default_factory=dict)
+
+    def rows(self) -> Rows:
+        def cat(parts: list[Any], dtype: Any) -> Any:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        values = {}
+        for f in self.read.fields:
+            values[f] = cat(self.values.pop(f, []), np.float64)
+        return Rows(
+            self.read.tags,
+            list(self.series),
+            cat(self.sid, np.int32),
+            cat(self.time, np.int64),
+            values,
+        )
+
+
+def _floats(col: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """An object column (numbers and None) as float64, NaN for None or a non-number."""
+    col = col.copy()
+    col[np.equal(col, cast(Any, None))] = np.nan
+    try:
+        return col.astype(np.float64)
+    except (TypeError, ValueError):
+        return np.array(
+            [v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in col],
+            dtype=np.float64,
+        )
+
+
+def pieces(w: Window, most: timedelta = PIECE) -> list[Window]:
+    """`w` cut into consecutive windows of at most `most`."""
+    out = []
+    t = w.start
+    while t < w.end:
+        out.append(Window(t, min(t + most, w.end)))
+        t += most
+    return out
+
+
+def merged(windows: Sequence[Window]) -> list[Window]:
+    """The union of `windows` as disjoint windows in time order."""
+    out: list[Window] = []
+    for w in sorted(windows, key=lambda w: (w.start, w.end)):
+        if out and w.start <= out[-1].end:
+            if w.end > out[-1].end:
+                out[-1] = Window(out[-1].start, w.end)
+        else:
+            out.append(w)
+    return out
 
 
 class ReportQuery:
-    """Builds and runs the report's queries for one Scope."""
+    """Builds and runs the report's reads for one Scope."""
 
     def __init__(self, cfg: SinkConfig, scope: Scope) -> None:
         self.cfg = cfg
         self.scope = scope
         self._filters = self._scope_filters()
-        self._zones = self._zone_conditions()
+        # Each registered station in scope: its windows as (start, end) ns pairs.
+        self._windows: dict[str, list[tuple[int, int]]] = {
+            s.id: [(_ns(w.start), _ns(w.end)) for w in g.windows]
+            for g in scope.groups
+            for s in g.stations
+        }
+        self.spans = merged([w for g in scope.groups for w in g.windows])
 
     def _scope_filters(self) -> list[str]:
         r = self.scope.request
@@ -99,104 +190,164 @@ class ReportQuery:
                 out.append(f"{ident(tag)} = {literal(value)}")
         return out
 
-    def _zone_conditions(self) -> dict[int, str | None]:
-        groups = self.scope.groups
-        if self.scope.single_window is not None:
-            return {g.offset_h: None for g in groups}
-        # A province belongs to the zone most of its stations are in; the few stations whose
-        # tz differs (an exception, or a province split between zones) are named one by one:
-        # left out of their province's zone and added to their own.
-        counts: dict[str, Counter[int]] = {}
-        for g in groups:
-            for s in g.stations:
-                counts.setdefault(s.province, Counter())[g.offset_h] += 1
-        major = {p: c.most_common(1)[0][0] for p, c in counts.items()}
-        odd = [
-            (s, g.offset_h) for g in groups for s in g.stations if major[s.province] != g.offset_h
-        ]
-        out: dict[int, str | None] = {}
-        for g in groups:
-            provs = sorted(p for p, off in major.items() if off == g.offset_h)
-            leave = sorted(s.id for s, _ in odd if major[s.province] == g.offset_h)
-            add = sorted(s.id for s, off in odd if off == g.offset_h)
-            conds = []
-            if provs:
-                c = _any([f"{ident('province')} = {literal(p)}" for p in provs])
-                if leave:
-                    c = "(" + " AND ".join([c, *(f"{ident('station')} != {literal(s)}"
-                                                for s in leave)]) + ")"  # fmt: skip
-                conds.append(c)
-            conds += [f"{ident('station')} = {literal(s)}" for s in add]
-            out[g.offset_h] = _any(conds)
-        return out
+    def statement(self, rd: Read, w: Window) -> str:
+        """The InfluxQL of `rd` over `w`."""
+        cols = ", ".join(ident(f) for f in rd.fields)
+        group = ", ".join(ident(t) for t in rd.tags)
+        where = " AND ".join([f"time >= {_ns(w.start)} AND time < {_ns(w.end)}", *self._filters])
+        return f"SELECT {cols} FROM {ident(rd.measurement)} WHERE {where} GROUP BY {group}"
 
-    def _where(self, parts: Sequence[str | None]) -> str:
-        return " AND ".join(p for p in parts if p)
+    def statements(self, rd: Read) -> list[str]:
+        """Every statement `rd` runs: one per piece of each span of time."""
+        return [self.statement(rd, p) for w in self.spans for p in pieces(w)]
 
-    def _inner(self, q: Q, group: ZoneGroup) -> list[str]:
-        cols = ", ".join(ident(f) for f in q.fields)
-        out = []
-        for w in group.windows:
-            where = self._where(
-                [_time(w.start, w.end), *self._filters, self._zones[group.offset_h], q.where]
-            )
-            out.append(f"(SELECT {cols} FROM {ident(q.measurement)} WHERE {where})")
-        return out
+    def text(self, rd: Read) -> str:
+        """The InfluxQL of `rd` for this scope (for the method page and the manifest)."""
+        return "; ".join(self.statement(rd, w) for w in self.spans)
 
-    def text(self, q: Q) -> str:
-        """The InfluxQL of `q` for this scope."""
-        sel = ", ".join(q.selects)
-        dims = [ident(t) for t in q.group_by]
-        if q.every:
-            dims.append(f"time({q.every})")
-        group = f" GROUP BY {', '.join(dims)}" if dims else ""
-        fill = " fill(none)" if q.every else ""
-        one = self.scope.single_window
-        if one is not None:
-            where = self._where([_time(one.start, one.end), *self._filters, q.where])
-            return f"SELECT {sel} FROM {ident(q.measurement)} WHERE {where}{group}{fill}"
-        if "station" in q.group_by:
-            # Per-station figures: every station is in one zone, so each zone is a statement
-            # of its own (no union; a single window reads the measurement directly, which
-            # InfluxDB 1.x does about twice as fast as a subquery).
-            return "; ".join(
-                self._zone_statement(q, g, sel, group, fill) for g in self.scope.groups
-            )
-        sources = [s for g in self.scope.groups for s in self._inner(q, g)]
-        b = self.scope.bounds
-        return f"SELECT {sel} FROM {', '.join(sources)} WHERE {_time(b.start, b.end)}{group}{fill}"
-
-    def _zone_statement(self, q: Q, g: ZoneGroup, sel: str, group: str, fill: str) -> str:
-        if len(g.windows) == 1:
-            w = g.windows[0]
-            where = self._where(
-                [_time(w.start, w.end), *self._filters, self._zones[g.offset_h], q.where]
-            )
-            return f"SELECT {sel} FROM {ident(q.measurement)} WHERE {where}{group}{fill}"
-        span = f"{_time(g.windows[0].start, g.windows[-1].end)}"
-        return f"SELECT {sel} FROM {', '.join(self._inner(q, g))} WHERE {span}{group}{fill}"
-
-    def run(
+    def read(
         self,
-        queries: Sequence[Q],
+        reads: Sequence[Read],
         progress: Callable[[str], None] | None = None,
-        workers: int = 4,
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Run the queries (a few at a time); rows by query name. Raises SinkUnavailable when
-        the database does not answer, QueryError when it refuses a statement."""
+        workers: int = 2,
+    ) -> dict[str, Rows]:
+        """Stream each read, as statements of at most PIECE each, `workers` at a time
+        (InfluxDB 1.x runs a statement on one core); rows by read name. Raises
+        SinkUnavailable when the database does not answer, QueryError when it refuses a
+        statement or sends what is not an InfluxDB answer."""
         client: httpx.Client = _http_client(self.cfg)
+        builders = {rd.name: _Builder(rd) for rd in reads}
+        tasks = [(rd, p) for rd in reads for w in self.spans for p in pieces(w)]
+        left = {rd.name: sum(1 for t in tasks if t[0] is rd) for rd in reads}
+        lock = threading.Lock()
 
-        def one(q: Q) -> tuple[str, list[dict[str, Any]]]:
-            rows = query_influxql(self.cfg, self.text(q), client=client)
-            if progress is not None:
-                progress(q.name)
-            return q.name, rows
+        def one(task: tuple[Read, Window]) -> None:
+            rd, w = task
+            self._read(client, builders[rd.name], self.statement(rd, w))
+            with lock:
+                left[rd.name] -= 1
+                done = left[rd.name] == 0
+            if done and progress is not None:
+                progress(rd.name)
 
         try:
+            # In the reads' order (the largest first), so the others run beside it.
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                return dict(pool.map(one, queries))
+                list(pool.map(one, tasks))
         finally:
             client.close()
+        return {name: b.rows() for name, b in builders.items()}
+
+    def _read(self, client: httpx.Client, b: _Builder, statement: str) -> None:
+        where = f"InfluxDB at {_redact(self.cfg.url)}"
+        params: dict[str, str] = {
+            "db": self.cfg.database,
+            "epoch": "ns",
+            "chunked": "true",
+            "chunk_size": str(CHUNK_ROWS),
+        }
+        if self.cfg.retention_policy:
+            params["rp"] = self.cfg.retention_policy
+        try:
+            with client.stream(
+                "POST",
+                "/query",
+                params=params,
+                data={"q": statement},
+                headers={"Accept": f"{MSGPACK}, application/json;q=0.5"},
+            ) as r:
+                if r.status_code != 200:
+                    body = r.read()
+                    message = _error_text(_as_json(body, r.headers), None, r.reason_phrase)
+                    if r.status_code == 400:
+                        raise QueryError(message)
+                    _classify(r.status_code, message, where, self.cfg)
+                    raise QueryError(message)
+                for doc in _documents(r):
+                    self._take(b, doc)
+        except httpx.TimeoutException:
+            raise SinkUnavailable(
+                f"{where} did not answer within {self.cfg.timeout_s:g} s", self.cfg.retry_after_s
+            ) from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise SinkUnavailable(
+                f"{where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
+            ) from None
+
+    def _take(self, b: _Builder, doc: Any) -> None:
+        if not isinstance(doc, dict):
+            raise QueryError("the answer is not an InfluxDB query result")
+        if doc.get("error"):
+            raise QueryError(str(doc["error"]))
+        for res in doc.get("results") or []:
+            if not isinstance(res, dict):
+                raise QueryError("the answer is not an InfluxDB query result")
+            if res.get("error"):
+                raise QueryError(str(res["error"]))
+            for ser in res.get("series") or []:
+                self._series(b, ser)
+
+    def _series(self, b: _Builder, ser: Any) -> None:
+        try:
+            cols = [str(c) for c in ser["columns"]]
+            vals = ser.get("values") or []
+            tags = ser.get("tags") or {}
+            key = tuple(str(tags.get(t) or "") for t in b.read.tags)
+        except (KeyError, TypeError, AttributeError):
+            raise QueryError("the answer is not an InfluxDB query result") from None
+        wins = self._windows.get(key[0])
+        if not wins or not vals:
+            return  # a station outside the scope (or unregistered)
+        arr = np.array(vals, dtype=object)
+        if arr.ndim != 2 or arr.shape[1] != len(cols) or cols[0] != "time":
+            raise QueryError("the answer is not an InfluxDB query result (ragged rows)")
+        try:
+            t = arr[:, 0].astype(np.int64)
+        except (TypeError, ValueError):
+            raise QueryError("the answer's times are not integers (epoch=ns)") from None
+        keep = np.zeros(len(t), dtype=bool)
+        for lo, hi in wins:
+            keep |= (t >= lo) & (t < hi)
+        if not keep.any():
+            return
+        n = int(keep.sum())
+        got = {c: _floats(arr[keep, j]) for j, c in enumerate(cols) if c in b.read.fields}
+        with b.lock:
+            s = b.series.setdefault(key, len(b.series))
+            b.sid.append(np.full(n, s, dtype=np.int32))
+            b.time.append(t[keep])
+            for f in b.read.fields:
+                b.values.setdefault(f, []).append(got[f] if f in got else np.full(n, np.nan))
+
+
+def _as_json(body: bytes, headers: httpx.Headers) -> bytes:
+    """An error body as JSON text (InfluxDB answers errors in the format asked for)."""
+    if MSGPACK not in headers.get("content-type", ""):
+        return body
+    try:
+        return json.dumps(msgpack.unpackb(body, raw=False)).encode()
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return body
+
+
+def _documents(r: httpx.Response) -> Iterator[Any]:
+    """The answer's documents as they arrive: MessagePack objects one after another, or
+    JSON documents one a line (a server that ignores the Accept header)."""
+    if MSGPACK in r.headers.get("content-type", ""):
+        u = msgpack.Unpacker(raw=False, max_buffer_size=MAX_CHUNK_BYTES)
+        for chunk in r.iter_bytes():
+            u.feed(chunk)
+            try:
+                yield from u
+            except (ValueError, msgpack.UnpackException):
+                raise QueryError("the answer is not valid MessagePack") from None
+        return
+    for line in r.iter_lines():
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                raise QueryError("the answer is not JSON") from None
 
 
 def known_operators(cfg: SinkConfig) -> list[str]:

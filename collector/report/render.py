@@ -51,11 +51,15 @@ ONE_DAY = timedelta(days=1)
 METHOD: list[tuple[str, str]] = [
     (
         "Semua angka dihitung dari titik data mentah yang dikirim agen Sinyal dan disimpan "
-        "kolektor di InfluxDB, dengan kueri InfluxQL yang tercantum di bawah (agregasi di "
-        "basis data: count, sum, median, percentile).",
+        "kolektor di InfluxDB, dibaca dengan kueri InfluxQL yang tercantum di bawah (setiap "
+        "titik periode, sekali per ukuran); count, sum, median dan percentile dihitung atas "
+        "titik-titik itu dengan definisi InfluxQL. Hanya titik TPS terdaftar dalam cakupan, "
+        "pada jendela waktu TPS itu sendiri, yang dihitung.",
         "Every figure is computed from the raw points the Sinyal agents sent and the "
-        "collector stored in InfluxDB, with the InfluxQL listed below (aggregated in the "
-        "database: count, sum, median, percentile).",
+        "collector stored in InfluxDB, read with the InfluxQL listed below (every point of "
+        "the period, once per measurement); count, sum, median and percentile are computed "
+        "over those points with InfluxQL's definitions. Only points of stations registered "
+        "in scope, within their own station's windows, count.",
     ),
     (
         "Periode dibaca dalam waktu setempat. Tanpa --zone, tiap TPS memakai zona waktunya "
@@ -77,11 +81,11 @@ METHOD: list[tuple[str, str]] = [
     ),
     (
         "Angka per provinsi, kabupaten/kota dan operator: jumlah (count, sum) dijumlahkan "
-        "dari angka per TPS; median dan persentil dihitung ulang oleh basis data atas semua "
-        "putaran kelompok itu.",
+        "dari angka per TPS; median dan persentil dihitung ulang atas semua putaran "
+        "kelompok itu.",
         "Figures per province, regency and operator: counts and sums are added up from the "
-        "per-station figures; medians and percentiles are recomputed by the database over "
-        "all the group's rounds.",
+        "per-station figures; medians and percentiles are recomputed over all the group's "
+        "rounds.",
     ),
     (
         "Putaran diharapkan = jumlah seri ICMP TPS (uplink x sasaran) x durasi periode / "
@@ -160,36 +164,36 @@ def csv_readme(report: Report, lang: Lang) -> str:
 
 
 def write_xlsx(report: Report, lang: Lang, path: Path) -> None:
-    from openpyxl import Workbook
-    from openpyxl.styles import Font
-    from openpyxl.utils import get_column_letter
+    """One sheet per table (XlsxWriter, rows streamed: constant memory), a bold frozen
+    header row, typed cells with number formats, and a `method` sheet. Text is always
+    written as text, never read as a formula."""
+    import xlsxwriter
 
-    wb = Workbook()
-    first = True
+    wb = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    bold = wb.add_format({"bold": True})
+    formats = {kind: wb.add_format({"num_format": f}) for kind, f in XLSX_FORMATS.items()}
     for t in report.tables:
-        ws = wb.active if first else wb.create_sheet()
-        first = False
-        assert ws is not None
-        ws.title = t.name[:31]
-        ws.append([c.key for c in t.columns])
-        for cell in ws[1]:
-            cell.font = Font(bold=True)
-        ws.freeze_panes = "A2"
-        for r in t.rows:
-            ws.append([_typed(r.get(c.key), c) for c in t.columns])
-        for i, c in enumerate(t.columns, start=1):
-            letter = get_column_letter(i)
-            fmt = XLSX_FORMATS.get(c.kind)
-            if fmt:
-                for cell in ws[letter][1:]:
-                    cell.number_format = fmt
-            ws.column_dimensions[letter].width = max(10, min(40, len(c.key) + 2))
-            ws.cell(row=1, column=i).comment = None
-    ws = wb.create_sheet("method")
-    for id_, en in METHOD:
-        ws.append([lang.pick((id_, en))])
-    ws.append([lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0))])
-    wb.save(path)
+        ws = wb.add_worksheet(t.name[:31])
+        ws.freeze_panes(1, 0)
+        for i, c in enumerate(t.columns):
+            ws.set_column(i, i, max(10, min(40, len(c.key) + 2)))
+            ws.write_string(0, i, c.key, bold)
+        cols = [(i, c, formats.get(c.kind)) for i, c in enumerate(t.columns)]
+        for n, r in enumerate(t.rows, start=1):
+            for i, c, fmt in cols:
+                v = _typed(r.get(c.key), c)
+                if v is None:
+                    ws.write_blank(n, i, None, fmt)
+                elif isinstance(v, str):
+                    ws.write_string(n, i, v, fmt)
+                else:
+                    ws.write_number(n, i, v, fmt)
+    ws = wb.add_worksheet("method")
+    texts = [lang.pick((id_, en)) for id_, en in METHOD]
+    texts.append(lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0)))
+    for n, text in enumerate(texts):
+        ws.write_string(n, 0, text)
+    wb.close()
 
 
 def _typed(v: Any, col: Column) -> Any:
@@ -260,8 +264,18 @@ def _period(report: Report, lang: Lang) -> str:
     return f"{lang.date(a)} {a:%H:%M} – {end} ({zone}; {hours})"
 
 
+def _src(c: Chart, for_pdf: bool) -> str:
+    if for_pdf:
+        return "data:image/png;base64," + base64.b64encode(c.png).decode()
+    return "data:image/svg+xml;base64," + base64.b64encode(c.svg.encode()).decode()
+
+
 def context(
-    report: Report, lang: Lang, chart_list: Sequence[Chart], links: Sequence[tuple[str, str]] = ()
+    report: Report,
+    lang: Lang,
+    chart_list: Sequence[Chart],
+    links: Sequence[tuple[str, str]] = (),
+    for_pdf: bool = False,
 ) -> dict[str, Any]:
     s = report.scope
     req = s.request
@@ -316,13 +330,7 @@ def context(
         "clipped": s.clipped,
         "overall": overall,
         "tables": tables,
-        "charts": [
-            {
-                "title": c.title,
-                "src": "data:image/svg+xml;base64," + base64.b64encode(c.svg.encode()).decode(),
-            }
-            for c in chart_list
-        ],
+        "charts": [{"title": c.title, "src": _src(c, for_pdf)} for c in chart_list],
         "method": [lang.pick(m) for m in METHOD]
         + [lang.t("target_share", share=lang.number(TARGET_SHARE_PCT, 0))],
         "legend": legend,
@@ -343,7 +351,7 @@ def environment() -> Environment:
 
 
 def render_html(report: Report, lang: Lang, chart_list: Sequence[Chart], for_pdf: bool) -> str:
-    ctx = context(report, lang, chart_list)
+    ctx = context(report, lang, chart_list, for_pdf=for_pdf)
     return environment().get_template("report.html.j2").render(**ctx, for_pdf=for_pdf)
 
 

@@ -1,18 +1,24 @@
 """collector.report without servers: periods and zones, the user's errors, InfluxQL text and
-escaping, threshold conditions, number and date formats."""
+escaping, threshold conditions, the grouped aggregates against InfluxQL's definitions, number
+and date formats."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.contract.thresholds import Threshold
 from collector.config import SinkConfig
 from collector.registry import Station
+from collector.report import compute
 from collector.report.i18n import Lang
 from collector.report.model import crosses_condition, meets_condition
-from collector.report.query import Q, ReportQuery, ident, literal
+from collector.report.query import Read, ReportQuery, Rows, ident, literal
 from collector.report.scope import ReportError, ReportRequest, Window, resolve
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -112,34 +118,120 @@ def test_influxql_literals_and_identifiers_cannot_be_escaped_from() -> None:
     assert ident('x"y') == '"x\\"y"'
 
 
-def test_a_province_with_an_odd_zone_station_names_only_that_station() -> None:
+ICMP = Read("icmp", "icmp", ("loss_pct", "rtt_p50_ms"), ("station", "operator"))
+
+
+def test_one_statement_per_stretch_of_time_the_zones_windows_cover() -> None:
     rq = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope())
-    q = Q("t", "icmp", ('count("loss_pct")',), ("loss_pct",), ("operator",))
-    text = rq.text(q)
-    # Papua is WIT; its one WITA station is left out there and added to WITA's window.
-    assert "\"province\" = 'Papua'" in text and "\"station\" != '9103011001005'" in text
-    assert "\"station\" = '9103011001005'" in text
-    assert text.count("(SELECT") == 3  # one subquery per zone window
-    per_station = rq.text(Q("s", "icmp", ('count("loss_pct")',), ("loss_pct",), ("station",)))
-    assert per_station.count("SELECT") == 3 and "(SELECT" not in per_station
+    # A day in each station's own zone: WIT starts at 15:00 UTC, WIB ends at 17:00 UTC.
+    assert rq.spans == [Window(utc("2026-12-01T15:00"), utc("2026-12-02T17:00"))]
+    text = rq.text(ICMP)
+    assert text.count("SELECT") == 1 and "(SELECT" not in text
+    assert 'SELECT "loss_pct", "rtt_p50_ms" FROM "icmp"' in text
+    assert text.endswith('GROUP BY "station", "operator"')
+    # Voting hours: 22:00-06:00 UTC covers 07-13 WIT, WITA and WIB, one stretch a day.
+    rq = ReportQuery(
+        SinkConfig("v1", "http://127.0.0.1:1"), scope(voting_hours=True, end="2026-12-03")
+    )
+    assert rq.spans == [
+        Window(utc("2026-12-01T22:00"), utc("2026-12-02T06:00")),
+        Window(utc("2026-12-02T22:00"), utc("2026-12-03T06:00")),
+    ]
+    assert rq.text(ICMP).count("SELECT") == 2
 
 
 def test_scope_filters_are_tag_conditions() -> None:
     rq = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope(zone="WIB", operator="xlsmart"))
-    text = rq.text(Q("t", "icmp", ('count("loss_pct")',), ("loss_pct",), ()))
+    text = rq.text(ICMP)
     assert "\"operator\" = 'xlsmart'" in text and "(SELECT" not in text
 
 
 def _t(hiw: bool, inclusive: bool) -> Threshold:
-    return Threshold("m", ("icmp.x",), hiw, "", 1.0, 2.0, 3.0, inclusive, "s")
+    good, warn, alert = (1.0, 2.0, 3.0) if hiw else (3.0, 2.0, 1.0)
+    return Threshold("m", ("icmp.x",), hiw, "", good, warn, alert, inclusive, "s")
 
 
-def test_threshold_conditions_match_the_thresholds_model() -> None:
-    assert meets_condition(_t(True, False), "x") == '"x" <= 2'
-    assert meets_condition(_t(True, True), "x") == '"x" < 2'
-    assert meets_condition(_t(False, False), "x") == '"x" >= 2'
-    assert crosses_condition(_t(True, True), "x", "alert") == '"x" >= 3'
-    assert crosses_condition(_t(False, False), "x", "warn") == '"x" < 2'
+def _rows(values: list[float | None]) -> Rows:
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+    n = len(v)
+    return Rows(("station",), [("s",)], np.zeros(n, np.int64), np.arange(n, dtype=np.int64),
+                {"x": v})  # fmt: skip
+
+
+@pytest.mark.parametrize(("hiw", "inclusive"), [(True, False), (True, True), (False, False),
+                                                (False, True)])  # fmt: skip
+def test_threshold_conditions_match_the_thresholds_model(hiw: bool, inclusive: bool) -> None:
+    t = _t(hiw, inclusive)
+    values = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, None]
+    meets = meets_condition(t, "x").test(_rows(values)).tolist()
+    assert meets == [v is not None and not t.breaches(v) for v in values]
+    # Warn or worse is the opposite of meeting, for a present value; alert lies beyond.
+    warn = crosses_condition(t, "x", "warn").test(_rows(values)).tolist()
+    assert warn == [v is not None and t.breaches(v) for v in values]
+    alert = crosses_condition(t, "x", "alert").test(_rows(values)).tolist()
+    assert all(w for w, a in zip(warn, alert, strict=True) if a)
+    assert str(meets_condition(_t(True, True), "x")) == "x < 2"
+
+
+def nearest_rank(v: list[float], p: float) -> float | None:
+    """InfluxQL percentile(): rank floor(N x P / 100 + 0.5), none at rank 0, capped at N."""
+    v = sorted(v)
+    i = math.floor(len(v) * p / 100.0 + 0.5) - 1
+    return v[min(i, len(v) - 1)] if i >= 0 else None
+
+
+def median(v: list[float]) -> float | None:
+    v = sorted(v)
+    n = len(v)
+    if not n:
+        return None
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.one_of(st.none(), st.floats(-1e6, 1e6)), st.booleans()),
+        max_size=60,
+    ),
+    st.sampled_from([1.0, 10.0, 50.0, 95.0, 99.9, 100.0]),
+)
+def test_grouped_aggregates_follow_influxqls_definitions(
+    rows: list[tuple[int, float | None, bool]], p: float
+) -> None:
+    groups = 5
+    gid = np.array([g for g, _, _ in rows], dtype=np.int64)
+    vals = np.array([np.nan if v is None else v for _, v, _ in rows], dtype=np.float64)
+    cond = np.array([c for _, _, c in rows], dtype=bool)
+    mask = ~np.isnan(vals) & cond
+    srt = compute.Sorted.of(gid, vals, compute.by_value(vals, mask), groups)
+    pct, med = srt.percentile(p), srt.median()
+    n = compute.count(gid, mask, groups)
+    tot = compute.total(gid, vals, mask, groups)
+    for g in range(groups):
+        mine = [v for gg, v, c in rows if gg == g and v is not None and c]
+        assert n[g] == len(mine)
+        assert math.isclose(tot[g], sum(mine), abs_tol=1e-6)
+        want_p, want_m = nearest_rank(mine, p), median(mine)
+        assert math.isnan(pct[g]) if want_p is None else pct[g] == want_p, (g, mine)
+        assert math.isnan(med[g]) if want_m is None else med[g] == want_m, (g, mine)
+
+
+def test_worst_hours_and_hourly_means() -> None:
+    h = compute.HOUR_NS
+    gid = np.array([0, 0, 0, 0, 1, 1], dtype=np.int64)
+    time = np.array([0, h + 1, h + 2, 2 * h, 5 * h, 5 * h + 7], dtype=np.int64)
+    mask = np.array([True, True, True, True, False, True])
+    # Most rows first, earlier first on a tie; whole UTC hours.
+    assert compute.worst_hours(gid, time, mask, 2, 2) == [[(h, 2), (0, 1)], [(5 * h, 1)]]
+    a = np.array([1.0, 2.0, 4.0, np.nan, np.nan, np.nan])
+    b = np.array([0.0, 10.0, 0.0, 5.0, np.nan, 3.0])
+    assert compute.hourly_means(gid, time, [a, b], 2) == [
+        (0, 0, [1.0, 0.0]),
+        (0, h, [3.0, 5.0]),
+        (0, 2 * h, [None, 5.0]),
+        (1, 5 * h, [None, 3.0]),
+    ]
 
 
 def test_numbers_and_dates_in_both_languages() -> None:
