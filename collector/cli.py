@@ -28,6 +28,7 @@ from agent.contract.configkit import ConfigError
 from agent.contract.record import printable
 from collector import config as collector_config
 from collector.config import CollectorConfig
+from collector.regdb import DatabaseError
 from collector.regions import Operators
 from collector.registry import COLUMNS, Registry, RegistryError
 
@@ -361,15 +362,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MISSING
+    except DatabaseError as exc:
+        print(exc, file=sys.stderr)  # names the registry (never with a password)
+        return EXIT_FAIL
     except (sqlite3.Error, OSError) as exc:
-        print(f"registry {cfg.registry_path}: {exc}", file=sys.stderr)
+        print(f"registry {cfg.registry_where}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
 
 
 def _registry(cfg: CollectorConfig) -> Registry:
-    return Registry(cfg.registry_path)
+    return Registry(cfg.registry_target, password=cfg.registry.password)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -392,7 +396,7 @@ def cmd_check_config(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     where = url._replace(netloc=netloc).geturl()  # without user:password@
     print(
         f"{cfg.path}: valid (listen {cfg.listen.host}:{cfg.listen.port}, sink {cfg.sink.kind} "
-        f"{where} database {cfg.sink.database}, registry {cfg.registry_path}, "
+        f"{where} database {cfg.sink.database}, registry {cfg.registry_where}, "
         f"{len(th.metrics)} thresholds from {cfg.thresholds_file})"
     )
     return EXIT_OK
@@ -492,7 +496,7 @@ def cmd_stations_import(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     plural = "s" if r.total != 1 else ""
     print(
         f"imported {r.total} station{plural} ({r.added} added, {r.updated} updated, "
-        f"{r.unchanged} unchanged) into {cfg.registry_path}"
+        f"{r.unchanged} unchanged) into {cfg.registry_where}"
     )
     return EXIT_OK
 

@@ -522,7 +522,8 @@ def test_extra_operators_in_the_collector_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(bad)
     assert info.value.errors == [
-        f"{bad}: registry.operators: got an unknown key, expected one of extra_operators",
+        f"{bad}: registry.operators: got an unknown key, expected one of extra_operators, "
+        "password, password_file, path, url",
         f"{bad}: registry.extra_operators: got 'bakti', expected a list of operator labels",
     ]
 
