@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from collector.registry import (
     TokenInfo,
 )
 from tests.conftest import ROOT
+from tests.harness.postgres import RegistryBackend
 
 EXAMPLE = ROOT / "config" / "stations.example.csv"
 HEADER = ",".join(COLUMNS)
@@ -39,10 +42,12 @@ class FakeClock:
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry(tmp_path / "data" / "registry.sqlite3")
+def reg(registry_backend: RegistryBackend) -> Iterator[Registry]:
+    """The example stations in a registry on SQLite, then on PostgreSQL."""
+    r = registry_backend.open()
     r.import_stations_csv(EXAMPLE)
-    return r
+    yield r
+    r.close()
 
 
 def write_csv(tmp_path: Path, *lines: str, name: str = "stations.csv") -> Path:
@@ -263,7 +268,9 @@ def test_add_authenticate_revoke(reg: Registry) -> None:
     assert reg.get_token("nope") is None
 
 
-def test_tokens_are_stored_hashed(tmp_path: Path, reg: Registry) -> None:
+def test_tokens_are_stored_hashed(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "data" / "registry.sqlite3")
+    reg.import_stations_csv(EXAMPLE)
     tokens = [reg.add_token(station="3171011001001")[1] for _ in range(3)]
     reg.close()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir())
@@ -398,11 +405,12 @@ def test_last_used_is_flushed(reg: Registry) -> None:
 # --- several processes on one file ----------------------------------------------------------
 
 
-def test_a_second_instance_sees_changes_within_the_refresh_bound(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    cli = Registry(path)
+def test_a_second_instance_sees_changes_within_the_refresh_bound(
+    registry_backend: RegistryBackend,
+) -> None:
+    cli = registry_backend.open()
     clock = FakeClock()
-    server = Registry(path, refresh_s=5.0, clock=clock)
+    server = registry_backend.open(refresh_s=5.0, clock=clock)
     cli.import_stations_csv(EXAMPLE)
     info, token = cli.add_token(station="3171011001001")
 
@@ -420,9 +428,8 @@ def test_a_second_instance_sees_changes_within_the_refresh_bound(tmp_path: Path)
     assert server.authenticate(token) is None
 
 
-def test_refresh_zero_checks_on_every_call(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    a, b = Registry(path), Registry(path, refresh_s=0)
+def test_refresh_zero_checks_on_every_call(registry_backend: RegistryBackend) -> None:
+    a, b = registry_backend.open(), registry_backend.open(refresh_s=0)
     a.import_stations_csv(EXAMPLE)
     info, token = a.add_token(region="31")
     assert b.authenticate(token) == info
@@ -430,25 +437,27 @@ def test_refresh_zero_checks_on_every_call(tmp_path: Path) -> None:
     assert b.authenticate(token) is None
 
 
-def test_tokens_added_by_another_process(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    server = Registry(path, refresh_s=0)
+def test_tokens_added_by_another_process(registry_backend: RegistryBackend) -> None:
+    server = registry_backend.open(refresh_s=0)
     server.import_stations_csv(EXAMPLE)
     code = (
         "import sys; from collector.registry import Registry\n"
         "r = Registry(sys.argv[1]); info, token = r.add_token(station='3171011001001')\n"
         "print(info.id, token)\n"
     )
+    # The other process finds the password where libpq looks for it (PGPASSWORD).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PGPASSWORD": registry_backend.password or ""}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)],
+        [sys.executable, "-c", code, str(registry_backend.target)],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
         timeout=30,
+        env=env,
     ).stdout.split()
     token_id, token = out
     info = server.authenticate(token)
     assert info is not None and info.id == token_id
     assert server.revoke(token_id)
-    assert Registry(path).authenticate(token) is None
+    assert registry_backend.open().authenticate(token) is None
