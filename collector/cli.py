@@ -268,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd_agents_revoke,
         "revoke a token by its token id, or a whole station",
         "Revoke a token by its token id (from `agents list`). Running collectors refuse it\n"
-        "within a few seconds (they re-read the registry every 5 s). Exit 1 when no token\n"
+        "within 5 s (they re-read the registry every 2 s). Exit 1 when no token\n"
         "has that id.\n"
         "--station ID revokes the station: every active token scoped to it and its unused\n"
         "enrolment codes (a device exchanging one is told the station was revoked). A new\n"

@@ -35,7 +35,6 @@ from typing import Any
 import pytest
 
 from collector.registry import Registry
-
 from tests.conftest import require
 from tests.harness.servers import LOOPBACK, free_port
 
@@ -46,7 +45,9 @@ def pg_bin() -> Path | None:
     """The newest installed PostgreSQL server's bin directory (Debian's layout)."""
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
     )
     if found:
         return Path(found[-1]).parent
@@ -109,7 +110,9 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres(bin_dir: Path, *, durable: bool = False, startup_s: float = 30.0) -> Iterator[PostgresServer]:
+def postgres(
+    bin_dir: Path, *, durable: bool = False, startup_s: float = 30.0
+) -> Iterator[PostgresServer]:
     """A throwaway cluster on a free loopback port. durable=False turns fsync off (tests);
     the benchmarks pass True to measure what a deployment would see."""
     user = _run_as()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.regdb import SCHEMA_VERSION, DatabaseError
 from collector.registry import (
     COLUMNS,
     ImportResult,
@@ -461,3 +462,68 @@ def test_tokens_added_by_another_process(registry_backend: RegistryBackend) -> N
     assert info is not None and info.id == token_id
     assert server.revoke(token_id)
     assert registry_backend.open().authenticate(token) is None
+
+
+def test_names_that_look_like_sql_are_stored_as_text(reg: Registry, tmp_path: Path) -> None:
+    """Every query is parameterised: a station name written to break out of a string
+    literal is a name like any other, on either database."""
+    hostile = "TPS 1'); DROP TABLE tokens; --"
+    quoted = '"' + hostile.replace('"', '""') + '"'
+    line = f"3171011001001,{quoted},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,"
+    assert reg.import_stations_csv(write_csv(tmp_path, HEADER, line)) == ImportResult(0, 1, 0)
+    station = reg.get_station("3171011001001")
+    assert station is not None and station.name == hostile
+    info, token = reg.add_token(station="3171011001001", note="x' OR '1'='1")
+    assert reg.authenticate(token) == info
+    assert reg.get_token(info.id) == info and reg.get_token("' OR '1'='1") is None
+    assert reg.revoke("' OR '1'='1") is False and reg.authenticate(token) == info
+
+
+LEGACY_SCHEMA = """
+CREATE TABLE stations (id TEXT PRIMARY KEY, name TEXT NOT NULL, province TEXT NOT NULL,
+    regency TEXT NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL, tz TEXT NOT NULL,
+    expected_operator TEXT);
+CREATE TABLE tokens (id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, scope_kind TEXT NOT NULL,
+    scope_value TEXT NOT NULL, note TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT,
+    last_used_at TEXT);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('stations_gen', 1), ('tokens_gen', 1);
+INSERT INTO tokens VALUES ('0badc0de', X'{digest}', 'region', '31', '', '2026-01-01T00:00:00Z',
+    NULL, NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_registry_from_before_migrations_is_migrated_and_keeps_its_tokens(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "registry.sqlite3"
+    token = "sny_" + "k" * 43
+    with sqlite3.connect(path) as db:
+        db.executescript(LEGACY_SCHEMA.format(digest=hashlib.sha256(token.encode()).hexdigest()))
+    reg = Registry(path, refresh_s=0)
+    assert reg._db.version() == SCHEMA_VERSION
+    info = reg.authenticate(token)
+    assert info is not None and info.id == "0badc0de"
+    other = Registry(path, refresh_s=0)
+    assert other.authenticate(token) is not None
+    assert reg.revoke(info.id)
+    assert other.authenticate(token) is None  # revoked_gen, added by migration 2
+
+
+def test_a_registry_newer_than_the_code_is_refused(registry_backend: RegistryBackend) -> None:
+    reg = registry_backend.open()
+    with reg.transaction() as db:
+        db.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'later')",
+            (SCHEMA_VERSION + 1,),
+        )
+    reg.close()
+    with pytest.raises(DatabaseError) as info:
+        registry_backend.open()
+    assert str(info.value) == (
+        f"registry {registry_backend.target}: schema version {SCHEMA_VERSION + 1}, but this "
+        f"collector knows versions up to {SCHEMA_VERSION}: upgrade sinyal on this machine"
+    )
