@@ -282,9 +282,10 @@ def backends(n_stations: int, n_tokens: int, write: bool) -> int:
             f"`python benchmarks/registry_import.py --backends --stations {n_stations}"
             f" --tokens {n_tokens} --write`: the same",
             f"registry ({n_stations:,} stations of the generator above, then {n_tokens:,} station",
-            "tokens issued in one `add_tokens` transaction) on a SQLite file and on a PostgreSQL 15",
-            "database (a throwaway cluster of Debian's package on loopback TCP with a password, fsync",
-            "on: tests/harness/postgres.py), one after the other in one run. `open` is a new",
+            "tokens issued in one `add_tokens` transaction) on a SQLite file and on a",
+            "PostgreSQL 15 database (a throwaway cluster of Debian's package on loopback TCP",
+            "with a password, fsync on: tests/harness/postgres.py), one after the other in one",
+            "run. `open` is a new",
             "`Registry` loading every token; `lookup` the mean of `authenticate()` (SHA-256 and",
             "the in-memory cache, the same code on both); `reload` the re-read after another",
             "instance revoked one token, after it added 1,000, and a forced full re-read;",
