@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _registry(cfg: CollectorConfig) -> Registry:
-    return Registry(cfg.registry_target, password=cfg.registry.password)
+    return Registry.for_config(cfg)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from agent.contract.configkit import (
     NAME_RE,
@@ -418,7 +418,7 @@ class _Loader:
         if parts.scheme not in POSTGRES_SCHEMES or not parts.path.strip("/"):
             r.error("registry.url", show(safe_url(v)), expected + " (with the database name)")
             return None
-        if parts.password is not None:
+        if parts.password is not None or "password" in parse_qs(parts.query):
             r.error(
                 "registry.url",
                 show(safe_url(v)) + " with a password",

@@ -1,7 +1,9 @@
-"""The collector's registry: stations and agent tokens, in SQLite (WAL) in the data dir.
+"""The collector's registry: stations and agent tokens, in SQLite (WAL) in the data dir on
+one machine, or in a PostgreSQL database shared by several nodes (collector.regdb holds the
+dialect layer and the migrations; the queries here run on both).
 
-Every collector replica on a host opens the same file (``CollectorConfig.registry_path``);
-the CLI writes it (``sinyal-collector stations import``, ``agents add/revoke``) while the
+Every collector process opens the registry its config names (``Registry.for_config``); the
+CLI writes it (``sinyal-collector stations import``, ``agents add/revoke``) while the
 servers read it.
 
 Stations CSV
@@ -46,10 +48,13 @@ Caches and other processes
 --------------------------
 Stations and active tokens are held in memory, so ``get_station`` and ``authenticate``
 cost a dict lookup. A change made through this object reloads them at once. A change made
-by another process (the CLI, another replica) bumps a counter in the ``meta`` table; each
+by another process (the CLI, another node) bumps a counter in the ``meta`` table; each
 instance reads the counters at most every ``refresh_s`` seconds (default
-``DEFAULT_REFRESH_S``) and reloads what changed. So a revocation or a new token or station
-takes effect in every running server within ``refresh_s`` seconds.
+``DEFAULT_REFRESH_S``) and reloads what changed: new tokens by their insertion order
+(writers take turns, so a new row is above the last one seen), revocations by the tokens
+generation each one made (no clock involved). So a revocation or a new token or station
+takes effect in every running server within ``refresh_s`` seconds plus the re-read. When
+the database cannot be read the caches stay as they are and the next interval tries again.
 """
 
 from __future__ import annotations
@@ -70,13 +75,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.contract.configkit import STATION_ID_RE, show, timezone
 from agent.contract.record import FORMULA_LEAD
 from collector.regdb import SQLITE, Database, DatabaseError
 from collector.regions import Operators, tps_shape_problem, wilayah
 from collector.station import Station
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 log = logging.getLogger("sinyal.collector.registry")
 
@@ -380,6 +388,11 @@ class Registry:
         except BaseException:
             self._db.close()
             raise
+
+    @classmethod
+    def for_config(cls, cfg: CollectorConfig, **kwargs: Any) -> Registry:
+        """The registry a collector config names: its PostgreSQL URL or its SQLite file."""
+        return cls(cfg.registry_target, password=cfg.registry.password, **kwargs)
 
     # --- plumbing -----------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ def collector_process(
     """Start `serve` on cfg (tokens for STATION and its neighbour added first); yield when
     /healthz answers. `file_limit` sets the process's RLIMIT_NOFILE (soft and hard)."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(cfg.registry_target, refresh_s=0, password=cfg.registry.password)
+    registry = Registry.for_config(cfg, refresh_s=0)
     registry.import_stations_csv(STATIONS_CSV)
     info, token = registry.add_token(station=STATION, note="test")
     _, other = registry.add_token(station=OTHER_STATION, note="test other")
