@@ -47,7 +47,8 @@ _TYPES = {
     POSTGRES: {
         "blob": "BYTEA",
         "real": "DOUBLE PRECISION",
-        "seq_column": "seq BIGSERIAL NOT NULL,",
+        # UNIQUE: its index serves the incremental reload (seq > the last seen), as rowid does.
+        "seq_column": "seq BIGSERIAL NOT NULL UNIQUE,",
     },
 }
 
@@ -302,6 +303,14 @@ class Database:
                         cur.executemany(self._text(sql), rows)
             except self._driver_errors() as exc:
                 raise self._error(exc) from None
+
+    def analyze(self, table: str) -> None:
+        """Refresh PostgreSQL's statistics of `table` after a bulk write, so the incremental
+        reload's `seq > ?` uses the index at once rather than after autovacuum's next look
+        (SQLite's rowid needs no statistics)."""
+        if self.dialect == POSTGRES:
+            assert table.isidentifier()
+            self.execute(f"ANALYZE {table}")
 
     def script(self, statements: str) -> None:
         for stmt in statements.split(";"):

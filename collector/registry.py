@@ -640,6 +640,8 @@ class Registry:
                 rows,
             )
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_gen'")
+        if len(rows) >= 1000:
+            self._db.analyze("tokens")
         self._reload()
         if len(issued) == 1:
             log.info("registry: added token %s for %s", issued[0][0].id, issued[0][0].scope)
