@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -223,6 +223,9 @@ class Database:
             "keepalives_count": 3,
             "application_name": "sinyal-collector",
         }
+        given = parse_qs(urlsplit(self._url).query)
+        kwargs = {k: v for k, v in kwargs.items() if k not in given}  # the URL's options win
+        kwargs["autocommit"] = True
         if self._password is not None:
             kwargs["password"] = self._password
         try:
