@@ -186,7 +186,7 @@ class IngestService:
         engine: StatusEngine | None = None,
     ) -> None:
         self.cfg = cfg
-        self.registry = registry or Registry(cfg.registry_path)
+        self.registry = registry or Registry.for_config(cfg)
         self.sink = sink or make_sink(cfg.sink)
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
         # This process's name among the processes a proxy routes stations to (cfg.shard).

@@ -28,6 +28,7 @@ from agent.contract.configkit import ConfigError
 from agent.contract.record import printable
 from collector import config as collector_config
 from collector.config import CollectorConfig
+from collector.regdb import DatabaseError
 from collector.regions import Operators
 from collector.registry import COLUMNS, Registry, RegistryError
 
@@ -289,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd_agents_revoke,
         "revoke a token by its token id, or a whole station",
         "Revoke a token by its token id (from `agents list`). Running collectors refuse it\n"
-        "within a few seconds (they re-read the registry every 5 s). Exit 1 when no token\n"
+        "within 5 s (they re-read the registry every 2 s). Exit 1 when no token\n"
         "has that id.\n"
         "--station ID revokes the station: every active token scoped to it and its unused\n"
         "enrolment codes (a device exchanging one is told the station was revoked). A new\n"
@@ -383,15 +384,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MISSING
+    except DatabaseError as exc:
+        print(exc, file=sys.stderr)  # names the registry (never with a password)
+        return EXIT_FAIL
     except (sqlite3.Error, OSError) as exc:
-        print(f"registry {cfg.registry_path}: {exc}", file=sys.stderr)
+        print(f"registry {cfg.registry_where}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
 
 
 def _registry(cfg: CollectorConfig) -> Registry:
-    return Registry(cfg.registry_path)
+    return Registry.for_config(cfg)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -414,7 +418,7 @@ def cmd_check_config(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     where = url._replace(netloc=netloc).geturl()  # without user:password@
     print(
         f"{cfg.path}: valid (listen {cfg.listen.host}:{cfg.listen.port}, sink {cfg.sink.kind} "
-        f"{where} database {cfg.sink.database}, registry {cfg.registry_path}, "
+        f"{where} database {cfg.sink.database}, registry {cfg.registry_where}, "
         f"{len(th.metrics)} thresholds from {cfg.thresholds_file})"
     )
     return EXIT_OK
@@ -536,7 +540,7 @@ def cmd_stations_import(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     plural = "s" if r.total != 1 else ""
     print(
         f"imported {r.total} station{plural} ({r.added} added, {r.updated} updated, "
-        f"{r.unchanged} unchanged) into {cfg.registry_path}"
+        f"{r.unchanged} unchanged) into {cfg.registry_where}"
     )
     return EXIT_OK
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from agent.contract.configkit import (
     NAME_RE,
@@ -33,6 +33,7 @@ from agent.contract.configkit import (
     string,
 )
 from agent.contract.envcheck import COLLECTOR_KEYS, unknown_env_errors
+from collector.regdb import POSTGRES_SCHEMES, safe_url
 
 DEFAULT_CONFIG = "/etc/sinyal/collector.yaml"
 DEFAULT_DATA_DIR = Path("/var/lib/sinyal")
@@ -161,10 +162,18 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """What ``stations import`` accepts (collector/regions.py): operator labels besides the
-    built-in telkomsel, indosat, xlsmart and smartfren."""
+    """Where the registry is, and what ``stations import`` accepts (collector/regions.py):
+    operator labels besides the built-in telkomsel, indosat, xlsmart and smartfren.
+
+    Without `url` the registry is a SQLite file (`path`, default data_dir/registry.sqlite3),
+    for one machine; with a postgresql:// `url` it is that PostgreSQL database, shared by
+    every collector node. The password is never in the URL: `password_file` (its first line)
+    or SINYAL_REGISTRY__PASSWORD, or libpq's own ~/.pgpass / PGPASSFILE."""
 
     extra_operators: tuple[str, ...] = ()
+    url: str | None = None
+    path: Path | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -200,7 +209,18 @@ class CollectorConfig:
 
     @property
     def registry_path(self) -> Path:
-        return self.data_dir / "registry.sqlite3"
+        """The SQLite registry file (unused when registry.url names a PostgreSQL database)."""
+        return self.registry.path or self.data_dir / "registry.sqlite3"
+
+    @property
+    def registry_target(self) -> str | Path:
+        """What collector.registry.Registry opens: the PostgreSQL URL or the SQLite file."""
+        return self.registry.url or self.registry_path
+
+    @property
+    def registry_where(self) -> str:
+        """The registry for messages: the file, or the URL (which never holds a password)."""
+        return self.registry.url or str(self.registry_path)
 
     @property
     def shard_id(self) -> str:
@@ -393,13 +413,66 @@ class _Loader:
 
     def registry(self, raw: Any) -> RegistryConfig:
         r = self.r
-        m = r.mapping(raw, "registry", {"extra_operators"}, set())
-        extra = m.get("extra_operators")
+        keys = {"extra_operators", "url", "path", "password_file", "password"}
+        m = r.mapping(raw, "registry", keys, set())
+        url = self.registry_url(m.get("url"))
+        path = r.get(m, "path", "registry", self.path_value, "a SQLite file path")
+        if url is not None and path is not None:
+            r.error("registry.path", show(str(path)), "either registry.url or registry.path")
+        password = r.get(m, "password", "registry", string(), "a password")
+        pw_file = r.get(m, "password_file", "registry", self.existing_file, "a readable file")
+        if pw_file is not None:
+            password = self.password_from(pw_file)
+        if password is not None and url is None:
+            r.error("registry.password", "'***'", "a password only with a postgresql:// url")
+        return RegistryConfig(self.operators(m.get("extra_operators")), url, path, password)
+
+    def registry_url(self, v: Any) -> str | None:
+        if v is None:
+            return None
+        r = self.r
+        expected = "a URL such as postgresql://sinyal@db.example.org/sinyal"
+        if not isinstance(v, str) or not v:
+            r.error("registry.url", show(v), expected)
+            return None
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            r.error("registry.url", "a URL that cannot be parsed", expected)
+            return None
+        if parts.scheme not in POSTGRES_SCHEMES or not parts.path.strip("/"):
+            r.error("registry.url", show(safe_url(v)), expected + " (with the database name)")
+            return None
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            r.error(
+                "registry.url",
+                show(safe_url(v)) + " with a password",
+                "the URL without it: put the password in registry.password_file or "
+                "SINYAL_REGISTRY__PASSWORD",
+            )
+            return None
+        return v
+
+    def password_from(self, path: Path) -> str | None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        if not text or "\n" in text:
+            self.r.error(
+                "registry.password_file", show(str(path)), "a file with the password on one line"
+            )
+            return None
+        return text
+
+    def operators(self, extra: Any) -> tuple[str, ...]:
+        r = self.r
         if extra is None:
-            return RegistryConfig()
+            return ()
         if not isinstance(extra, list):
             r.error("registry.extra_operators", show(extra), "a list of operator labels")
-            return RegistryConfig()
+            return ()
         labels: list[str] = []
         for i, label in enumerate(extra):
             if not isinstance(label, str) or not NAME_RE.fullmatch(label) or label != label.lower():
@@ -412,7 +485,7 @@ class _Loader:
                 r.error(f"registry.extra_operators[{i}]", show(label), "each label once")
             else:
                 labels.append(label)
-        return RegistryConfig(tuple(labels))
+        return tuple(labels)
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> CollectorConfig:

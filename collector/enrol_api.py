@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from collector.enrolment import Enrolment, EnrolmentError, RateLimiter
+from collector.regdb import DatabaseError
 from collector.registry import Registry
 
 log = logging.getLogger("sinyal.collector")
@@ -57,6 +58,13 @@ def add_enrolment(app: FastAPI, registry: Registry) -> None:
             return JSONResponse({"error": 'expected a JSON object {"code": "XXXXX-XXXXX"}'}, 400)
         try:
             done = await run_in_threadpool(enrolment.exchange, code, source, limiter)
+        except DatabaseError as exc:
+            log.warning("enrolment from %s failed: %s", source, exc)
+            return JSONResponse(
+                {"error": "the registry is unavailable: try again in a minute"},
+                503,
+                headers={"Retry-After": "60"},
+            )
         except EnrolmentError as exc:
             headers = {}
             if exc.retry_after_s is not None:

@@ -8,7 +8,7 @@ config (id, name, lat, lon, tz from the registry).
 - A code is 10 characters of Crockford's base32 (no I, L, O, U: nothing to misread),
   shown as two groups of five (``7KQ2M-9XD4T``): 50 random bits. Typing is forgiving:
   case, spaces and dashes do not matter, O reads as 0 and I or L as 1.
-- Only its SHA-256 is stored, beside the registry's tables in the same SQLite file. A
+- Only its SHA-256 is stored, beside the registry's tables in its database. A
   short code is guessable offline from a stolen hash in a way a 256-bit token is not,
   which is why a code is single-use and expires (default 14 days): a stolen registry
   yields at most codes not yet used, and the control room can revoke those.
@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import ipaddress
 import secrets
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from collector.regdb import Database
 from collector.registry import Registry, TokenInfo
 from collector.station import Station
 
@@ -46,19 +46,6 @@ CODE_LENGTH = 10
 DEFAULT_EXPIRY = timedelta(days=14)
 ATTEMPTS = 10  # failed exchanges per source address per window
 WINDOW_S = 600.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS enrolment_codes (
-    hash        BLOB PRIMARY KEY,   -- SHA-256 of the normalised code (the code is not kept)
-    station     TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    expires_at  TEXT NOT NULL,
-    used_at     TEXT,
-    token_id    TEXT,               -- the token the exchange issued
-    revoked_at  TEXT
-);
-CREATE INDEX IF NOT EXISTS enrolment_codes_station ON enrolment_codes (station);
-"""
 
 
 class EnrolmentError(Exception):
@@ -197,11 +184,7 @@ class Enrolment:
     """Enrolment codes in the registry's SQLite file (on the registry's connection)."""
 
     def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        with self._write() as db:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        self.registry = registry  # its schema has the enrolment_codes table (collector.regdb)
 
     def close(self) -> None:
         pass  # the registry's connection is its owner's to close
@@ -212,7 +195,7 @@ class Enrolment:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _write(self) -> contextlib.AbstractContextManager[Database]:
         return self.registry.transaction()
 
     def issue(self, station_ids: list[str], expiry: timedelta = DEFAULT_EXPIRY) -> list[IssuedCode]:
@@ -232,15 +215,13 @@ class Enrolment:
             for st in stations:
                 while True:
                     code = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
-                    try:
-                        db.execute(
-                            "INSERT INTO enrolment_codes (hash, station, created_at, expires_at)"
-                            " VALUES (?, ?, ?, ?)",
-                            (_hash(code), st.id, created, expires),
-                        )
-                        break
-                    except sqlite3.IntegrityError:  # the same code drawn twice: draw again
-                        continue
+                    cur = db.execute(
+                        "INSERT INTO enrolment_codes (hash, station, created_at, expires_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+                        (_hash(code), st.id, created, expires),
+                    )
+                    if cur.rowcount == 1:
+                        break  # else the same code was drawn twice: draw again
                 issued.append(IssuedCode(st, display(code), expires))
         return issued
 

@@ -1,7 +1,9 @@
-"""The collector's registry: stations and agent tokens, in SQLite (WAL) in the data dir.
+"""The collector's registry: stations and agent tokens, in SQLite (WAL) in the data dir on
+one machine, or in a PostgreSQL database shared by several nodes (collector.regdb holds the
+dialect layer and the migrations; the queries here run on both).
 
-Every collector replica on a host opens the same file (``CollectorConfig.registry_path``);
-the CLI writes it (``sinyal-collector stations import``, ``agents add/revoke``) while the
+Every collector process opens the registry its config names (``Registry.for_config``); the
+CLI writes it (``sinyal-collector stations import``, ``agents add/revoke``) while the
 servers read it.
 
 Stations CSV
@@ -46,10 +48,13 @@ Caches and other processes
 --------------------------
 Stations and active tokens are held in memory, so ``get_station`` and ``authenticate``
 cost a dict lookup. A change made through this object reloads them at once. A change made
-by another process (the CLI, another replica) bumps a counter in the ``meta`` table; each
+by another process (the CLI, another node) bumps a counter in the ``meta`` table; each
 instance reads the counters at most every ``refresh_s`` seconds (default
-``DEFAULT_REFRESH_S``) and reloads what changed. So a revocation or a new token or station
-takes effect in every running server within ``refresh_s`` seconds.
+``DEFAULT_REFRESH_S``) and reloads what changed: new tokens by their insertion order
+(writers take turns, so a new row is above the last one seen), revocations by the tokens
+generation each one made (no clock involved). So a revocation or a new token or station
+takes effect in every running server within ``refresh_s`` seconds plus the re-read. When
+the database cannot be read the caches stay as they are and the next interval tries again.
 """
 
 from __future__ import annotations
@@ -61,74 +66,43 @@ import hmac
 import io
 import logging
 import math
-import os
 import re
 import secrets
-import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.contract.configkit import STATION_ID_RE, show, timezone
 from agent.contract.record import FORMULA_LEAD
+from collector.regdb import SQLITE, Database, DatabaseError
 from collector.regions import Operators, tps_shape_problem, wilayah
 from collector.station import Station
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 log = logging.getLogger("sinyal.collector.registry")
 
 COLUMNS = ("id", "name", "province", "regency", "lat", "lon", "tz", "expected_operator")
 TOKEN_PREFIX = "sny_"
-DEFAULT_REFRESH_S = 5.0
+DEFAULT_REFRESH_S = 2.0  # so a revocation reaches every process within 5 s
 STATION, REGION = "station", "region"
 
 _REGION_RE = re.compile(r"[0-9]{2}|[0-9]{4}|[0-9]{6}|[0-9]{10}")
 _SCIENTIFIC_RE = re.compile(r"\d(\.\d+)?[eE]\+?\d+")  # 3171011001001 after a spreadsheet
 _MAX_TEXT = 200
 _MAX_TOKEN_LEN = 256  # longer input is not one of our tokens; do not hash megabytes
-_SCHEMA_VERSION = 1
 _EXPECTED = {
     "name": "a station name, 1..200 printable characters",
     "province": "a province name such as DKI Jakarta",
     "regency": "a regency or city name such as Kota Jakarta Pusat",
     "tz": "an IANA time zone such as Asia/Jakarta, Asia/Makassar or Asia/Jayapura",
 }
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stations (
-    id                TEXT PRIMARY KEY,
-    name              TEXT NOT NULL,
-    province          TEXT NOT NULL,
-    regency           TEXT NOT NULL,
-    lat               REAL NOT NULL,
-    lon               REAL NOT NULL,
-    tz                TEXT NOT NULL,
-    expected_operator TEXT             -- NULL: none expected
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    id           TEXT PRIMARY KEY,     -- public token id, for list and revoke
-    hash         BLOB NOT NULL UNIQUE, -- SHA-256 of the token (the token itself is not kept)
-    scope_kind   TEXT NOT NULL CHECK (scope_kind IN ('station', 'region')),
-    scope_value  TEXT NOT NULL,
-    note         TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    revoked_at   TEXT,
-    last_used_at TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('stations_gen', 0), ('tokens_gen', 0);
-CREATE INDEX IF NOT EXISTS tokens_revoked_at ON tokens (revoked_at) WHERE revoked_at IS NOT NULL;
-"""
-# An incremental token reload looks for revocations this far before its last look, so a
-# revocation committed a little after the time it records is not missed.
-_REVOKE_MARGIN_S = 300.0
 
 
 class RegistryError(Exception):
@@ -374,17 +348,6 @@ class _CsvReader:
         )
 
 
-def _owner_only(path: Path, create: bool = False) -> None:
-    """Make a registry file (token hashes, stations) readable by its owner only; SQLite
-    gives its -wal and -shm files the database file's mode."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-    if create and not path.exists():
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
 def read_stations_csv(path: str | Path, operators: Operators | None = None) -> list[Station]:
     """Parse and validate a stations CSV; raises RegistryError listing every problem.
     `operators`: the labels accepted in expected_operator (default: the built-in ones)."""
@@ -400,48 +363,42 @@ class Registry:
         path: str | Path,
         refresh_s: float = DEFAULT_REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
+        password: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        """`path`: a SQLite file, or a postgresql:// URL (its password, if any, in
+        `password` rather than in the URL)."""
         self.refresh_s = refresh_s
         self._clock = clock
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _owner_only(self.path, create=True)
         self._lock = threading.RLock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for writes).
-        self._db = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            with self._write() as db:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = Database(path, password)
+        self.where = self._db.where  # the path, or the URL without its password
+        self.dialect = self._db.dialect
+        self.path = Path(path) if self.dialect == SQLITE else None
         self._gens: tuple[int, int] = (-1, -1)  # (stations_gen, tokens_gen) of the caches
         self._stations: dict[str, Station] = {}
         self._tokens: dict[bytes, tuple[bytes, TokenInfo]] = {}  # SHA-256 -> active token
         self._used: dict[str, float] = {}  # token id -> last authenticate(), not yet stored
         self._active_ids: set[str] = set()
-        self._max_rowid = 0  # of the tokens table, at the last token reload
-        self._tokens_read_at = 0.0  # wall time of the last token reload
+        self._max_seq = 0  # insertion order (rowid or seq) of the newest token read
         self._checked_at = -math.inf
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
-        self._reload()
-        for suffix in ("-wal", "-shm"):
-            _owner_only(self.path.with_name(self.path.name + suffix))
+        try:
+            self._reload()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def for_config(cls, cfg: CollectorConfig, **kwargs: Any) -> Registry:
+        """The registry a collector config names: its PostgreSQL URL or its SQLite file."""
+        return cls(cfg.registry_target, password=cfg.registry.password, **kwargs)
 
     # --- plumbing -----------------------------------------------------------------------
 
     def close(self) -> None:
         self.stop_background()
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(DatabaseError):
             self.flush_usage()
         with self._lock:
             self._db.close()
@@ -452,30 +409,18 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A write transaction on the registry's database (BEGIN IMMEDIATE), for modules
-        that keep their own tables in it (collector.enrolment)."""
+    def transaction(self) -> contextlib.AbstractContextManager[Database]:
+        """A write transaction on the registry's database, for modules that keep their own
+        tables in it (collector.enrolment). Queries use ? placeholders (collector.regdb)."""
         return self._write()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _write(self) -> contextlib.AbstractContextManager[Database]:
+        return self._db.write()
 
     def _reload(self, force: bool = False) -> None:
         """Reload the caches whose generation counter changed (all of them when forced)."""
         with self._lock:
-            db = self._db
-            db.execute("BEGIN")  # one snapshot: counters and rows agree
-            try:
+            with self._db.snapshot() as db:  # one snapshot: counters and rows agree
                 gens = dict(db.execute("SELECT key, value FROM meta").fetchall())
                 new = (int(gens["stations_gen"]), int(gens["tokens_gen"]))
                 if force or new[0] != self._gens[0]:
@@ -483,45 +428,41 @@ class Registry:
                 if force or self._gens[1] < 0:
                     self._load_tokens(db)
                 elif new[1] != self._gens[1]:
-                    self._update_tokens(db)
-            finally:
-                db.execute("COMMIT")
+                    self._update_tokens(db, self._gens[1])
             self._gens = new
             self._checked_at = self._clock()
 
     _TOKEN_COLUMNS = (
-        "rowid, hash, id, scope_kind, scope_value, note, created_at, revoked_at, last_used_at"
+        "{seq}, hash, id, scope_kind, scope_value, note, created_at, revoked_at, last_used_at"
     )
 
-    def _load_tokens(self, db: sqlite3.Connection) -> None:
-        now = time.time()
+    def _load_tokens(self, db: Database) -> None:
         tokens: dict[bytes, tuple[bytes, TokenInfo]] = {}
         top = 0
-        for row in db.execute(f"SELECT {self._TOKEN_COLUMNS} FROM tokens"):
+        columns = self._TOKEN_COLUMNS.format(seq=db.seq)
+        for row in db.execute(f"SELECT {columns} FROM tokens"):
             top = max(top, row[0])
             if row[7] is None:
                 tokens[bytes(row[1])] = (bytes(row[1]), TokenInfo(*row[2:]))
         self._tokens = tokens
         self._active_ids = {info.id for _, info in tokens.values()}
-        self._max_rowid = top
-        self._tokens_read_at = now
+        self._max_seq = top
 
-    def _update_tokens(self, db: sqlite3.Connection) -> None:
+    def _update_tokens(self, db: Database, seen_gen: int) -> None:
         """Apply what changed since the last token reload: rows added since (tokens are
-        never deleted, so new rowids are above the last one seen) and revocations since
-        (an index on revoked_at). Reading 300,000 tokens again took 1.6 s, which stalled
+        never deleted and writers take turns, so new rows are above the last rowid or seq
+        seen) and the revocations since (each records the tokens generation it made, so no
+        node's clock is involved). Reading 300,000 tokens again took 1.6 s, which stalled
         every request when it ran on the event loop (issue 15, finding 11)."""
-        now = time.time()
-        since = datetime.fromtimestamp(self._tokens_read_at - _REVOKE_MARGIN_S, UTC)
+        columns = self._TOKEN_COLUMNS.format(seq=db.seq)
         added = db.execute(
-            f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE rowid > ?", (self._max_rowid,)
+            f"SELECT {columns} FROM tokens WHERE {db.seq} > ?", (self._max_seq,)
         ).fetchall()
         revoked = db.execute(
-            "SELECT hash, id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?",
-            (since.strftime("%Y-%m-%dT%H:%M:%SZ"),),
+            "SELECT hash, id FROM tokens WHERE revoked_gen > ?", (seen_gen,)
         ).fetchall()
         for row in added:
-            self._max_rowid = max(self._max_rowid, row[0])
+            self._max_seq = max(self._max_seq, row[0])
             if row[7] is None:
                 info = TokenInfo(*row[2:])
                 self._tokens[bytes(row[1])] = (bytes(row[1]), info)
@@ -529,7 +470,6 @@ class Registry:
         for digest, token_id in revoked:
             self._tokens.pop(bytes(digest), None)
             self._active_ids.discard(token_id)
-        self._tokens_read_at = now
 
     def is_active(self, token_id: str) -> bool:
         """Is the token with this public id active (known and not revoked)?"""
@@ -552,10 +492,8 @@ class Registry:
                     if time.monotonic() - last_flush >= usage_flush_s:
                         last_flush = time.monotonic()
                         self.flush_usage()
-                except sqlite3.Error as exc:
-                    log.warning(
-                        "registry %s: cannot re-read, using cached data: %s", self.path, exc
-                    )
+                except DatabaseError as exc:
+                    log.warning("cannot re-read, using cached data: %s", exc)
 
         self._background = threading.Thread(target=loop, name="registry-refresh", daemon=True)
         self._background.start()
@@ -576,13 +514,13 @@ class Registry:
                 return  # another thread has just re-read it
             try:
                 self._reload()
-            except sqlite3.Error as exc:
+            except DatabaseError as exc:
                 # Keep serving from the cache; try again after another interval.
                 self._checked_at = self._clock()
-                log.warning("registry %s: cannot re-read, using cached data: %s", self.path, exc)
+                log.warning("cannot re-read, using cached data: %s", exc)
 
     @staticmethod
-    def _select_stations(db: sqlite3.Connection) -> list[Station]:
+    def _select_stations(db: Database) -> list[Station]:
         intern = sys.intern
         return [
             Station(
@@ -702,6 +640,8 @@ class Registry:
                 rows,
             )
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_gen'")
+        if len(rows) >= 1000:
+            self._db.analyze("tokens")
         self._reload()
         if len(issued) == 1:
             log.info("registry: added token %s for %s", issued[0][0].id, issued[0][0].scope)
@@ -755,14 +695,14 @@ class Registry:
         used, self._used = self._used, {}
         if not used:
             return 0
-        rows = [
-            (datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), tid)
-            for tid, t in used.items()
-        ]
+        rows = []
+        for tid, t in used.items():
+            at = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            rows.append((at, tid, at))
         with self._write() as db:
             db.executemany(
-                "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2"
-                " AND (last_used_at IS NULL OR last_used_at < ?1)",
+                "UPDATE tokens SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at < ?)",
                 rows,
             )
         return len(rows)
@@ -791,7 +731,9 @@ class Registry:
         already revoked token is a no-op that returns True."""
         with self._write() as db:
             cur = db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                "UPDATE tokens SET revoked_at = ?, revoked_gen = ("
+                "SELECT value + 1 FROM meta WHERE key = 'tokens_gen')"
+                " WHERE id = ? AND revoked_at IS NULL",
                 (_utc_now(), token_id),
             )
             changed = cur.rowcount == 1

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.harness.lab.fixtures",
     "tests.harness.collector_stack",
     "tests.harness.debroot",
+    "tests.harness.postgres",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

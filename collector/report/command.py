@@ -134,10 +134,10 @@ def run(args: argparse.Namespace, cfg: CollectorConfig) -> int:
             print(line, file=sys.stderr)
         return 2
     req = request_from(args)
-    with Registry(cfg.registry_path) as reg:
+    with Registry.for_config(cfg) as reg:
         stations = reg.stations()
     if not stations:
-        print(f"report: the registry {cfg.registry_path} holds no stations; run "
+        print(f"report: the registry {cfg.registry_where} holds no stations; run "
               "`sinyal-collector stations import FILE` first", file=sys.stderr)  # fmt: skip
         return 1
     out = Path(args.out)

@@ -91,7 +91,7 @@ def collector_process(
     `file_limit` sets the process's RLIMIT_NOFILE (soft and hard); `serve_args` are added
     to the command line."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(cfg.registry_path, refresh_s=0)
+    registry = Registry.for_config(cfg, refresh_s=0)
     registry.import_stations_csv(STATIONS_CSV)
     info, token = registry.add_token(station=STATION, note="test")
     _, other = registry.add_token(station=OTHER_STATION, note="test other")

@@ -71,7 +71,7 @@ class Stack:
 @contextlib.contextmanager
 def running_collector(cfg: CollectorConfig) -> Iterator[Stack]:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(cfg.registry_path, refresh_s=0)
+    registry = Registry.for_config(cfg, refresh_s=0)
     registry.import_stations_csv(STATIONS_CSV)
     info, token = registry.add_token(station=STATION, note="test")
     _, region_token = registry.add_token(region="3171", note="test region")

@@ -10,19 +10,22 @@ import pytest
 import yaml
 
 from collector import cli
-from collector.registry import Registry
 from tests.conftest import ROOT
+from tests.harness.postgres import RegistryBackend
 
 EXAMPLE = ROOT / "config" / "stations.example.csv"
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, registry_backend: RegistryBackend) -> Path:
+    """A config whose registry is the default SQLite file, then a PostgreSQL database."""
     doc = {
         "sink": {"kind": "v1", "url": "http://127.0.0.1:9"},  # registry commands never use it
         "data_dir": str(tmp_path / "data"),
         "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
     }
+    if registry_backend.name == "postgres":
+        doc["registry"] = registry_backend.config(tmp_path)
     path = tmp_path / "collector.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -89,12 +92,14 @@ def test_a_missing_command_prints_usage_and_exits_2(
 # --- check-config ---------------------------------------------------------------------------
 
 
-def test_check_config_valid(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_valid(
+    config: Path, registry_backend: RegistryBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "check-config", "-c", str(config))
     assert code == 0 and err == ""
     assert out.count("\n") == 1
     assert out.startswith(f"{config}: valid (listen 127.0.0.1:8080, sink v1 http://127.0.0.1:9")
-    assert f"registry {config.parent / 'data' / 'registry.sqlite3'}" in out
+    assert f"registry {registry_backend.target}" in out
     assert not (config.parent / "data").exists()  # checking creates nothing
 
 
@@ -142,11 +147,13 @@ def test_a_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
 # --- stations -------------------------------------------------------------------------------
 
 
-def test_stations_import_and_list(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stations_import_and_list(
+    config: Path, registry_backend: RegistryBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = str(config)
     code, out, err = run(capsys, "-c", c, "stations", "import", str(EXAMPLE))
     assert code == 0 and err == ""
-    registry = config.parent / "data" / "registry.sqlite3"
+    registry = registry_backend.target
     assert out == f"imported 13 stations (13 added, 0 updated, 0 unchanged) into {registry}\n"
     code, out, _ = run(capsys, "-c", c, "stations", "import", str(EXAMPLE))
     assert "(0 added, 0 updated, 13 unchanged)" in out
@@ -228,7 +235,7 @@ def test_a_registry_that_cannot_be_opened_exits_1(
 
 
 def test_agents_add_prints_the_token_once(
-    imported: Path, capsys: pytest.CaptureFixture[str]
+    imported: Path, registry_backend: RegistryBackend, capsys: pytest.CaptureFixture[str]
 ) -> None:
     c = str(imported)
     code, out, err = run(capsys, "-c", c, "agents", "add", "--station", "3171011001001",
@@ -238,7 +245,7 @@ def test_agents_add_prints_the_token_once(
     assert out == token + "\n" and token.startswith("sny_")  # stdout: the token alone
     assert token not in err
     assert "WARNING: this is the only time the token is shown" in err
-    registry = Registry(imported.parent / "data" / "registry.sqlite3")
+    registry = registry_backend.open()
     info = registry.authenticate(token)
     assert info is not None and info.scope_value == "3171011001001"
     assert err.splitlines()[0] == f"token id {info.id}, scoped to station 3171011001001"
@@ -318,7 +325,10 @@ def test_agents_add_needs_exactly_one_scope(
 
 
 def test_agents_add_all_stations_provisions_the_fleet_once(
-    imported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    imported: Path,
+    registry_backend: RegistryBackend,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     c = str(imported)
     code, out, _ = run(capsys, "-c", c, "agents", "add", "--station", "3171011001001")
@@ -328,7 +338,7 @@ def test_agents_add_all_stations_provisions_the_fleet_once(
     code, out, err = run(capsys, "-c", c, "agents", "add", "--all-stations", "--out",
                          str(out_file), "--note", "bulk")  # fmt: skip
     assert code == 0 and out == ""
-    stations = [s.id for s in Registry(imported.parent / "data" / "registry.sqlite3").stations()]
+    stations = [s.id for s in registry_backend.open().stations()]
     rows = out_file.read_text().splitlines()
     assert rows[0] == "station,token_id,token"
     issued = [r.split(",") for r in rows[1:]]
@@ -336,7 +346,7 @@ def test_agents_add_all_stations_provisions_the_fleet_once(
     assert sorted(r[0] for r in issued) == sorted(set(stations) - {"3171011001001"})
     assert f"{len(issued)} tokens issued (1 stations already had one)" in err
     assert out_file.stat().st_mode & 0o777 == 0o600
-    registry = Registry(imported.parent / "data" / "registry.sqlite3")
+    registry = registry_backend.open()
     for station, token_id, token in issued:
         info = registry.authenticate(token)
         assert info is not None and (info.id, info.scope_value) == (token_id, station)
@@ -356,10 +366,12 @@ def test_agents_add_all_stations_provisions_the_fleet_once(
     assert len(registry.list_tokens()) == len(stations)
 
 
-def test_agents_revoke(imported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_agents_revoke(
+    imported: Path, registry_backend: RegistryBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = str(imported)
     token = run(capsys, "-c", c, "agents", "add", "--region", "31")[1].strip()
-    registry = Registry(imported.parent / "data" / "registry.sqlite3", refresh_s=0)
+    registry = registry_backend.open(refresh_s=0)
     info = registry.authenticate(token)
     assert info is not None
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from collector.regdb import SCHEMA_VERSION, DatabaseError
 from collector.registry import (
     COLUMNS,
     ImportResult,
@@ -21,6 +24,7 @@ from collector.registry import (
     TokenInfo,
 )
 from tests.conftest import ROOT
+from tests.harness.postgres import RegistryBackend
 
 EXAMPLE = ROOT / "config" / "stations.example.csv"
 HEADER = ",".join(COLUMNS)
@@ -39,10 +43,12 @@ class FakeClock:
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry(tmp_path / "data" / "registry.sqlite3")
+def reg(registry_backend: RegistryBackend) -> Iterator[Registry]:
+    """The example stations in a registry on SQLite, then on PostgreSQL."""
+    r = registry_backend.open()
     r.import_stations_csv(EXAMPLE)
-    return r
+    yield r
+    r.close()
 
 
 def write_csv(tmp_path: Path, *lines: str, name: str = "stations.csv") -> Path:
@@ -263,7 +269,9 @@ def test_add_authenticate_revoke(reg: Registry) -> None:
     assert reg.get_token("nope") is None
 
 
-def test_tokens_are_stored_hashed(tmp_path: Path, reg: Registry) -> None:
+def test_tokens_are_stored_hashed(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "data" / "registry.sqlite3")
+    reg.import_stations_csv(EXAMPLE)
     tokens = [reg.add_token(station="3171011001001")[1] for _ in range(3)]
     reg.close()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir())
@@ -398,11 +406,12 @@ def test_last_used_is_flushed(reg: Registry) -> None:
 # --- several processes on one file ----------------------------------------------------------
 
 
-def test_a_second_instance_sees_changes_within_the_refresh_bound(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    cli = Registry(path)
+def test_a_second_instance_sees_changes_within_the_refresh_bound(
+    registry_backend: RegistryBackend,
+) -> None:
+    cli = registry_backend.open()
     clock = FakeClock()
-    server = Registry(path, refresh_s=5.0, clock=clock)
+    server = registry_backend.open(refresh_s=5.0, clock=clock)
     cli.import_stations_csv(EXAMPLE)
     info, token = cli.add_token(station="3171011001001")
 
@@ -420,9 +429,8 @@ def test_a_second_instance_sees_changes_within_the_refresh_bound(tmp_path: Path)
     assert server.authenticate(token) is None
 
 
-def test_refresh_zero_checks_on_every_call(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    a, b = Registry(path), Registry(path, refresh_s=0)
+def test_refresh_zero_checks_on_every_call(registry_backend: RegistryBackend) -> None:
+    a, b = registry_backend.open(), registry_backend.open(refresh_s=0)
     a.import_stations_csv(EXAMPLE)
     info, token = a.add_token(region="31")
     assert b.authenticate(token) == info
@@ -430,25 +438,92 @@ def test_refresh_zero_checks_on_every_call(tmp_path: Path) -> None:
     assert b.authenticate(token) is None
 
 
-def test_tokens_added_by_another_process(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    server = Registry(path, refresh_s=0)
+def test_tokens_added_by_another_process(registry_backend: RegistryBackend) -> None:
+    server = registry_backend.open(refresh_s=0)
     server.import_stations_csv(EXAMPLE)
     code = (
         "import sys; from collector.registry import Registry\n"
         "r = Registry(sys.argv[1]); info, token = r.add_token(station='3171011001001')\n"
         "print(info.id, token)\n"
     )
+    # The other process finds the password where libpq looks for it (PGPASSWORD).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PGPASSWORD": registry_backend.password or ""}
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)],
+        [sys.executable, "-c", code, str(registry_backend.target)],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
         timeout=30,
+        env=env,
     ).stdout.split()
     token_id, token = out
     info = server.authenticate(token)
     assert info is not None and info.id == token_id
     assert server.revoke(token_id)
-    assert Registry(path).authenticate(token) is None
+    assert registry_backend.open().authenticate(token) is None
+
+
+def test_names_that_look_like_sql_are_stored_as_text(reg: Registry, tmp_path: Path) -> None:
+    """Every query is parameterised: a station name written to break out of a string
+    literal is a name like any other, on either database."""
+    hostile = "TPS 1'); DROP TABLE tokens; --"
+    quoted = '"' + hostile.replace('"', '""') + '"'
+    line = f"3171011001001,{quoted},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,"
+    assert reg.import_stations_csv(write_csv(tmp_path, HEADER, line)) == ImportResult(0, 1, 0)
+    station = reg.get_station("3171011001001")
+    assert station is not None and station.name == hostile
+    info, token = reg.add_token(station="3171011001001", note="x' OR '1'='1")
+    assert reg.authenticate(token) == info
+    assert reg.get_token(info.id) == info and reg.get_token("' OR '1'='1") is None
+    assert reg.revoke("' OR '1'='1") is False and reg.authenticate(token) == info
+
+
+LEGACY_SCHEMA = """
+CREATE TABLE stations (id TEXT PRIMARY KEY, name TEXT NOT NULL, province TEXT NOT NULL,
+    regency TEXT NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL, tz TEXT NOT NULL,
+    expected_operator TEXT);
+CREATE TABLE tokens (id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, scope_kind TEXT NOT NULL,
+    scope_value TEXT NOT NULL, note TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT,
+    last_used_at TEXT);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('stations_gen', 1), ('tokens_gen', 1);
+INSERT INTO tokens VALUES ('0badc0de', X'{digest}', 'region', '31', '', '2026-01-01T00:00:00Z',
+    NULL, NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_registry_from_before_migrations_is_migrated_and_keeps_its_tokens(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "registry.sqlite3"
+    token = "sny_" + "k" * 43
+    with sqlite3.connect(path) as db:
+        db.executescript(LEGACY_SCHEMA.format(digest=hashlib.sha256(token.encode()).hexdigest()))
+    reg = Registry(path, refresh_s=0)
+    assert reg._db.version() == SCHEMA_VERSION
+    info = reg.authenticate(token)
+    assert info is not None and info.id == "0badc0de"
+    other = Registry(path, refresh_s=0)
+    assert other.authenticate(token) is not None
+    assert reg.revoke(info.id)
+    assert other.authenticate(token) is None  # revoked_gen, added by migration 2
+
+
+def test_a_registry_newer_than_the_code_is_refused(registry_backend: RegistryBackend) -> None:
+    reg = registry_backend.open()
+    with reg.transaction() as db:
+        db.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'later')",
+            (SCHEMA_VERSION + 1,),
+        )
+    reg.close()
+    with pytest.raises(DatabaseError) as info:
+        registry_backend.open()
+    assert str(info.value) == (
+        f"registry {registry_backend.target}: schema version {SCHEMA_VERSION + 1}, but this "
+        f"collector knows versions up to {SCHEMA_VERSION}: upgrade sinyal on this machine"
+    )

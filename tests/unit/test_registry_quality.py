@@ -522,9 +522,53 @@ def test_extra_operators_in_the_collector_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(bad)
     assert info.value.errors == [
-        f"{bad}: registry.operators: got an unknown key, expected one of extra_operators",
+        f"{bad}: registry.operators: got an unknown key, expected one of extra_operators, "
+        "password, password_file, path, url",
         f"{bad}: registry.extra_operators: got 'bakti', expected a list of operator labels",
     ]
+
+
+def test_where_the_registry_is_in_the_collector_config(tmp_path: Path) -> None:
+    cfg = load(config_file(tmp_path))
+    assert cfg.registry_target == tmp_path / "data" / "registry.sqlite3"
+    cfg = load(config_file(tmp_path, registry={"path": "reg/r.sqlite3"}))
+    assert cfg.registry_target == tmp_path / "reg" / "r.sqlite3"  # beside the config
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-pw\n")
+    url = "postgresql://sinyal@db.example.org:5432/sinyal?sslmode=verify-full"
+    cfg = load(config_file(tmp_path, registry={"url": url, "password_file": str(pw)}))
+    assert (cfg.registry_target, cfg.registry.password, cfg.registry_where) == (
+        url,
+        "s3cret-pw",
+        url,
+    )
+    assert "s3cret" not in repr(cfg)
+    env = {"SINYAL_REGISTRY__URL": url, "SINYAL_REGISTRY__PASSWORD": "from-env"}
+    cfg = load(config_file(tmp_path), environ=env)
+    assert (cfg.registry.url, cfg.registry.password) == (url, "from-env")
+
+    expected = "a URL such as postgresql://sinyal@db.example.org/sinyal"
+    for registry, error in (
+        ({"url": "mysql://db/x"}, f"registry.url: got 'mysql://db/x', expected {expected}"),
+        ({"url": "postgresql://db.example.org"}, "registry.url: got 'postgresql://db.example.org'"
+         f", expected {expected} (with the database name)"),
+        ({"url": "postgresql://db:99999/x"},
+         f"registry.url: got a URL that cannot be parsed, expected {expected}"),
+        ({"url": "postgresql://db/x?password=hunter22"}, "registry.url: got 'postgresql://db/x'"
+         " with a password, expected the URL without it"),
+        ({"url": url, "path": "r.sqlite3"},
+         f"registry.path: got '{tmp_path / 'r.sqlite3'}', expected either registry.url or"
+         " registry.path"),
+        ({"password_file": str(pw)},
+         "registry.password: got '***', expected a password only with a postgresql:// url"),
+        ({"url": url, "password_file": str(tmp_path / "none")},
+         f"registry.password_file: got '{tmp_path / 'none'}', expected a readable file"),
+    ):  # fmt: skip
+        bad = config_file(tmp_path, registry=registry)
+        with pytest.raises(ConfigError) as info:
+            load(bad)
+        assert len(info.value.errors) == 1 and info.value.errors[0].startswith(f"{bad}: {error}")
+        assert "hunter22" not in info.value.errors[0] and "s3cret" not in info.value.errors[0]
 
 
 # --- what the project itself generates ------------------------------------------------------
