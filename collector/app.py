@@ -125,7 +125,8 @@ class Metrics:
 
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
-# Envelopes with more records than this are validated in a thread (Collector.ingest).
+# Envelopes with more records than this are decoded and validated in a thread
+# (IngestService.ingest).
 LARGE_ENVELOPE = 200
 
 
@@ -200,6 +201,17 @@ class IngestService:
         self.check_size(n)
         self.limit("records", self.record_buckets, scope.id, n)
 
+    def decode(self, body: bytes) -> tuple[Any, bool]:
+        """The envelope's JSON document, and whether the fast path decoded its records (the
+        envelopes agents send, in one pass); ContractError when the body is not JSON."""
+        doc = self.fast.decode_envelope(body)
+        if doc is not None:
+            return doc, True
+        try:
+            return orjson.loads(body), False
+        except orjson.JSONDecodeError as exc:
+            raise ContractError("", f"not JSON: {exc}") from None
+
     async def read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
         declared = request.headers.get("content-length")
@@ -257,14 +269,15 @@ class IngestService:
         counted = count_records(body)
         if counted is not None:
             self.admit_records(scope, counted)
-        doc = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
-        decoded = doc is not None
+        # Decoding and validating hundreds of records takes the event loop for tens of
+        # milliseconds; in a thread the loop keeps answering other stations meanwhile (the
+        # GIL passes between them every few milliseconds).
+        large = counted is not None and counted > LARGE_ENVELOPE
         try:
-            if doc is None:
-                try:
-                    doc = orjson.loads(body)
-                except orjson.JSONDecodeError as exc:
-                    raise ContractError("", f"not JSON: {exc}") from None
+            if large:
+                doc, decoded = await asyncio.to_thread(self.decode, body)
+            else:
+                doc, decoded = self.decode(body)
             header = decode_envelope_header(doc)
         except ContractError as exc:
             raise HttpError(422, f"malformed envelope: {exc}") from None
@@ -280,10 +293,7 @@ class IngestService:
             entry = prepare_decoded if decoded else prepare_raw
             return entry(header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast)
 
-        if len(header.raw_records) > LARGE_ENVELOPE:
-            # Validating hundreds of records takes the event loop for milliseconds; in a
-            # thread the loop keeps answering other stations meanwhile (the GIL passes
-            # between them every few milliseconds).
+        if n > LARGE_ENVELOPE:
             prepared = await asyncio.to_thread(prepare)
         else:
             prepared = prepare()
