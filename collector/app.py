@@ -264,7 +264,7 @@ class IngestService:
         body = await self.read_body(request)
         # The records limits are checked on the records the body holds, counted before any
         # is decoded: a request over them costs a scan of its JSON, not a decode (decoding
-        # an abusive token's refused 1,000-record envelopes held up other stations). What
+        # an abusive token's refused envelopes held up other stations). What
         # is counted is charged, whatever becomes of the envelope afterwards.
         counted = count_records(body)
         if counted is not None:
