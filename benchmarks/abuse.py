@@ -12,9 +12,8 @@ Starts a real influxd (Debian's 1.6.7 on loopback, `tests.harness.dbs.influxd`) 
    window another token floods max_records-record envelopes from ABUSERS processes. The
    windows alternate so that both see the same machine (it is shared: a load that comes and
    goes would otherwise land on one side); the first SETTLE_S of each quiet window is left
-   out. The abuser's bucket fills while it is paused, so it gets one large envelope through
-   at the start of each abused window: per second of abuse, more than when it floods
-   without pause.
+   out. The abuser's bucket fills while it is paused, so it gets a full envelope through
+   at the start of each abused window.
    Run twice: with the default limits, and with the limits raised out of reach (as on the
    old main). Reported: p50/p99 of the good station's acks, quiet and abused, what the
    abuser got through, and how many 429s it was answered.
@@ -291,7 +290,7 @@ def report(rows: list[dict[str, Any]], flood: dict[str, Any], seconds: float) ->
         f" (limits.max_records) from {ABUSERS} processes back to back, ignoring Retry-After,"
         " at the lowest CPU priority (on this 2-core machine an abuser at normal priority"
         " mostly measures the CPU it takes). Its records/s are per second of abuse: its bucket"
-        " fills while it pauses, so it gets more through than when it floods without pause.",
+        " fills while it pauses, so each abused window starts with a full bucket.",
         "",
         "| setting | good station quiet | good station under abuse | p99 ratio |"
         " abuser's records/s acknowledged | abuser's 429s |",
