@@ -59,7 +59,14 @@ from collector.config import CollectorConfig
 from collector.connguard import REASONS as GUARD_REASONS
 from collector.enrol_api import add_enrolment
 from collector.guard import Guard
-from collector.ingest import FastPath, Prepared, Rejection, prepare_decoded, prepare_raw
+from collector.ingest import (
+    FastPath,
+    Prepared,
+    Rejection,
+    count_records,
+    prepare_decoded,
+    prepare_raw,
+)
 from collector.ratelimit import DailyQuota, TokenBuckets, retry_after
 from collector.registry import Registry, TokenInfo
 from collector.sinks import QueryError, Sink, SinkUnavailable, make_sink
@@ -144,7 +151,8 @@ TAKEOVER_BATCH = 500
 TAKEOVER_MAX_PENDING = 20_000
 # Longest delay before a 429 answer (IngestService.answer).
 TARPIT_S = 1.0
-# Envelopes with more records than this are validated in a thread (Collector.ingest).
+# Envelopes with more records than this are decoded and validated in a thread
+# (IngestService.ingest).
 LARGE_ENVELOPE = 200
 
 
@@ -240,6 +248,28 @@ class IngestService:
                 headers,
             )
 
+    def check_size(self, n: int) -> None:
+        """413 for more than limits.max_records records in one request."""
+        if n > self.cfg.limits.max_records:
+            raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
+
+    def admit_records(self, scope: TokenInfo, n: int) -> None:
+        """An envelope of `n` records, before any is decoded: 413 over max_records, 429 over
+        the token's records limit (else the records are charged)."""
+        self.check_size(n)
+        self.limit("records", self.record_buckets, scope.id, n)
+
+    def decode(self, body: bytes) -> tuple[Any, bool]:
+        """The envelope's JSON document, and whether the fast path decoded its records (the
+        envelopes agents send, in one pass); ContractError when the body is not JSON."""
+        doc = self.fast.decode_envelope(body)
+        if doc is not None:
+            return doc, True
+        try:
+            return orjson.loads(body), False
+        except orjson.JSONDecodeError as exc:
+            raise ContractError("", f"not JSON: {exc}") from None
+
     async def read_body(self, request: Upload) -> bytes:
         limit = self.cfg.limits.max_body_bytes
         declared = request.header(b"content-length")
@@ -303,19 +333,27 @@ class IngestService:
         if station is not None and not token.allows(station):
             raise HttpError(403, f"token may not write for station {station}")
         body = await self.read_body(request)
-        doc = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
-        decoded = doc is not None
+        # The records limits are checked on the records the body holds, counted before any
+        # is decoded: a request over them costs a scan of its JSON, not a decode (decoding
+        # an abusive token's refused envelopes held up other stations). What
+        # is counted is charged, whatever becomes of the envelope afterwards.
+        counted = count_records(body)
+        if counted is not None:
+            self.admit_records(token, counted)
+        # Decoding and validating hundreds of records takes the event loop for tens of
+        # milliseconds; in a thread the loop keeps answering other stations meanwhile (the
+        # GIL passes between them every few milliseconds).
+        large = counted is not None and counted > LARGE_ENVELOPE
         try:
-            if doc is None:
-                try:
-                    doc = orjson.loads(body)
-                except orjson.JSONDecodeError as exc:
-                    raise ContractError("", f"not JSON: {exc}") from None
+            if large:
+                doc, decoded = await asyncio.to_thread(self.decode, body)
+            else:
+                doc, decoded = self.decode(body)
             header = decode_envelope_header(doc)
         except ContractError as exc:
             raise HttpError(422, f"malformed envelope: {exc}") from None
-        if len(header.raw_records) > self.cfg.limits.max_records:
-            raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
+        n = len(header.raw_records)
+        self.check_size(n)
         scope: ScopeLike = token
         if station is not None:
             if header.station != station:
@@ -325,17 +363,15 @@ class IngestService:
             scope = RouteScope(token, station)  # its records too: for no other station
         elif not token.allows(header.station):
             raise HttpError(403, f"token may not write for station {header.station}")
-        self.limit("records", self.record_buckets, token.id, len(header.raw_records))
+        if counted is None or n > counted:  # not countable beforehand (or counted short)
+            self.limit("records", self.record_buckets, token.id, n - (counted or 0))
         now = datetime.now(UTC)
 
         def prepare() -> Prepared:
             entry = prepare_decoded if decoded else prepare_raw
             return entry(header.raw_records, scope, self.registry, self.cfg.limits, now, self.fast)
 
-        if len(header.raw_records) > LARGE_ENVELOPE:
-            # Validating hundreds of records takes the event loop for milliseconds; in a
-            # thread the loop keeps answering other stations meanwhile (the GIL passes
-            # between them every few milliseconds).
+        if n > LARGE_ENVELOPE:
             prepared = await asyncio.to_thread(prepare)
         else:
             prepared = prepare()

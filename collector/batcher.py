@@ -7,6 +7,11 @@ from the queue) once `min_lines` are waiting, or when a write finishes and nothi
 flight. So a busy database gets several writes of a few hundred lines rather than a stream of
 one-request writes, and a quiet one is never kept waiting.
 
+A request of `min_lines` or more is a batch by itself: it is written alone, in a lane of its
+own (at most `writers` - 1 such writes at once), and its writes do not count as "in flight"
+for the queue above. So a station's small upload never waits for another token's large one to
+be written: the queue's first write starts at once beside it.
+
 Why these limits: a few large writes leave the database's cores idle between them, many small
 ones cost more per point on both sides; the defaults are the best of the variants measured
 with benchmarks/ingest.py (benchmarks/results/ingest-tuning.md).
@@ -44,9 +49,11 @@ class Batcher:
         self.max_lines = max_lines
         self.writers = writers
         self.min_lines = min_lines
-        self.queue: list[_Pending] = []
+        self.queue: list[_Pending] = []  # requests of fewer than min_lines, grouped
         self.queued = 0  # lines in the queue
+        self.large: list[_Pending] = []  # requests of min_lines or more, written alone
         self.in_flight = 0  # writes the database has not answered yet
+        self.grouped_in_flight = 0  # those of them made from the queue
         self.writes = 0  # database writes made (for metrics and tests)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -54,8 +61,11 @@ class Batcher:
         """Write `lines` (possibly together with other requests' lines); returns which of
         them the database refused. Raises SinkUnavailable when the database did not confirm."""
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self.queue.append(_Pending(lines, future))
-        self.queued += len(lines)
+        if len(lines) >= self.min_lines:
+            self.large.append(_Pending(lines, future))
+        else:
+            self.queue.append(_Pending(lines, future))
+            self.queued += len(lines)
         self._start()
         return await future
 
@@ -64,7 +74,7 @@ class Batcher:
         while (
             self.queue
             and self.in_flight < self.writers
-            and (self.in_flight == 0 or self.queued >= self.min_lines)
+            and (self.grouped_in_flight == 0 or self.queued >= self.min_lines)
         ):
             batch: list[_Pending] = []
             n = 0
@@ -73,16 +83,24 @@ class Batcher:
                 batch.append(p)
                 n += len(p.lines)
             self.queued -= n
-            self.in_flight += 1
-            task = asyncio.ensure_future(self._flush(batch))
-            self._tasks.add(task)  # the loop keeps only a weak reference
-            task.add_done_callback(self._tasks.discard)
+            self._launch(batch, grouped=True)
+        # One writer is left to the queue, so its first write never waits for large ones.
+        while self.large and self.in_flight < max(1, self.writers - 1):
+            self._launch([self.large.pop(0)], grouped=False)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    def _launch(self, batch: list[_Pending], grouped: bool) -> None:
+        self.in_flight += 1
+        self.grouped_in_flight += grouped
+        task = asyncio.ensure_future(self._flush(batch, grouped))
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[_Pending], grouped: bool) -> None:
         try:
             await self._write(batch)
         finally:
             self.in_flight -= 1
+            self.grouped_in_flight -= grouped
             self._start()
 
     async def _write(self, batch: list[_Pending]) -> None:

@@ -127,7 +127,7 @@ class StatusConfig:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 5 * 2**20  # after decompression
-    max_records: int = 1000  # per request (agents send 500)
+    max_records: int = 500  # per request: what agents send (agent.uploader.BATCH_SIZE)
     past_s: float = 35 * 86400  # oldest accepted measured_at
     future_s: float = 300.0  # newest accepted measured_at, ahead of the server's clock
     # Distinct series (kind + tag values) one station may open (collector.guard).
@@ -136,7 +136,7 @@ class Limits:
     recent_points: int = 500_000
     # Token buckets per agent token (collector.ratelimit): sustained rate and burst.
     records_per_s: float = 50.0
-    records_burst: int = 1000
+    records_burst: int = 500
     requests_per_s: float = 5.0
     requests_burst: int = 30
 

@@ -18,10 +18,17 @@ from typing import Any
 from agent.contract.record import ContractError, Record, record_id_of
 from collector.admission import Admission, Prepared, RegistryLike, Rejection, ScopeLike
 from collector.config import Limits
-from collector.fastpath import FastPath, Hit
+from collector.fastpath import FastPath, Hit, count_records
 from collector.lineproto import time_ns
 
-__all__ = ["FastPath", "Prepared", "Rejection", "prepare_decoded", "prepare_raw"]
+__all__ = [
+    "FastPath",
+    "Prepared",
+    "Rejection",
+    "count_records",
+    "prepare_decoded",
+    "prepare_raw",
+]
 
 
 def prepare_decoded(

@@ -3,10 +3,12 @@
 One abusive token must not take the database or the event loop from everyone else
 (issue 15, finding 7). Each agent token has two buckets (collector config `limits.*`):
 requests/s (checked before the body is read, so a flood costs a dict lookup) and
-records/s (checked once the envelope's record count is known). A request that finds its
-bucket short is answered 429 with Retry-After: the seconds until the bucket holds enough,
-which the agent's uploader waits before it tries again. Nothing is charged for a refused
-request.
+records/s (checked on the records the body holds, counted before any is decoded, so a
+refused envelope costs a scan of its JSON). A request that finds its bucket short is
+answered 429 with Retry-After: the seconds until the bucket holds enough, which the agent's
+uploader waits before it tries again. Nothing is charged for a request a bucket refuses;
+records a bucket let through stay charged even when the envelope is refused afterwards
+(malformed, another station's), or a token could have decodes for free.
 
 State lives in this process (one bucket per token that has been used); with N replicas
 behind a proxy that routes a station to one replica, a token's limit is per replica.

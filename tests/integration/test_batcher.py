@@ -122,6 +122,11 @@ def test_limits_must_be_positive(max_lines: int, writers: int, min_lines: int) -
         # 120 >= min_lines queue up while the first is in flight: a second write starts
         ([10, 60, 60], [10, 120], 2),
         ([5], [5], 1),  # a lone small request is never kept waiting
+        # a request of min_lines or more is written alone and holds up no small request:
+        # the first 10 goes at once beside it (the second waits for the first)
+        ([500, 10, 10], [500, 10, 10], 2),
+        # large requests leave one of the 4 writers to the small ones
+        ([150, 150, 150, 150, 10], [150, 150, 150, 10, 150], 4),
     ],
 )
 def test_a_further_write_waits_for_min_lines_or_an_idle_database(

@@ -27,7 +27,7 @@ from agent.contract.record import (
 )
 from collector.admission import Prepared
 from collector.config import Limits
-from collector.fastpath import FastPath, Hit, _values_text
+from collector.fastpath import FastPath, Hit, _values_text, count_records
 from collector.ingest import prepare_decoded, prepare_raw
 from collector.lineproto import record_to_point
 from tests.conftest import FIXTURES
@@ -283,6 +283,34 @@ def test_envelope_pass_answers_like_record_by_record(
     assert got.stations == want.stations
     assert [r.to_dict() for r in got.records] == [r.to_dict() for r in want.records]
     assert [r.clock for r in got.records] == [r.clock for r in want.records]
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(record(), st.integers(), st.none()), max_size=8), envelope_extras)
+def test_count_records_agrees_with_the_decoders(
+    raw_records: list[Any], extras: dict[str, Any]
+) -> None:
+    """The records limits are checked on count_records() before any record is decoded: it
+    counts what both decoders then find (any records, valid or not), or declines."""
+    doc: dict[str, Any] = {"records": raw_records, **extras}
+    body = json.dumps(doc).encode()
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return  # refused as not JSON (422), whatever was counted and charged
+    assert count_records(body) == len(parsed["records"])
+    wire = FAST.decode_envelope(body)
+    assert wire is None or len(wire["records"]) == count_records(body)
+
+
+def test_count_records_declines_what_is_no_envelope() -> None:
+    bodies = [b"", b"[]", b"{}", b"not json", b'{"records": 5}', b'{"records": {}}',
+              b'{"records": [1, 2', b'{"records": [1, 2]} trailing']  # fmt: skip
+    for body in bodies:
+        assert count_records(body) is None, body
+    # A key given twice: the last one counts, as for orjson and decode_envelope().
+    for body in (b'{"records": [1], "records": [1, 2, 3]}', b'{"records": [1, 2], "records": []}'):
+        assert count_records(body) == len(orjson.loads(body)["records"])
 
 
 def test_agents_envelopes_take_the_envelope_pass() -> None:
