@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -55,7 +55,9 @@ from agent.uploadstate import Tracker, classify_exception, classify_status
 
 log = logging.getLogger("sinyal.uploader")
 
-PATH = "/api/v1/measurements"
+# Named by the station, so a reverse proxy can send every station to the same collector
+# process (the station-less POST /api/v1/measurements is deprecated).
+PATH = "/api/v1/stations/{station}/measurements"
 TIME_PATH = "/api/v1/time"
 CLOCK_SYNC_EVERY_S = 600.0
 BATCH_SIZE = 500  # records per upload (a 413 halves it)
@@ -119,6 +121,12 @@ def upload_body(station: str, bodies: list[str], boot: str | None = None) -> byt
     return gzip.compress(envelope_bytes(station, bodies, boot), 6)
 
 
+def upload_path(station: str) -> str:
+    """The upload URL's path for a station (its id is quoted, though the configuration
+    only admits ids that need no quoting)."""
+    return PATH.format(station=quote(station, safe=""))
+
+
 def upload_headers(token: str) -> dict[str, str]:
     return {
         "Authorization": f"Bearer {token}",
@@ -144,6 +152,7 @@ class Uploader:
         self.link_back = asyncio.Event()  # set by the daemon when a probe succeeds
         self.collector = collector
         self.station = station
+        self.path = upload_path(station)
         self.max_batch = batch_size
         self.batch_size = batch_size
         self.backoff = backoff or Backoff()
@@ -238,7 +247,7 @@ class Uploader:
             response = await safehttp.request(
                 self.client,
                 "POST",
-                PATH,
+                self.path,
                 deadline_s=self.deadline_s,
                 content=body,
                 headers=upload_headers(token),

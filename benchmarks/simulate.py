@@ -5,8 +5,8 @@ stations
 against a collector: each station has its own token (the CSV of
 `sinyal-collector agents add --all-stations --out FILE`), its own boot id, CLOCK_MONOTONIC
 and spool sequence numbers, and uploads exactly what the real agent uploads: one gzip envelope
-per station (agent.uploader's envelope code) to POST /api/v1/measurements with its Bearer
-token. The ICMP fields come from simulated RTT samples through the agent's own summary
+per station (agent.uploader's envelope code) to POST /api/v1/stations/{id}/measurements with
+its Bearer token. The ICMP fields come from simulated RTT samples through the agent's own summary
 (agent.probes.icmp.summarise: percentiles, jitter and the E-model MOS of agent.stats).
 
 Schedule: every station runs a round every `interval_s` in the slots k*interval + offset of
@@ -67,11 +67,11 @@ from agent.timekeeper import TimeKeeper
 from agent.uploader import (
     BATCH_SIZE,
     CLOCK_SYNC_EVERY_S,
-    PATH,
     TIME_PATH,
     Backoff,
     upload_body,
     upload_headers,
+    upload_path,
 )
 
 PROFILES = ("good4g", "congested", "flapping", "deadzone", "clockwrong")
@@ -565,7 +565,9 @@ class _Fleet:
         report.records_sent += len(batch)
         t0 = time.perf_counter()
         try:
-            response = await client.post(PATH, content=body, headers=upload_headers(st.token))
+            response = await client.post(
+                upload_path(st.id), content=body, headers=upload_headers(st.token)
+            )
         except httpx.HTTPError as exc:
             report.requests[type(exc).__name__] += 1
             self.retry_later(st, None)

@@ -3,7 +3,8 @@
 A record is rejected individually, with a stable reason code, never silently dropped:
 
   invalid             the record breaks the contract (agent/contract/record.py); detail says where
-  out_of_scope        the token may not write for this record's station
+  out_of_scope        the token may not write for this record's station (or, on the
+                      station route, the record is for another station than the URL's)
   unknown_station     the station is not in the registry
   time_unknown        the agent says measured_at could not be established (clock.source unknown)
   time_out_of_range   measured_at is older than limits.past_s or newer than now + limits.future_s
@@ -28,6 +29,24 @@ RTT_FIELDS = ("rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms", "rtt_p95_ms", "rtt_max_m
 
 class ScopeLike(Protocol):
     def allows(self, station_id: str) -> bool: ...
+
+
+class RouteScope:
+    """A token narrowed to the one station its upload URL names
+    (POST /api/v1/stations/{station}/measurements): a proxy routes by that station, so a
+    record for any other station would reach a process that does not own it."""
+
+    def __init__(self, token: ScopeLike, station: str) -> None:
+        self.token = token
+        self.station = station
+
+    def allows(self, station_id: str) -> bool:
+        return station_id == self.station and self.token.allows(station_id)
+
+    def refusal(self, station_id: str) -> str:
+        if station_id != self.station:
+            return f"station {station_id} is not the URL's station {self.station}"
+        return f"station {station_id} is outside the token"
 
 
 class RegistryLike(Protocol):
@@ -101,11 +120,12 @@ class Admission:
         station = self.station
         if station is None or station.id != station_id:
             if not self.scope.allows(station_id):
-                rejected.append(
-                    Rejection(
-                        record.id, "out_of_scope", f"station {station_id} is outside the token"
-                    )
+                refusal = (
+                    self.scope.refusal(station_id)
+                    if isinstance(self.scope, RouteScope)
+                    else f"station {station_id} is outside the token"
                 )
+                rejected.append(Rejection(record.id, "out_of_scope", refusal))
                 return None
             station = self.station = self.registry.get_station(station_id)
             if station is None:

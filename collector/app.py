@@ -1,7 +1,10 @@
 """The collector's HTTP API (FastAPI on uvicorn). It only routes: auth, validation,
 sinks, status and registry are modules of their own.
 
-POST /api/v1/measurements   an agent's envelope (JSON, optionally gzip); answers per record
+POST /api/v1/stations/{station}/measurements
+                            an agent's envelope (JSON, optionally gzip); answers per record
+POST /api/v1/measurements   the same without the station in the URL (deprecated: a proxy
+                            cannot route it by station)
 GET  /api/v1/time           the server's clock, for agents' clock correction
 POST /api/v1/enroll         an enrolment code exchanged for a station's token (enrol_api)
 GET  /healthz               the process is alive
@@ -37,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.contract import __version__
+from agent.contract.configkit import STATION_ID_RE
 from agent.contract.record import (
     ContractError,
     decode_envelope_header,
@@ -44,6 +48,7 @@ from agent.contract.record import (
     format_time,
 )
 from agent.contract.thresholds import load as load_thresholds
+from collector.admission import RouteScope, ScopeLike
 from collector.batcher import Batcher
 from collector.config import CollectorConfig
 from collector.connguard import REASONS as GUARD_REASONS
@@ -214,10 +219,13 @@ class IngestService:
             raise HttpError(415, f"content-encoding {encoding} not supported (gzip or identity)")
         return body
 
-    async def answer(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
-        """The ingest endpoint's answer: (HTTP status, JSON body, extra headers)."""
+    async def answer(
+        self, request: Request, station: str | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """The ingest endpoint's answer: (HTTP status, JSON body, extra headers). `station`:
+        the station the URL names (None on the deprecated route without one)."""
         try:
-            payload = await self.ingest(request)
+            payload = await self.ingest(request, station)
         except HttpError as exc:
             self.metrics.requests.labels(str(exc.status)).inc()
             if exc.status == 429:
@@ -229,8 +237,10 @@ class IngestService:
         self.metrics.requests.labels("200").inc()
         return 200, orjson.dumps(payload), {}
 
-    async def ingest(self, request: Request) -> dict[str, Any]:
-        scope = self.authenticate(request)
+    async def ingest(self, request: Request, station: str | None = None) -> dict[str, Any]:
+        token = self.authenticate(request)
+        if station is not None and not token.allows(station):
+            raise HttpError(403, f"token may not write for station {station}")
         body = await self.read_body(request)
         doc = self.fast.decode_envelope(body)  # the envelopes agents send, in one pass
         decoded = doc is not None
@@ -245,9 +255,16 @@ class IngestService:
             raise HttpError(422, f"malformed envelope: {exc}") from None
         if len(header.raw_records) > self.cfg.limits.max_records:
             raise HttpError(413, f"more than {self.cfg.limits.max_records} records in one request")
-        if not scope.allows(header.station):
+        scope: ScopeLike = token
+        if station is not None:
+            if header.station != station:
+                raise HttpError(
+                    403, f"the envelope's station {header.station} is not the URL's {station}"
+                )
+            scope = RouteScope(token, station)  # its records too: for no other station
+        elif not token.allows(header.station):
             raise HttpError(403, f"token may not write for station {header.station}")
-        self.limit("records", self.record_buckets, scope.id, len(header.raw_records))
+        self.limit("records", self.record_buckets, token.id, len(header.raw_records))
         now = datetime.now(UTC)
 
         def prepare() -> Prepared:
@@ -345,25 +362,64 @@ class IngestService:
                 log.exception("sweeper pass failed")
 
 
+STATION_PREFIX = "/api/v1/stations/"
+STATION_SUFFIX = "/measurements"
+STATION_ROUTE = STATION_PREFIX + "{station}" + STATION_SUFFIX
+LEGACY_PATH = "/api/v1/measurements"
+# The deprecated route's answers say so, and name their successor.
+LEGACY_HEADERS = {
+    "Deprecation": "true",
+    "Link": f'<{STATION_ROUTE}>; rel="successor-version"',
+}
+_BAD_STATION = orjson.dumps(
+    {
+        "error": "the URL's station is not a station id (1 to 64 letters, digits, '.', '_'"
+        " or '-', starting with a letter or a digit)"
+    }
+)
+
+
+def route_station(path: str) -> str | None:
+    """The station of a POST /api/v1/stations/{station}/measurements path (as the ASGI
+    server decoded it): "" when the path has that form but no valid station id in it
+    (a %2F, a "..", anything outside STATION_ID_RE), None when it is another path."""
+    if not (path.startswith(STATION_PREFIX) and path.endswith(STATION_SUFFIX)):
+        return None
+    station = path[len(STATION_PREFIX) : -len(STATION_SUFFIX)]
+    return station if STATION_ID_RE.fullmatch(station) else ""
+
+
 class IngestRoute:
-    """Answers POST /api/v1/measurements ahead of FastAPI's routing, as a plain ASGI app.
+    """Answers POST /api/v1/stations/{station}/measurements (and the deprecated
+    POST /api/v1/measurements) ahead of FastAPI's routing, as a plain ASGI app.
 
     The route is the collector's hot path: at election-day rates FastAPI's per-request
     machinery (route matching, exception and exit-stack middleware, dependency solving)
     was a tenth of the collector's CPU for a job that needs none of it. Every other path,
     and the route's OpenAPI description, stay with FastAPI."""
 
-    PATH = "/api/v1/measurements"
-
     def __init__(self, app: ASGIApp, collector: IngestService) -> None:
         self.app = app
         self.collector = collector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        status, body, extra = await self.collector.answer(Request(scope, receive))
+        path = scope["path"]
+        if path == LEGACY_PATH:
+            status, body, extra = await self.collector.answer(Request(scope, receive))
+            extra = {**extra, **LEGACY_HEADERS}
+        else:
+            station = route_station(path)
+            if station is None:
+                await self.app(scope, receive, send)
+                return
+            if station:
+                status, body, extra = await self.collector.answer(Request(scope, receive), station)
+            else:
+                status, body, extra = 404, _BAD_STATION, {}
+                self.collector.metrics.requests.labels("404").inc()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -484,30 +540,56 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         )
     add_enrolment(app, c.registry)  # POST /api/v1/enroll (collector.enrol_api)
 
-    @app.post(
-        "/api/v1/measurements",
-        summary="Upload a batch of records",
-        openapi_extra={
+    upload_doc: dict[str, Any] = {
+        "openapi_extra": {
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": ENVELOPE_SCHEMA}},
             },
             "security": [{"bearer": []}],
         },
-        responses={
+        "responses": {
             200: {"description": "Per-record answer: accepted ids, rejected ids with reasons"},
             401: {"description": "Missing, unknown or revoked token"},
             403: {"description": "The envelope's station is outside the token's scope"},
             413: {"description": "Body or batch too large"},
             415: {"description": "Unsupported content encoding"},
             422: {"description": "Malformed envelope"},
+            429: {"description": "The token's request or record rate is exceeded"},
             503: {"description": "Database unavailable: nothing acknowledged, retry later"},
         },
+    }
+
+    # Both routes only document: requests are answered by IngestRoute before routing.
+    @app.post(
+        STATION_ROUTE,
+        summary="Upload a batch of records for one station",
+        description="The station in the URL must be the envelope's station and every"
+        " record's, and within the token's scope (else 403; a URL station that is not a"
+        " station id: 404). A reverse proxy routes by it (deploy/nginx/collector.conf).",
+        **upload_doc,
+    )
+    async def station_measurements(station: str, request: Request) -> Response:
+        sid = route_station(request.url.path)
+        if not sid:
+            return Response(_BAD_STATION, 404, media_type="application/json")
+        status, body, headers = await c.answer(request, sid)
+        return Response(body, status, headers=headers, media_type="application/json")
+
+    @app.post(
+        LEGACY_PATH,
+        summary="Upload a batch of records (deprecated)",
+        description="Deprecated: use POST /api/v1/stations/{station}/measurements, which a"
+        " proxy can route by station. Kept for one release; answers carry a Deprecation"
+        " header.",
+        deprecated=True,
+        **upload_doc,
     )
     async def measurements(request: Request) -> Response:
-        # Documents the route; requests are answered by IngestRoute before routing.
         status, body, headers = await c.answer(request)
-        return Response(body, status, headers=headers, media_type="application/json")
+        return Response(
+            body, status, headers={**headers, **LEGACY_HEADERS}, media_type="application/json"
+        )
 
     @app.get(
         "/api/v1/speedtest/ticket",
