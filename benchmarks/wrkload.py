@@ -22,15 +22,17 @@ sent (the collector refuses records more than limits.future_s ahead of its clock
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import json
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,3 +235,80 @@ def run(
         cpu={k: after[k] - before[k] for k in pids},
         finished=finished,
     )
+
+
+def nginx_config(tmp: Path, port: int, upstreams: Sequence[str], workers: int = 2) -> str:
+    """nginx in front of collector processes, for the benchmark and the smoke test: the
+    station routing of deploy/nginx/collector.conf (the station of
+    /api/v1/stations/{id}/measurements picks the process with `hash ... consistent`), no TLS
+    (loopback), keep-alive to the upstreams shorter than the collector's idle timeout (15 s),
+    so nginx never reuses a connection the collector is closing."""
+    servers = "\n".join(f"    server {u.removeprefix('http://')};" for u in upstreams)
+    return f"""\
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  map $uri $sinyal_station {{
+    ~^/api/v1/stations/(?<id>[^/]+)/measurements$ $id;
+    default $remote_addr;
+  }}
+  upstream sinyal_collectors {{
+    hash $sinyal_station consistent;
+{servers}
+    keepalive 64;
+    keepalive_timeout 10s;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+    client_max_body_size 5m;
+    location / {{
+      proxy_pass http://sinyal_collectors;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_read_timeout 60s;
+    }}
+  }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(tmp: Path, upstreams: Sequence[str], workers: int = 2) -> Iterator[tuple[int, str]]:
+    """Debian's nginx with nginx_config on a free loopback port: (master pid, base URL)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = tmp / "nginx.conf"
+    conf.write_text(nginx_config(tmp, port, upstreams, workers))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-e", str(tmp / "error.log"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "stderr.log").open("wb"),
+    )
+    try:
+        for _ in range(100):
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(tmp / 'stderr.log').read_text().strip()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port}")
+        yield proc.pid, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
