@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import simulate, wrkload
-from benchmarks.common import RESULTS, machine, machine_busy
-from benchmarks.ingest import stations_csv
+from benchmarks.common import RESULTS, machine, machine_busy, stations_csv
 from benchmarks.simulate import StationToken
 from tests.harness.dbs import free_port, influxd
 
@@ -80,7 +79,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def collectors(tmp: Path, influx_url: str, database: str, n: int) -> Iterator[list[tuple[int, str]]]:
+def collectors(
+    tmp: Path, influx_url: str, database: str, n: int
+) -> Iterator[list[tuple[int, str]]]:
     """`n` collector processes, one port each: [(pid, url)]."""
     procs: list[subprocess.Popen[bytes]] = []
     out = []
@@ -152,7 +153,9 @@ class Measured:
     def held(self) -> bool:
         """Every record acknowledged and stored, ack p99 under 2 s, every envelope sent
         and answered within one interval of its planned (measurement) time."""
-        delivery_bound_s = (self.wrk["late_ms"]["max"] + self.wrk["latency_us"]["max"] / 1000) / 1000
+        delivery_bound_s = (
+            self.wrk["late_ms"]["max"] + self.wrk["latency_us"]["max"] / 1000
+        ) / 1000
         return (
             self.all_acknowledged
             and self.stored == self.records
@@ -192,13 +195,16 @@ def measure(
     connections: int,
     deadline_s: float | None,
     lead_s: float,
+    before_stop: Callable[[list[tuple[int, str]]], None] | None = None,
 ) -> Measured:
-    """One run: fresh database, `n_collectors` behind nginx, wrk replaying the plan."""
+    """One run: fresh database, `n_collectors` behind nginx, wrk replaying the plan;
+    `before_stop` sees the collectors [(pid, url)] after the run, while they still run."""
     database = name.replace("-", "_")
     db.create_database(database)
-    with collectors(tmp, db.url, database, n_collectors) as procs, wrkload.nginx(
-        tmp / f"nginx-{name}", [u for _, u in procs]
-    ) as (nginx_pid, nginx_url):
+    with (
+        collectors(tmp, db.url, database, n_collectors) as procs,
+        wrkload.nginx(tmp / f"nginx-{name}", [u for _, u in procs]) as (nginx_pid, nginx_url),
+    ):
         t_build = time.monotonic()
         # Build ahead of a start far enough away, then start at once: envelope times are
         # the planned send times.
@@ -224,6 +230,8 @@ def measure(
         )
         busy = machine_busy() - busy0
         load_after = os.getloadavg()
+        if before_stop is not None:
+            before_stop(procs)
     time.sleep(1)
     stored = stored_records(db, database)
     groups: dict[str, float] = {"collectors": 0.0, "nginx": 0.0}
@@ -282,7 +290,9 @@ def cpu_line(m: Measured) -> str:
     keys = ["collectors", "nginx", "InfluxDB", "wrk"]
     parts = [f"{k} {m.pct(k):.0f} %" for k in keys]
     ours = sum(m.cpu_s.get(k, 0.0) for k in keys)
-    parts.append(f"everything else on the machine {100 * (m.machine_cpu_s - ours) / m.seconds:.0f} %")
+    parts.append(
+        f"everything else on the machine {100 * (m.machine_cpu_s - ours) / m.seconds:.0f} %"
+    )
     return ", ".join(parts)
 
 
@@ -315,6 +325,7 @@ def write_results(
     batch = runs.get("batch-100")
     w = fleet.wrk
     delivery_bound = (w["late_ms"]["max"] + w["latency_us"]["max"] / 1000) / 1000
+    offered_rec = fleet.offered_per_s * fleet.records_per_envelope
     gen_ratio = fleet.cpu_s["wrk"] / max(1e-9, fleet.cpu_s["collectors"])
     lines = [
         "# Load: a fleet through nginx into collector processes, driven by wrk",
@@ -354,16 +365,18 @@ def write_results(
         "",
         f"## 1. {fleet.stations:,} stations at one envelope a minute, {args.minutes} minutes",
         "",
-        f"- Offered {fleet.offered_per_s:,.0f} envelopes/s ({fleet.offered_per_s * fleet.records_per_envelope:,.0f} records/s)"
+        f"- Offered {fleet.offered_per_s:,.0f} envelopes/s ({offered_rec:,.0f} records/s)"
         f" for {fleet.envelopes / fleet.offered_per_s:.0f} s through nginx to {fleet.collectors}"
-        f" collector processes; answered {fleet.rate:,.0f}/s over the window of {fleet.seconds:.0f} s.",
+        f" collector processes; answered {fleet.rate:,.0f}/s over the window of"
+        f" {fleet.seconds:.0f} s.",
         f"- Envelopes answered 200: {w['ok']:,} of {fleet.envelopes:,}; other answers {w['other']};"
         f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}.",
         f"- Records acknowledged {w['accepted']:,} of {fleet.records:,}; stored in InfluxDB"
         f" {fleet.stored:,}.",
         f"- Ack latency p50 {w['latency_us']['p50'] / 1000:.1f} ms, p90"
         f" {w['latency_us']['p90'] / 1000:.1f} ms, p99 {w['latency_us']['p99'] / 1000:.1f} ms,"
-        f" p99.9 {w['latency_us']['p999'] / 1000:.1f} ms, max {w['latency_us']['max'] / 1000:.0f} ms.",
+        f" p99.9 {w['latency_us']['p999'] / 1000:.1f} ms,"
+        f" max {w['latency_us']['max'] / 1000:.0f} ms.",
         f"- Delivery: every envelope was sent at most {w['late_ms']['max'] / 1000:.1f} s after"
         f" its records were measured and answered at most {w['latency_us']['max'] / 1e6:.1f} s"
         f" later: every record acknowledged within {delivery_bound:.1f} s of being measured"
@@ -395,9 +408,7 @@ def write_results(
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for m in (one, two):
-            per = ", ".join(
-                f"{m.pct(k):.0f} %" for k in m.cpu_s if k.startswith("collector ")
-            )
+            per = ", ".join(f"{m.pct(k):.0f} %" for k in m.cpu_s if k.startswith("collector "))
             ours = sum(m.cpu_s.get(k, 0.0) for k in ("collectors", "nginx", "InfluxDB", "wrk"))
             lines.append(
                 f"| {m.collectors} | {m.rate:,.0f} | {m.pct('collectors'):.0f} % | {per} "
@@ -440,10 +451,7 @@ def write_results(
     (RESULTS / "load.md").write_text(text)
     (RESULTS / "load.json").write_text(
         json.dumps(
-            {
-                k: {**asdict(m), "rate": m.rate, "held": m.held}
-                for k, m in runs.items()
-            },
+            {k: {**asdict(m), "rate": m.rate, "held": m.held} for k, m in runs.items()},
             indent=2,
         )
         + "\n"
