@@ -205,14 +205,25 @@ def measure(
         collectors(tmp, db.url, database, n_collectors) as procs,
         wrkload.nginx(tmp / f"nginx-{name}", [u for _, u in procs]) as (nginx_pid, nginx_url),
     ):
+        # Envelope times are the planned send times: the start must leave time to build
+        # them all. Time a small build first (the machine is shared: its speed varies).
+        sample = wrkload.Plan(
+            tokens[:1000], start=time.time(), **{**plan_args, "rounds": min(2, plan_args["rounds"])}
+        )
         t_build = time.monotonic()
-        # Build ahead of a start far enough away, then start at once: envelope times are
-        # the planned send times.
+        wrkload.build(sample, tmp / f"calibrate-{name}")
+        per_envelope = (time.monotonic() - t_build) / sample.envelopes
+        envelopes = len(tokens) * plan_args["rounds"]
+        lead_s = max(lead_s, 1.5 * per_envelope * envelopes + 10)
+        t_build = time.monotonic()
         plan = wrkload.Plan(tokens, start=time.time() + lead_s, host="127.0.0.1", **plan_args)
         built = wrkload.build(plan, tmp / f"requests-{name}")
         build_s = time.monotonic() - t_build
-        if time.time() > plan.start:
-            print(f"{name}: building took {build_s:.0f} s, past the planned start", flush=True)
+        late_start = time.time() - plan.start
+        notes = []
+        if late_start > -1:
+            notes.append(f"the build ended {late_start:.0f} s after the planned start")
+            print(f"{name}: {notes[-1]}", flush=True)
         time.sleep(max(0.0, plan.start - time.time() - 0.5))
         watch = {f"collector {i + 1}": pid for i, (pid, _) in enumerate(procs)}
         watch["InfluxDB"] = db.process.pid
@@ -258,6 +269,7 @@ def measure(
         machine_cpu_s=busy,
         load_before=load_before,
         load_after=load_after,
+        notes=notes,
     )
 
 
@@ -386,7 +398,7 @@ def write_results(
         f" {fleet.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
         " (target: under 0.25).",
         f"- Build: {fleet.envelopes:,} envelopes in {fleet.build_s:.0f} s (two processes, before"
-        " the run).",
+        " the run)" + (f"; {'; '.join(fleet.notes)}." if fleet.notes else "."),
         f"- **Held: {'yes' if fleet.held else 'no'}** (every record acknowledged and stored, ack"
         " p99 under 2 s, delivered within one interval).",
         "",
@@ -482,7 +494,7 @@ def main() -> None:
             runs["fleet"] = measure(
                 "fleet", tmp, db, tokens, args.collectors,
                 {"rate": n / 60.0, "rounds": args.minutes},
-                args.connections, None, lead_s=20 + n * args.minutes / 5000,
+                args.connections, None, lead_s=20,
             )  # fmt: skip
             print(row(runs["fleet"]), flush=True)
         if "sat" not in skip:
@@ -493,7 +505,7 @@ def main() -> None:
                 runs[f"sat-{n_coll}"] = measure(
                     f"sat-{n_coll}", tmp, db, tokens[:count], n_coll,
                     {"rate": args.sat_rate, "rounds": 1},
-                    args.sat_connections, args.sat_seconds, lead_s=5 + count / 4000,
+                    args.sat_connections, args.sat_seconds, lead_s=5,
                 )  # fmt: skip
                 print(row(runs[f"sat-{n_coll}"]), flush=True)
         if "batch" not in skip:
@@ -503,7 +515,7 @@ def main() -> None:
             runs["batch-100"] = measure(
                 "batch-100", tmp, db, tokens[:count], 1,
                 {"rate": 150.0, "rounds": 3, "targets": 99},
-                args.sat_connections, args.sat_seconds, lead_s=5 + count / 100,
+                args.sat_connections, args.sat_seconds, lead_s=5,
             )  # fmt: skip
             print(row(runs["batch-100"]), flush=True)
     if "fleet" in runs:
