@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import simulate, wrkload
-from benchmarks.common import RESULTS, machine, machine_busy, stations_csv
+from benchmarks.common import RESULTS, machine, machine_busy, proc_sample, stations_csv
 from benchmarks.simulate import StationToken
 from tests.harness.dbs import free_port, influxd
 
@@ -126,6 +126,9 @@ class Measured:
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     notes: list[str] = field(default_factory=list)
+    influx_disk_mb: float = 0.0  # the run's database: TSM + WAL directories after the run
+    influx_rss_mb: float = 0.0  # InfluxDB's resident memory after the run (all databases)
+    series: int = 0  # series in the run's database
 
     @property
     def rate(self) -> float:
@@ -245,6 +248,19 @@ def measure(
             before_stop(procs)
     time.sleep(1)
     stored = stored_records(db, database)
+    root = db.log_path.parent
+    disk = sum(
+        f.stat().st_size
+        for d in (root / "data" / database, root / "wal" / database)
+        if d.exists()
+        for f in d.rglob("*")
+        if f.is_file()
+    )
+    try:
+        rows = db.query(f'SHOW SERIES EXACT CARDINALITY ON "{database}"', database)
+        series = sum(int(r.get("count", 0)) for r in rows)
+    except Exception:  # the figure is informative only
+        series = 0
     groups: dict[str, float] = {"collectors": 0.0, "nginx": 0.0}
     for k, v in result.cpu.items():
         if k.startswith("collector"):
@@ -270,6 +286,9 @@ def measure(
         load_before=load_before,
         load_after=load_after,
         notes=notes,
+        influx_disk_mb=disk / 2**20,
+        influx_rss_mb=proc_sample(db.process.pid)[1],
+        series=series,
     )
 
 
@@ -394,6 +413,11 @@ def write_results(
         f" later: every record acknowledged within {delivery_bound:.1f} s of being measured"
         " (an upper bound: the worst send lag plus the worst latency).",
         f"- CPU: {cpu_line(fleet)}.",
+        f"- InfluxDB after the run: {fleet.series:,} series in the run's database,"
+        f" {fleet.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
+        f" mostly WAL, {1e6 * fleet.influx_disk_mb / max(1, fleet.stored) * 1.048576:,.0f}"
+        f" bytes a point, an upper bound), resident memory {fleet.influx_rss_mb:,.0f} MB"
+        " (Debian's default `inmem` index).",
         f"- The generator: wrk used {fleet.cpu_s['wrk']:.1f} s of CPU, the collector processes"
         f" {fleet.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
         " (target: under 0.25).",

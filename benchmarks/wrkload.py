@@ -1,9 +1,9 @@
 """A cheap load generator: wrk (Debian's wrk 4.1) replaying pre-built agent uploads.
 
-The fleet simulator (benchmarks/simulate.py) costs 2-3x the collector's CPU per envelope, so
-on this machine it could not offer more than about 20,000 stations. Here the envelopes are
-built before the run, in Python, and replayed by wrk with benchmarks/wrk/replay.lua, which
-costs a few per cent of a core at 1,667 envelopes/s.
+The fleet simulator (benchmarks/simulate.py) costs more CPU per envelope than the collector
+it drives (benchmarks/results/load.md, in its history), so it cannot show what a machine's
+collectors hold. Here the envelopes are built before the run, in Python, and replayed by wrk
+with benchmarks/wrk/replay.lua; what wrk costs is measured in every run.
 
 What is replayed is what agents send: for every station (its own token, from the registry's
 bulk `agents add --all-stations --out`) one gzip envelope a round of `targets` icmp records
@@ -11,13 +11,20 @@ and the heartbeat, made by the fleet simulator's station (benchmarks.simulate.Si
 the agent's own ICMP summary, its clock info and spool sequence numbers) and encoded by the
 contract's encoder (agent.contract.record: Record.to_json, encode_envelope_records). The first
 round of a station is simulated; its later rounds repeat its fields under a new record id,
-measurement time, sequence number and monotonic clock (simulating every round would cost
-0.7 ms an envelope: 6 minutes for 100,000 stations' 5 rounds). Every record id is unique.
+measurement time, sequence number and monotonic clock (simulating every round costs several
+times more and would make a 100,000-station build take minutes). Every record id is unique.
 
 Times: envelope i of the plan (station s's round k is i = k * stations + s) is planned to be
 sent at start + i / rate and its records are measured at that time, so a station reports
 every stations / rate seconds and, when wrk keeps up, every record is current when it is
 sent (the collector refuses records more than limits.future_s ahead of its clock).
+
+Pacing: Debian's wrk has no constant-rate mode (that is wrk2). replay.lua's delay() gives
+each request the time left until its planned send time, so requests leave on schedule as
+long as a connection is free; with enough connections (a few times rate x latency) the
+schedule holds, and when it does not, how late requests left is measured and reported
+rather than hidden (wrk's own latency starts at the send). A fixed per-connection delay
+(connections / rate) would drift: the latency adds to every interval.
 """
 
 from __future__ import annotations
