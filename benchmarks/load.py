@@ -167,11 +167,19 @@ class Measured:
         )
 
 
+def influx_query(db: Any, q: str, database: str) -> list[list[Any]]:
+    """The rows of every series a query returns; a long timeout (the machine is shared and
+    a count reads every point of the run)."""
+    r = httpx.post(f"{db.url}/query", data={"q": q, "db": database}, timeout=600)
+    r.raise_for_status()
+    return [v for s in r.json()["results"][0].get("series", []) for v in s["values"]]
+
+
 def stored_records(db: Any, database: str) -> int:
     total = 0
     for kind in ("icmp", "agent"):
-        rows = db.query(f'SELECT count("id") FROM "{kind}"', database)
-        total += int(rows[0]["count"]) if rows else 0
+        rows = influx_query(db, f'SELECT count("id") FROM "{kind}"', database)
+        total += int(rows[0][1]) if rows else 0
     return total
 
 
@@ -217,7 +225,7 @@ def measure(
         wrkload.build(sample, tmp / f"calibrate-{name}")
         per_envelope = (time.monotonic() - t_build) / sample.envelopes
         envelopes = len(tokens) * plan_args["rounds"]
-        lead_s = max(lead_s, 1.5 * per_envelope * envelopes + 10)
+        lead_s = max(lead_s, 2.5 * per_envelope * envelopes + 10)
         t_build = time.monotonic()
         plan = wrkload.Plan(tokens, start=time.time() + lead_s, host="127.0.0.1", **plan_args)
         built = wrkload.build(plan, tmp / f"requests-{name}")
@@ -244,6 +252,7 @@ def measure(
         )
         busy = machine_busy() - busy0
         load_after = os.getloadavg()
+        print(f"{name}: {json.dumps(result.summary)} cpu {result.cpu}", flush=True)
         if before_stop is not None:
             before_stop(procs)
     time.sleep(1)
@@ -256,11 +265,8 @@ def measure(
         for f in d.rglob("*")
         if f.is_file()
     )
-    try:
-        rows = db.query(f'SHOW SERIES EXACT CARDINALITY ON "{database}"', database)
-        series = sum(int(r.get("count", 0)) for r in rows)
-    except Exception:  # the figure is informative only
-        series = 0
+    rows = influx_query(db, f'SHOW SERIES EXACT CARDINALITY ON "{database}"', database)
+    series = sum(int(r[0]) for r in rows)  # one row per measurement
     groups: dict[str, float] = {"collectors": 0.0, "nginx": 0.0}
     for k, v in result.cpu.items():
         if k.startswith("collector"):
