@@ -226,8 +226,11 @@ def main() -> None:
                 "status": {"sweeper": False},
             }
             (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
+            # This checkout's collector (the installed entry point may be another tree's).
             proc = subprocess.Popen(
-                [str(BIN / "sinyal-collector"), "serve", "-c", str(tmp / "collector.yaml")]
+                [sys.executable, "-m", "collector.cli", "serve", "-c", str(tmp / "collector.yaml")],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             try:
                 for _ in range(100):

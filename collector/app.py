@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -70,9 +70,11 @@ ENVELOPE_SCHEMA: dict[str, Any] = envelope_json_schema()
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shard_id: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        info = Gauge("sinyal_shard", "This process's shard (shard.id)", ["shard"], registry=r)
+        info.labels(shard_id).set(1)
         self.accepted = Counter(
             "sinyal_records_accepted", "Records written and acknowledged", registry=r
         )
@@ -113,12 +115,20 @@ class Metrics:
             self.rate_limited.labels(limit)
         for reason in ("no_ticket", "quota", "too_large"):
             self.speedtest_refused.labels(reason)
+        self._by_status: dict[int, Any] = {}
         self.write_seconds = Histogram(
             "sinyal_database_write_seconds",
             "Time for the database to confirm a batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def status(self, code: int) -> Any:
+        """The requests counter of one HTTP status (the labelled child, made once)."""
+        child = self._by_status.get(code)
+        if child is None:
+            child = self._by_status[code] = self.requests.labels(str(code))
+        return child
 
 
 # Longest delay before a 429 answer (IngestService.answer).
@@ -149,7 +159,9 @@ class IngestService:
         self.registry = registry or Registry(cfg.registry_path)
         self.sink = sink or make_sink(cfg.sink)
         self.engine = engine or StatusEngine(load_thresholds(cfg.thresholds_file), cfg.status)
-        self.metrics = Metrics()
+        # This process's name among the processes a proxy routes stations to (cfg.shard).
+        self.shard_id = cfg.shard_id
+        self.metrics = Metrics(self.shard_id)
         self.batcher = Batcher(self.sink)
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
@@ -227,14 +239,14 @@ class IngestService:
         try:
             payload = await self.ingest(request, station)
         except HttpError as exc:
-            self.metrics.requests.labels(str(exc.status)).inc()
+            self.metrics.status(exc.status).inc()
             if exc.status == 429:
                 # A client over its limit waits for the answer (at most TARPIT_S): one that
                 # honours Retry-After loses nothing, one that does not can no longer make
                 # the collector answer it hundreds of times a second.
                 await asyncio.sleep(min(TARPIT_S, float(exc.headers["Retry-After"])))
             return exc.status, orjson.dumps({"error": exc.reason}), exc.headers
-        self.metrics.requests.labels("200").inc()
+        self.metrics.status(200).inc()
         return 200, orjson.dumps(payload), {}
 
     async def ingest(self, request: Request, station: str | None = None) -> dict[str, Any]:
@@ -391,35 +403,35 @@ def route_station(path: str) -> str | None:
 
 class IngestRoute:
     """Answers POST /api/v1/stations/{station}/measurements (and the deprecated
-    POST /api/v1/measurements) ahead of FastAPI's routing, as a plain ASGI app.
+    POST /api/v1/measurements) ahead of FastAPI, as a plain ASGI app (CollectorApp calls it
+    before its own middleware and routing).
 
     The route is the collector's hot path: at election-day rates FastAPI's per-request
-    machinery (route matching, exception and exit-stack middleware, dependency solving)
-    was a tenth of the collector's CPU for a job that needs none of it. Every other path,
-    and the route's OpenAPI description, stay with FastAPI."""
+    machinery (its telemetry check, the middleware stack, route matching, dependency
+    solving) was a tenth of the collector's CPU for a job that needs none of it. Every
+    other path, and the route's OpenAPI description, stay with FastAPI."""
 
-    def __init__(self, app: ASGIApp, collector: IngestService) -> None:
-        self.app = app
+    def __init__(self, collector: IngestService) -> None:
         self.collector = collector
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @staticmethod
+    def station(scope: Scope) -> str | None:
+        """None: not this route's request. "": the station route, without a station id.
+        LEGACY_PATH: the deprecated route. Else the URL's station."""
         if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        if path == LEGACY_PATH:
+            return None
+        path: str = scope["path"]
+        return LEGACY_PATH if path == LEGACY_PATH else route_station(path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, station: str) -> None:
+        if station == LEGACY_PATH:
             status, body, extra = await self.collector.answer(Request(scope, receive))
             extra = {**extra, **LEGACY_HEADERS}
+        elif station:
+            status, body, extra = await self.collector.answer(Request(scope, receive), station)
         else:
-            station = route_station(path)
-            if station is None:
-                await self.app(scope, receive, send)
-                return
-            if station:
-                status, body, extra = await self.collector.answer(Request(scope, receive), station)
-            else:
-                status, body, extra = 404, _BAD_STATION, {}
-                self.collector.metrics.requests.labels("404").inc()
+            status, body, extra = 404, _BAD_STATION, {}
+            self.collector.metrics.status(404).inc()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -427,6 +439,22 @@ class IngestRoute:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class CollectorApp(FastAPI):
+    """The collector's FastAPI app, with the ingest route answered before FastAPI's own
+    machinery (IngestRoute)."""
+
+    def __init__(self, ingest: IngestRoute, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingest = ingest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        station = IngestRoute.station(scope)
+        if station is not None:
+            await self.ingest(scope, receive, send, station)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 ADMIN_PATHS = frozenset({"/metrics", "/openapi.json"})
@@ -518,7 +546,8 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
             await c.sink.aclose()
             c.sink.close()
 
-    app = FastAPI(
+    app = CollectorApp(
+        IngestRoute(c),
         title="Sinyal collector",
         version=__version__,
         lifespan=lifespan,
@@ -527,7 +556,6 @@ def create_app(cfg: CollectorConfig, collector: IngestService | None = None) -> 
         redoc_url=None,
     )
     app.state.collector = c
-    app.add_middleware(IngestRoute, collector=c)
     app.add_middleware(AdminGate, token=cfg.admin.token, on_refuse=c.metrics.admin_refused.inc)
     st = cfg.speedtest
     signer = TicketSigner(load_key(cfg.data_dir / "speedtest.key"), st.ticket_ttl_s)

@@ -114,14 +114,36 @@ def _parser() -> argparse.ArgumentParser:
         "FILE: dotted.path: got VALUE, expected WHAT. Exit 0 when valid, 2 when not.",
     )
 
-    _add(
+    serve = _add(
         sub,
         "serve",
         cmd_serve,
         "run the ingest API and the background jobs (until Ctrl-C or SIGTERM)",
-        "Serve POST /api/v1/measurements, /api/v1/time, /healthz, /readyz, /metrics and\n"
-        "/openapi.json on listen.host:listen.port, writing to the configured sink; run the\n"
-        "silent-station sweeper when status.sweeper is true. See docs/collector.md.",
+        "Serve POST /api/v1/stations/{station}/measurements, /api/v1/time, /healthz,\n"
+        "/readyz, /metrics and /openapi.json on listen.host:listen.port, writing to the\n"
+        "configured sink; run the silent-station sweeper when status.sweeper is true.\n"
+        "--workers N runs N processes on ports listen.port .. listen.port+N-1 (or --ports)\n"
+        "for a reverse proxy to route stations over (deploy/nginx/collector.conf); a worker\n"
+        "that dies is restarted on its port, with a warning. See docs/collector.md.",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="collector processes, each on its own port (default 1: this process serves)",
+    )
+    serve.add_argument(
+        "--ports",
+        metavar="LIST",
+        help="the workers' ports, comma-separated (default: listen.port and the next N-1;"
+        " one port: this process serves on it)",
+    )
+    serve.add_argument(
+        "--shard-id",
+        metavar="ID",
+        help="this process's shard name (shard.id; default hostname:port; with --workers,"
+        " each worker is ID:port)",
     )
 
     st_srv = _add(
@@ -444,11 +466,33 @@ def cmd_status(args: argparse.Namespace, cfg: CollectorConfig) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    import dataclasses
+
+    from agent.contract.configkit import NAME_RE
+    from collector.config import ShardConfig
     from collector.server import ListenError, serve
+    from collector.workers import serve_workers, worker_ports
 
     logging.getLogger("sinyal").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.shard_id is not None:
+        if not NAME_RE.fullmatch(args.shard_id):
+            print(
+                f"sinyal-collector serve: --shard-id: got {printable(args.shard_id)!r}, expected"
+                " 1..64 letters, digits, '.', '_', ':' or '-'",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        cfg = dataclasses.replace(cfg, shard=ShardConfig(args.shard_id))
     try:
-        serve(cfg)
+        ports = worker_ports(cfg.listen.port, args.workers, args.ports)
+    except ValueError as exc:
+        print(f"sinyal-collector serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if len(ports) == 1:  # this process serves, on --ports' port if given
+            serve(dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, port=ports[0])))
+        else:
+            return serve_workers(cfg, ports)
     except ListenError as exc:
         print(f"sinyal-collector serve: {exc}", file=sys.stderr)
         return EXIT_LISTEN

@@ -10,6 +10,7 @@ See docs/collector.md.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,14 @@ class ReportsConfig:
 
 
 @dataclass(frozen=True)
+class ShardConfig:
+    """This process's name among the collector processes a proxy routes stations to
+    (docs/collector.md, "Several processes"). None: `<hostname>:<listen.port>`."""
+
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     path: Path
     listen: Listen
@@ -183,10 +192,17 @@ class CollectorConfig:
     reports: ReportsConfig = ReportsConfig()
     speedtest: SpeedtestConfig = field(default_factory=SpeedtestConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite3"
+
+    @property
+    def shard_id(self) -> str:
+        """This process's shard: `shard.id`, else `<hostname>:<listen.port>` (unique across
+        the nodes and the processes of a node)."""
+        return self.shard.id or f"{socket.gethostname()}:{self.listen.port}"
 
 
 _TOP = set(COLLECTOR_KEYS)
@@ -292,6 +308,10 @@ class _Loader:
 
     def speedtest(self, raw: Any) -> SpeedtestConfig:
         return SpeedtestConfig(**self.r.section(raw, "speedtest", SpeedtestConfig, SPEEDTEST_KEYS))
+
+    def shard(self, raw: Any) -> ShardConfig:
+        keys = {"id": Key(string(NAME_RE), "1..64 letters, digits, '.', '_', ':' or '-'")}
+        return ShardConfig(**self.r.section(raw, "shard", ShardConfig, keys))
 
     def admin(self, raw: Any) -> AdminConfig:
         keys = {"token": Key(string(), "an admin token of 16+ characters")}
@@ -412,11 +432,23 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     reports = loader.reports(top.get("reports"))
     speedtest = loader.speedtest(top.get("speedtest"))
     admin = loader.admin(top.get("admin"))
+    shard = loader.shard(top.get("shard"))
     r.errors += unknown_env_errors(name, os.environ if environ is None else environ, "collector")
     if r.errors or sink is None:
         raise ConfigError(r.errors or [f"{name}: sink: invalid"])
     return CollectorConfig(
-        p, listen, sink, data_dir, thresholds, status, limits, registry, reports, speedtest, admin
+        p,
+        listen,
+        sink,
+        data_dir,
+        thresholds,
+        status,
+        limits,
+        registry,
+        reports,
+        speedtest,
+        admin,
+        shard,
     )
 
 

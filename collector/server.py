@@ -7,6 +7,7 @@ import gc
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 
 import uvicorn
 
@@ -48,20 +49,38 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def serve(cfg: CollectorConfig) -> None:
-    """Run until SIGINT/SIGTERM. One process; run more replicas behind a load balancer to
-    scale, with the sweeper enabled on exactly one of them (status.sweeper).
-    Raises ListenError when listen.host:listen.port cannot be bound."""
-    server, sock = build_server(cfg)
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling `on_ready` once it accepts connections."""
+
+    on_ready: Callable[[], None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
+
+
+def serve(
+    cfg: CollectorConfig,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM, as the shard cfg.shard_id; `sock`: the listening socket
+    already bound (by collector.workers), else listen.host:listen.port is bound here;
+    `on_ready` is called once it serves. Several processes: collector.workers.
+    Raises ListenError when the address cannot be bound."""
+    server, sock = build_server(cfg, sock)
+    server.on_ready = on_ready
     tune_gc()
     scheme = "https" if cfg.listen.tls else "http"
     log.info(
-        "sinyal-collector listening on %s://%s:%d, sink %s %s",
+        "sinyal-collector listening on %s://%s:%d, sink %s %s, shard %s",
         scheme,
         cfg.listen.host,
         cfg.listen.port,
         cfg.sink.kind,
         cfg.sink.url,
+        cfg.shard_id,
     )
     try:
         server.run(sockets=[sock])
@@ -69,7 +88,9 @@ def serve(cfg: CollectorConfig) -> None:
         log.info("sinyal-collector stopped")
 
 
-def build_server(cfg: CollectorConfig) -> tuple[uvicorn.Server, socket.socket]:
+def build_server(
+    cfg: CollectorConfig, sock: socket.socket | None = None
+) -> tuple[_Server, socket.socket]:
     """The collector's uvicorn server and its bound socket: the app, the connection guard
     (collector.connguard) with its cap below the open-file limit, and TLS when `listen.tls`
     is set. Raises ListenError when the address cannot be bound."""
@@ -78,7 +99,8 @@ def build_server(cfg: CollectorConfig) -> tuple[uvicorn.Server, socket.socket]:
     limits = cfg.listen.connections
     file_limit = raise_file_limit()
     cap = effective_connection_cap(limits.max_connections, file_limit)
-    sock = bind(cfg.listen.host, cfg.listen.port, backlog=min(4096, cap))
+    if sock is None:
+        sock = bind(cfg.listen.host, cfg.listen.port, backlog=min(4096, cap))
     app = create_app(cfg)
     if cap < limits.max_connections:
         log.warning(
@@ -109,7 +131,7 @@ def build_server(cfg: CollectorConfig) -> tuple[uvicorn.Server, socket.socket]:
         ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
     )
-    return uvicorn.Server(config), sock
+    return _Server(config), sock
 
 
 # Allocations between young-generation collections (CPython's default is 700).

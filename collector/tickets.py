@@ -39,15 +39,21 @@ class Ticket:
 
 
 def load_key(path: Path) -> bytes:
-    """The signing key at `path`, created (0600, 32 random bytes) when it does not exist."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-    else:
-        key = secrets.token_bytes(KEY_BYTES)
+    """The signing key at `path`, created (0600, 32 random bytes) when it does not exist.
+    Processes starting together (serve --workers, one unit per port) all get the one key
+    that appears first: it is written aside and linked into place whole."""
+    if not path.exists():
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(key)
+            f.write(secrets.token_bytes(KEY_BYTES))
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass  # another process was first: its key is the key
+        finally:
+            aside.unlink()
+    key = path.read_bytes()
     if len(key) < KEY_BYTES:
         raise ValueError(f"{path}: expected {KEY_BYTES} random bytes, got {len(key)}")
     return key

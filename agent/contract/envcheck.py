@@ -43,6 +43,7 @@ COLLECTOR_KEYS = frozenset(
         "reports",
         "speedtest",
         "admin",
+        "shard",
     }
 )
 

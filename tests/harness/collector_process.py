@@ -83,9 +83,13 @@ def collector_process(
     file_limit: int | None = None,
     verify: ssl.SSLContext | bool = True,
     env: dict[str, str] | None = None,
+    serve_args: tuple[str, ...] = (),
+    ports: tuple[int, ...] = (),
 ) -> Iterator[CollectorProcess]:
     """Start `serve` on cfg (tokens for STATION and its neighbour added first); yield when
-    /healthz answers. `file_limit` sets the process's RLIMIT_NOFILE (soft and hard)."""
+    /healthz answers (on each of `ports` too: `serve --workers`' other ports).
+    `file_limit` sets the process's RLIMIT_NOFILE (soft and hard); `serve_args` are added
+    to the command line."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(cfg.registry_path, refresh_s=0)
     registry.import_stations_csv(STATIONS_CSV)
@@ -95,7 +99,7 @@ def collector_process(
     url = f"{scheme}://{cfg.listen.host}:{cfg.listen.port}"
     log = open(cfg.data_dir / "serve.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "serve", "-c", str(cfg.path)],
+        [sys.executable, "-m", "collector.cli", "serve", "-c", str(cfg.path), *serve_args],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -104,17 +108,19 @@ def collector_process(
     )
     try:
         deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"collector exited {proc.returncode}: {_tail(cfg)}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1, verify=verify).status_code == 200:
-                    break
-            except (httpx.HTTPError, ssl.SSLError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"collector did not answer /healthz: {_tail(cfg)}")
-            time.sleep(0.1)
+        for port in (cfg.listen.port, *ports):
+            health = f"{scheme}://{cfg.listen.host}:{port}/healthz"
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"collector exited {proc.returncode}: {_tail(cfg)}")
+                try:
+                    if httpx.get(health, timeout=1, verify=verify).status_code == 200:
+                        break
+                except (httpx.HTTPError, ssl.SSLError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"collector did not answer {health}: {_tail(cfg)}")
+                time.sleep(0.1)
         yield CollectorProcess(cfg, proc, url, token, info.id, other, registry)
     finally:
         proc.terminate()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,13 +18,14 @@ import pytest
 
 from collector.speedtest import file_size
 from collector.tickets import TicketSigner
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT
 from tests.harness.collector_process import (
     CollectorProcess,
     collector_config_file,
     collector_process,
 )
 from tests.harness.dbs import InfluxServer
+from tests.harness.nginx import running_nginx
 from tests.harness.servers import free_port
 
 DAILY = 20_000_000
@@ -133,39 +133,23 @@ def test_upload_size_is_capped_with_and_without_content_length(
 def nginx_in_front(c: CollectorProcess, files: Path) -> Iterator[str]:
     """deploy/nginx/speedtest.conf as shipped, with its listen, root and collector address
     replaced, run by Debian's nginx."""
-    binary = require_tool("nginx")
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="sinyal-nginx-") as tmp:
-        site = (ROOT / "deploy" / "nginx" / "speedtest.conf").read_text()
-        assert "server 127.0.0.1:8080;" in site and "listen 8081" in site
-        site = site.replace("listen 8081", f"listen 127.0.0.1:{port}")
-        site = site.replace("/var/lib/sinyal/speedtest", str(files))
-        site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{c.cfg.listen.port};")
-        (Path(tmp) / "site.conf").write_text(site)
-        (Path(tmp) / "nginx.conf").write_text(
-            f"worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
-            f"events {{ worker_connections 256; }}\n"
-            f"http {{ client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;"
-            f" include {tmp}/site.conf; }}\n"
-        )
-        check = subprocess.run(
-            [binary, "-t", "-c", f"{tmp}/nginx.conf"], capture_output=True, text=True
-        )
-        assert check.returncode == 0, check.stderr
-        proc = subprocess.Popen([binary, "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"])
+    site = (ROOT / "deploy" / "nginx" / "speedtest.conf").read_text()
+    assert "server 127.0.0.1:8080;" in site and "listen 8081" in site
+    site = site.replace("listen 8081", f"listen 127.0.0.1:{port}")
+    site = site.replace("/var/lib/sinyal/speedtest", str(files))
+    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{c.cfg.listen.port};")
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, "nginx did not start"
-                    time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+            httpx.get(f"{url}/", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    with running_nginx(site, ready):
+        yield url
 
 
 def test_nginx_config_enforces_tickets_and_quota(collector: CollectorProcess) -> None:

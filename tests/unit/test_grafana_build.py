@@ -247,8 +247,11 @@ def test_compose_mounts_exist_and_variables_are_documented() -> None:
     assert (COMPOSE_DIR / build_ctx["context"] / build_ctx["dockerfile"]).is_file()
 
 
-def test_compose_collector_config_loads() -> None:
-    """The collector's config in the stack is valid (container paths mapped to the mounts)."""
+def compose_collector_config(
+    extra_env: dict[str, str] | None = None,
+) -> collector_config.CollectorConfig:
+    """The collector's config in the stack, loaded here (container paths mapped to the
+    mounts), with the stack's environment and `extra_env`."""
     svc = COMPOSE["services"]["collector"]
     mounts = {
         m.split(":")[1]: COMPOSE_DIR / m.split(":")[0] for m in svc["volumes"] if m.startswith(".")
@@ -258,8 +261,14 @@ def test_compose_collector_config_loads() -> None:
     environ = {
         "SINYAL_SINK__TOKEN": "from-the-environment",
         "SINYAL_THRESHOLDS_FILE": str(mounts[doc["thresholds_file"]].resolve()),
+        **(extra_env or {}),
     }
-    cfg = collector_config.load(cfg_path, environ=environ)
+    return collector_config.load(cfg_path, environ=environ)
+
+
+def test_compose_collector_config_loads() -> None:
+    """The collector's config in the stack is valid (container paths mapped to the mounts)."""
+    cfg = compose_collector_config()
     assert cfg.sink.kind == "v2" and cfg.sink.url == "http://influxdb:8086"
     assert (
         cfg.sink.bucket

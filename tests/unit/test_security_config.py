@@ -169,3 +169,17 @@ def test_connection_cap_stays_below_the_file_limit() -> None:
     assert effective_connection_cap(4096, 65536) == 4096
     assert effective_connection_cap(4096, 1024) == 1024 - FD_RESERVE
     assert effective_connection_cap(4096, 100) == 16
+
+
+def test_processes_starting_together_share_one_key(tmp_path: Path) -> None:
+    """serve --workers starts its processes at once: each must read the same whole key,
+    never a file another one has created and not written yet."""
+    import multiprocessing
+
+    for round_ in range(5):
+        key_file = tmp_path / f"speedtest{round_}.key"
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(4) as pool:
+            keys = pool.map(load_key, [key_file] * 8)
+        assert len(set(keys)) == 1 and len(keys[0]) == 32
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
