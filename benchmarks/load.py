@@ -217,15 +217,11 @@ def measure(
         wrkload.nginx(tmp / f"nginx-{name}", [u for _, u in procs]) as (nginx_pid, nginx_url),
     ):
         # Envelope times are the planned send times: the start must leave time to build
-        # them all. Time a small build first (the machine is shared: its speed varies).
-        sample = wrkload.Plan(
-            tokens[:1000], start=time.time(), **{**plan_args, "rounds": min(2, plan_args["rounds"])}
-        )
-        t_build = time.monotonic()
-        wrkload.build(sample, tmp / f"calibrate-{name}")
-        per_envelope = (time.monotonic() - t_build) / sample.envelopes
-        envelopes = len(tokens) * plan_args["rounds"]
-        lead_s = max(lead_s, 2.5 * per_envelope * envelopes + 10)
+        # them all (the machine is shared: how fast it builds is measured now).
+        plan = wrkload.Plan(tokens, start=time.time(), **plan_args)
+        estimate = wrkload.estimate_build_s(plan, tmp / f"requests-{name}")
+        lead_s = max(lead_s, 2 * estimate + 15)
+        print(f"{name}: building for about {estimate:.0f} s, start in {lead_s:.0f} s", flush=True)
         t_build = time.monotonic()
         plan = wrkload.Plan(tokens, start=time.time() + lead_s, host="127.0.0.1", **plan_args)
         built = wrkload.build(plan, tmp / f"requests-{name}")

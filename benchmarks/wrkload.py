@@ -45,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 from agent.contract.record import ClockInfo, Record, encode_envelope_records, new_id
 from agent.contract.version import AGENT_USER_AGENT, __version__
 from benchmarks.simulate import SimConfig, SimStation, StationToken
@@ -173,6 +175,19 @@ def build(plan: Plan, out_dir: Path) -> Built:
     )
 
 
+def estimate_build_s(plan: Plan, out_dir: Path, sample: int = 500) -> float:
+    """Seconds `build(plan)` will take on this machine now: a sample of `sample` stations'
+    first two rounds built in this process, timed, scaled to the plan and its processes."""
+    rounds = min(2, plan.rounds)
+    small = dataclasses.replace(plan, tokens=plan.tokens[:sample], rounds=rounds, threads=1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    _build_thread(small, 0, out_dir / "estimate.bin")
+    per_envelope = (time.monotonic() - t0) / small.envelopes
+    (out_dir / "estimate.bin").unlink()
+    return per_envelope * plan.envelopes / min(plan.threads, os.cpu_count() or 1)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
@@ -244,56 +259,55 @@ def run(
     )
 
 
+SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "collector.conf"
+SHIPPED_SERVERS = (
+    "    server 127.0.0.1:8081 max_fails=1 fail_timeout=10s;\n"
+    "    server 127.0.0.1:8082 max_fails=1 fail_timeout=10s;\n"
+)
+
+
 def nginx_config(tmp: Path, port: int, upstreams: Sequence[str], workers: int = 2) -> str:
-    """nginx in front of collector processes, for the benchmark and the smoke test: the
-    station routing of deploy/nginx/collector.conf (the station of
-    /api/v1/stations/{id}/measurements picks the process with `hash ... consistent`), no TLS
-    (loopback), keep-alive to the upstreams shorter than the collector's idle timeout (15 s),
-    so nginx never reuses a connection the collector is closing."""
-    servers = "\n".join(f"    server {u.removeprefix('http://')};" for u in upstreams)
+    """deploy/nginx/collector.conf as shipped, with its listen address, certificate (a
+    throw-away CA's, made here) and collector processes replaced, in a main config of its own
+    (temp paths in `tmp`, enough connections for the benchmark's clients and upstreams)."""
+    site = SITE.read_text()
+    if SHIPPED_SERVERS not in site or "listen 443 ssl" not in site:
+        raise RuntimeError(f"{SITE}: no longer has the lines this benchmark replaces")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("collector.example.org", "127.0.0.1")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    leaf.private_key_pem.write_to_path(str(key))
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    for extra in leaf.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert), append=True)
+    servers = "".join(
+        f"    server {u.removeprefix('http://')} max_fails=1 fail_timeout=10s;\n" for u in upstreams
+    )
+    site = site.replace(SHIPPED_SERVERS, servers)
+    site = site.replace("listen 443 ssl", f"listen 127.0.0.1:{port} ssl")
+    site = site.replace("/etc/letsencrypt/live/collector.example.org/fullchain.pem", str(cert))
+    site = site.replace("/etc/letsencrypt/live/collector.example.org/privkey.pem", str(key))
+    (tmp / "site.conf").write_text(site)
     return f"""\
 worker_processes {workers};
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off;
   client_body_temp_path {tmp}/body;
   proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fastcgi;
   uwsgi_temp_path {tmp}/uwsgi;
   scgi_temp_path {tmp}/scgi;
-  map $uri $sinyal_station {{
-    ~^/api/v1/stations/(?<id>[^/]+)/measurements$ $id;
-    default $remote_addr;
-  }}
-  upstream sinyal_collectors {{
-    hash $sinyal_station consistent;
-{servers}
-    keepalive 64;
-    keepalive_timeout 10s;
-  }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    keepalive_requests 100000;
-    keepalive_timeout 75s;
-    client_max_body_size 5m;
-    location / {{
-      proxy_pass http://sinyal_collectors;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_read_timeout 60s;
-    }}
-  }}
+  include {tmp}/site.conf;
 }}
 """
 
 
 @contextlib.contextmanager
 def nginx(tmp: Path, upstreams: Sequence[str], workers: int = 2) -> Iterator[tuple[int, str]]:
-    """Debian's nginx with nginx_config on a free loopback port: (master pid, base URL)."""
+    """Debian's nginx with nginx_config on a free loopback port: (master pid, https base
+    URL; wrk does not check the certificate)."""
     tmp.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -315,7 +329,7 @@ def nginx(tmp: Path, upstreams: Sequence[str], workers: int = 2) -> Iterator[tup
             time.sleep(0.1)
         else:
             raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port}")
-        yield proc.pid, f"http://127.0.0.1:{port}"
+        yield proc.pid, f"https://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
