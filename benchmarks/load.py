@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -350,16 +350,56 @@ HEADER = (
 )
 
 
+def fleet_section(m: Measured, minutes: int) -> list[str]:
+    w = m.wrk
+    delivery_bound = (w["late_ms"]["max"] + w["latency_us"]["max"] / 1000) / 1000
+    offered_rec = m.offered_per_s * m.records_per_envelope
+    gen_ratio = m.cpu_s["wrk"] / max(1e-9, m.cpu_s["collectors"])
+    return [
+        f"### {m.stations:,} stations, {minutes} minutes ({m.name})",
+        "",
+        f"- Offered {m.offered_per_s:,.0f} envelopes/s ({offered_rec:,.0f} records/s)"
+        f" for {m.envelopes / m.offered_per_s:.0f} s through nginx to {m.collectors}"
+        f" collector processes; answered {m.rate:,.0f}/s over the window of"
+        f" {m.seconds:.0f} s.",
+        f"- Envelopes answered 200: {w['ok']:,} of {m.envelopes:,}; other answers {w['other']};"
+        f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}.",
+        f"- Records acknowledged {w['accepted']:,} of {m.records:,}; stored in InfluxDB"
+        f" {m.stored:,}.",
+        f"- Ack latency p50 {w['latency_us']['p50'] / 1000:.1f} ms, p90"
+        f" {w['latency_us']['p90'] / 1000:.1f} ms, p99 {w['latency_us']['p99'] / 1000:.1f} ms,"
+        f" p99.9 {w['latency_us']['p999'] / 1000:.1f} ms,"
+        f" max {w['latency_us']['max'] / 1000:.0f} ms.",
+        f"- Delivery: every envelope was sent at most {w['late_ms']['max'] / 1000:.1f} s after"
+        f" its records were measured and answered at most {w['latency_us']['max'] / 1e6:.1f} s"
+        f" later: every record acknowledged within {delivery_bound:.1f} s of being measured"
+        " (an upper bound: the worst send lag plus the worst latency).",
+        f"- CPU: {cpu_line(m)}.",
+        f"- InfluxDB after the run: {m.series:,} series in the run's database,"
+        f" {m.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
+        f" mostly WAL, {1e6 * m.influx_disk_mb / max(1, m.stored) * 1.048576:,.0f}"
+        f" bytes a point, an upper bound), resident memory {m.influx_rss_mb:,.0f} MB"
+        " (Debian's default `inmem` index).",
+        f"- The generator: wrk used {m.cpu_s['wrk']:.1f} s of CPU, the collector processes"
+        f" {m.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
+        " (target: under 0.25).",
+        f"- Build: {m.envelopes:,} envelopes in {m.build_s:.0f} s (two processes, before"
+        " the run)" + (f"; {'; '.join(m.notes)}." if m.notes else "."),
+        f"- **Held: {'yes' if m.held else 'no'}** (every record acknowledged and stored, ack"
+        " p99 under 2 s, delivered within one interval).",
+        "",
+    ]
+
+
 def write_results(
     runs: dict[str, Measured], args: argparse.Namespace, setup_s: float, ingest_note: str
 ) -> str:
-    fleet = runs["fleet"]
+    fleets = sorted(
+        (m for k, m in runs.items() if k.startswith("fleet")), key=lambda m: -m.stations
+    )
+    held = [m.stations for m in fleets if m.held]
     one, two = runs.get("sat-1"), runs.get("sat-2")
     batch = runs.get("batch-100")
-    w = fleet.wrk
-    delivery_bound = (w["late_ms"]["max"] + w["latency_us"]["max"] / 1000) / 1000
-    offered_rec = fleet.offered_per_s * fleet.records_per_envelope
-    gen_ratio = fleet.cpu_s["wrk"] / max(1e-9, fleet.cpu_s["collectors"])
     lines = [
         "# Load: a fleet through nginx into collector processes, driven by wrk",
         "",
@@ -376,7 +416,7 @@ def write_results(
         " `/api/v1/stations/{id}/measurements`, keep-alive to the upstreams, 2 workers); the"
         " load generator: Debian wrk 4.1 with `benchmarks/wrk/replay.lua` (benchmarks/wrkload.py).",
         "",
-        f"Registry: {args.stations:,} stations and one token each, with the real CLI's bulk path"
+        f"Registry: {args.registry:,} stations and one token each, with the real CLI's bulk path"
         f" (`stations import` then `agents add --all-stations --out`): **{setup_s:.0f} s**.",
         "",
         "Envelopes: built before each run (the build time is in the details, not in any CPU"
@@ -396,37 +436,15 @@ def write_results(
         HEADER,
         *(row(m) for m in runs.values()),
         "",
-        f"## 1. {fleet.stations:,} stations at one envelope a minute, {args.minutes} minutes",
+        "## 1. Fleets at one envelope a minute",
         "",
-        f"- Offered {fleet.offered_per_s:,.0f} envelopes/s ({offered_rec:,.0f} records/s)"
-        f" for {fleet.envelopes / fleet.offered_per_s:.0f} s through nginx to {fleet.collectors}"
-        f" collector processes; answered {fleet.rate:,.0f}/s over the window of"
-        f" {fleet.seconds:.0f} s.",
-        f"- Envelopes answered 200: {w['ok']:,} of {fleet.envelopes:,}; other answers {w['other']};"
-        f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}.",
-        f"- Records acknowledged {w['accepted']:,} of {fleet.records:,}; stored in InfluxDB"
-        f" {fleet.stored:,}.",
-        f"- Ack latency p50 {w['latency_us']['p50'] / 1000:.1f} ms, p90"
-        f" {w['latency_us']['p90'] / 1000:.1f} ms, p99 {w['latency_us']['p99'] / 1000:.1f} ms,"
-        f" p99.9 {w['latency_us']['p999'] / 1000:.1f} ms,"
-        f" max {w['latency_us']['max'] / 1000:.0f} ms.",
-        f"- Delivery: every envelope was sent at most {w['late_ms']['max'] / 1000:.1f} s after"
-        f" its records were measured and answered at most {w['latency_us']['max'] / 1e6:.1f} s"
-        f" later: every record acknowledged within {delivery_bound:.1f} s of being measured"
-        " (an upper bound: the worst send lag plus the worst latency).",
-        f"- CPU: {cpu_line(fleet)}.",
-        f"- InfluxDB after the run: {fleet.series:,} series in the run's database,"
-        f" {fleet.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
-        f" mostly WAL, {1e6 * fleet.influx_disk_mb / max(1, fleet.stored) * 1.048576:,.0f}"
-        f" bytes a point, an upper bound), resident memory {fleet.influx_rss_mb:,.0f} MB"
-        " (Debian's default `inmem` index).",
-        f"- The generator: wrk used {fleet.cpu_s['wrk']:.1f} s of CPU, the collector processes"
-        f" {fleet.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
-        " (target: under 0.25).",
-        f"- Build: {fleet.envelopes:,} envelopes in {fleet.build_s:.0f} s (two processes, before"
-        " the run)" + (f"; {'; '.join(fleet.notes)}." if fleet.notes else "."),
-        f"- **Held: {'yes' if fleet.held else 'no'}** (every record acknowledged and stored, ack"
-        " p99 under 2 s, delivered within one interval).",
+        *(line for m in fleets for line in fleet_section(m, args.minutes)),
+        (
+            f"**Largest fleet held: {max(held):,} stations** of those tried"
+            f" ({', '.join(f'{m.stations:,}' for m in fleets)})."
+            if held
+            else "**No fleet tried was held.**"
+        ),
         "",
     ]
     if one and two:
@@ -497,39 +515,53 @@ def write_results(
     return text
 
 
+def previous_runs(path: Path) -> dict[str, Measured]:
+    """The runs of an earlier invocation (its load.json), to report with this one's."""
+    names = {f.name for f in fields(Measured)}
+    out = {}
+    for key, d in json.loads(path.read_text()).items():
+        m = Measured(**{k: v for k, v in d.items() if k in names})
+        m.load_before, m.load_after = tuple(m.load_before), tuple(m.load_after)  # type: ignore[assignment]
+        out[f"fleet-{m.stations}" if key == "fleet" else key] = m
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stations", type=int, default=100_000)
+    ap.add_argument("--fleets", default="100000", help="fleet sizes (stations), comma-separated")
     ap.add_argument("--minutes", type=int, default=5)
     ap.add_argument("--collectors", type=int, default=2)
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--sat-connections", type=int, default=128)
     ap.add_argument("--sat-seconds", type=float, default=40)
     ap.add_argument("--sat-rate", type=float, default=3000)
-    ap.add_argument("--skip", default="", help="comma-separated: fleet,sat,batch")
-    ap.add_argument("--ingest-note", default="", help="a line citing benchmarks/ingest.py's run")
+    ap.add_argument("--skip", default="", help="comma-separated: sat,batch")
+    ap.add_argument("--append", action="store_true", help="report the runs of load.json too")
+    ap.add_argument(
+        "--note", action="append", default=[], help="a paragraph to add (a cited run), repeatable"
+    )
     args = ap.parse_args()
     skip = set(args.skip.split(",")) - {""}
-    runs: dict[str, Measured] = {}
+    sizes = [int(n) for n in args.fleets.split(",") if n]
+    runs: dict[str, Measured] = previous_runs(RESULTS / "load.json") if args.append else {}
+    sat_count = int(args.sat_rate * args.sat_seconds) if "sat" not in skip else 0
     with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
         tmp = Path(tmp_s)
-        tokens, setup_s = setup_registry(tmp, db.url, args.stations)
+        tokens, setup_s = setup_registry(tmp, db.url, max([*sizes, sat_count, 2000]))
+        args.registry = len(tokens)
         print(f"registry: {len(tokens):,} stations and tokens in {setup_s:.0f} s", flush=True)
-        if "fleet" not in skip:
-            n = args.stations
-            runs["fleet"] = measure(
-                "fleet", tmp, db, tokens, args.collectors,
+        for n in sizes:
+            runs[f"fleet-{n}"] = measure(
+                f"fleet-{n}", tmp, db, tokens[:n], args.collectors,
                 {"rate": n / 60.0, "rounds": args.minutes},
                 args.connections, None, lead_s=20,
             )  # fmt: skip
-            print(row(runs["fleet"]), flush=True)
+            print(row(runs[f"fleet-{n}"]), flush=True)
         if "sat" not in skip:
-            count = int(args.sat_rate * args.sat_seconds)
             for n_coll in (1, 2):
-                # a station's first envelope of the run, no two runs with the same stations'
-                # databases: every run has its own database
+                # every run has its own database: each station's first envelope
                 runs[f"sat-{n_coll}"] = measure(
-                    f"sat-{n_coll}", tmp, db, tokens[:count], n_coll,
+                    f"sat-{n_coll}", tmp, db, tokens[:sat_count], n_coll,
                     {"rate": args.sat_rate, "rounds": 1},
                     args.sat_connections, args.sat_seconds, lead_s=5,
                 )  # fmt: skip
@@ -544,10 +576,7 @@ def main() -> None:
                 args.sat_connections, args.sat_seconds, lead_s=5,
             )  # fmt: skip
             print(row(runs["batch-100"]), flush=True)
-    if "fleet" in runs:
-        print(write_results(runs, args, setup_s, args.ingest_note))
-    else:
-        print(json.dumps({k: asdict(m) for k, m in runs.items()}, indent=2, default=str))
+    print(write_results(runs, args, setup_s, "\n\n".join(args.note)))
 
 
 if __name__ == "__main__":
