@@ -411,10 +411,12 @@ def write_results(
         "",
         "Stack, all on these 2 cores: InfluxDB 1.6.7 (Debian `influxd`, loopback,"
         " `tests.harness.dbs.influxd` config); `sinyal-collector serve` processes, one port each"
-        " (sink v1, status engine on, sweeper off); Debian nginx-light in front"
-        " (`benchmarks.wrkload.nginx_config`: `hash $station consistent` on the station of"
-        " `/api/v1/stations/{id}/measurements`, keep-alive to the upstreams, 2 workers); the"
-        " load generator: Debian wrk 4.1 with `benchmarks/wrk/replay.lua` (benchmarks/wrkload.py).",
+        " (sink v1, status engine on, sweeper off, default limits: every station has its own"
+        " token); Debian nginx-light in front with `deploy/nginx/collector.conf` as shipped"
+        " (TLS, `hash $sinyal_station consistent` on the station of"
+        " `/api/v1/stations/{id}/measurements`, keep-alive to the upstreams; listen address,"
+        " certificate and servers replaced, 2 workers); the load generator: Debian wrk 4.1 with"
+        " `benchmarks/wrk/replay.lua` (benchmarks/wrkload.py), over TLS.",
         "",
         f"Registry: {args.registry:,} stations and one token each, with the real CLI's bulk path"
         f" (`stations import` then `agents add --all-stations --out`): **{setup_s:.0f} s**.",
@@ -538,12 +540,22 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated: sat,batch")
     ap.add_argument("--append", action="store_true", help="report the runs of load.json too")
     ap.add_argument(
+        "--report-only", action="store_true", help="rewrite load.md from load.json, run nothing"
+    )
+    ap.add_argument("--registry-s", type=float, default=0.0, help="with --report-only")
+    ap.add_argument(
         "--note", action="append", default=[], help="a paragraph to add (a cited run), repeatable"
     )
     args = ap.parse_args()
     skip = set(args.skip.split(",")) - {""}
     sizes = [int(n) for n in args.fleets.split(",") if n]
-    runs: dict[str, Measured] = previous_runs(RESULTS / "load.json") if args.append else {}
+    runs: dict[str, Measured] = (
+        previous_runs(RESULTS / "load.json") if args.append or args.report_only else {}
+    )
+    if args.report_only:
+        args.registry = max(m.stations for m in runs.values())
+        print(write_results(runs, args, args.registry_s, "\n\n".join(args.note)))
+        return
     sat_count = int(args.sat_rate * args.sat_seconds) if "sat" not in skip else 0
     with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
         tmp = Path(tmp_s)

@@ -9,9 +9,10 @@
 --
 -- Pacing (Debian's wrk 4.1 has no constant-rate mode): wrk calls delay() before every
 -- request on a connection; delay() takes the thread's next request and returns the time left
--- until its planned send time, so each request leaves at its planned time when a connection
--- is free. When every connection is still waiting for an answer, requests leave late: how
--- late is recorded ("late" below; wrk's own latency is measured from the send).
+-- until its planned send time, so each request leaves at its planned time (on a 20 ms grid,
+-- see delay()) when a connection is free. When every connection is still waiting for an
+-- answer, requests leave late: how late is recorded ("late" below; wrk's own latency is
+-- measured from the send).
 -- When a thread has sent and seen answered everything it writes DIR/thread-N.done.
 local ffi = require("ffi")
 ffi.cdef [[
@@ -24,6 +25,7 @@ local function now_ms()
     return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
 end
 
+local GRID_MS = 20
 local LATE_BUCKET_MS, LATE_BUCKETS = 10, 12000 -- 10 ms buckets up to 120 s, then overflow
 local threads = {}
 local counter = 0
@@ -59,9 +61,12 @@ function delay()
     local at = tonumber(head:sub(11, 24))
     qtail = qtail + 1
     queue[qtail] = { body, at }
-    local wait = at - now_ms()
-    if wait < 0 then return 0 end
-    return math.floor(wait)
+    -- Deadlines on a GRID_MS grid: wrk's event loop (ae) spins in the last millisecond
+    -- before a timer, once per distinct deadline, so timers that share a deadline cost one
+    -- spin between them (requests leave up to GRID_MS late; measured in `late`).
+    local now = now_ms()
+    if at <= now then return 0 end
+    return math.ceil(at / GRID_MS) * GRID_MS - math.floor(now)
 end
 
 function request()
