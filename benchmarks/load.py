@@ -403,11 +403,11 @@ def write_results(
     lines = [
         "# Load: a fleet through nginx into collector processes, driven by wrk",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, a machine shared with"
+        f"Measured {datetime.now(UTC):%Y-%m-%d} UTC on {machine()}, a machine shared with"
         " other engineers' work (the load average and the CPU of everything else are in the"
-        " tables). Command:",
+        " tables). Commands (the later ones add their runs to load.json with --append):",
         "",
-        f"    .venv/bin/python benchmarks/load.py {' '.join(sys.argv[1:])}",
+        *(f"    .venv/bin/python benchmarks/load.py {c}" for c in args.command),
         "",
         "Stack, all on these 2 cores: InfluxDB 1.6.7 (Debian `influxd`, loopback,"
         " `tests.harness.dbs.influxd` config); `sinyal-collector serve` processes, one port each"
@@ -544,6 +544,9 @@ def main() -> None:
     )
     ap.add_argument("--registry-s", type=float, default=0.0, help="with --report-only")
     ap.add_argument(
+        "--command", action="append", default=[], help="with --report-only: the runs' commands"
+    )
+    ap.add_argument(
         "--note", action="append", default=[], help="a paragraph to add (a cited run), repeatable"
     )
     args = ap.parse_args()
@@ -552,6 +555,8 @@ def main() -> None:
     runs: dict[str, Measured] = (
         previous_runs(RESULTS / "load.json") if args.append or args.report_only else {}
     )
+    if not args.report_only:
+        args.command = [" ".join(sys.argv[1:])]
     if args.report_only:
         args.registry = max(m.stations for m in runs.values())
         print(write_results(runs, args, args.registry_s, "\n\n".join(args.note)))
