@@ -146,13 +146,16 @@ def main() -> None:
                 paths.append(upload_path(station))
             return bodies, paths
 
-        def envelopes(n: int, count: int, series: str) -> tuple[list[Req], list[str]]:
-            """`count` unique envelopes of `n` records, in series of their own (targets
-            named after `series`), so no phase rewrites another's points."""
+        def envelopes(n: int, count: int, series: str | None) -> tuple[list[Req], list[str]]:
+            """`count` unique envelopes of `n` records. The stations' usual series (10
+            targets), at times of their own (build_batches counts microseconds from the
+            moment it is called, and no set spans a second); `series`: targets named after
+            it instead (the warm-up of each checkout)."""
             batches = build_batches(ids, count, n, per_station=True)
-            for b in batches:
-                for i, rec in enumerate(b):
-                    rec["tags"]["target"] = f"{series}-{i % 10}"  # type: ignore[index]
+            if series is not None:
+                for b in batches:
+                    for i, rec in enumerate(b):
+                        rec["tags"]["target"] = f"{series}-{i % 10}"  # type: ignore[index]
             return requests(batches)
 
         checkouts = [ROOT, *(Path(d).resolve() for d in args.against)]
@@ -200,7 +203,7 @@ def main() -> None:
                         zip(checkouts, procs, urls, strict=True)
                     ):
                         print(f"{n} records, round {r + 1}, {checkout}: building…", flush=True)
-                        bodies, paths = envelopes(n, count[n], f"r{r}c{k}")
+                        bodies, paths = envelopes(n, count[n], None)
                         spy = None
                         if args.profile and k == 0 and r == 0:
                             Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -233,7 +236,7 @@ def main() -> None:
     history = ""
     if OUT.exists() and MARKER in OUT.read_text():
         history = OUT.read_text().split(MARKER, 1)[1]
-    note = f" {args.note}" if args.note else ""
+    note = f" {args.note.rstrip('.')}." if args.note else ""
     against = "".join(f" --against {d}" for d in args.against)
     OUT.write_text(
         f"""# Collector CPU per envelope

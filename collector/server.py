@@ -123,7 +123,7 @@ def build_server(
         http=guard.protocol(),
         log_level="warning",
         access_log=False,
-        proxy_headers=True,
+        proxy_headers=False,  # applied by the app itself, not to uploads (collector.app)
         timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
         backlog=min(4096, cap),
         ssl_certfile=str(tls.cert) if tls else None,
