@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from collector.regions import tps_code
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
@@ -71,6 +73,18 @@ def demo_targets() -> Iterator[None]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def stations_csv(path: Path, n: int) -> list[str]:
+    """A registry CSV of `n` stations (benchmarks' fleets): their ids."""
+    ids = [tps_code("3171", i) for i in range(n)]  # well-formed TPS codes of Jakarta Pusat
+    lines = ["id,name,province,regency,lat,lon,tz,expected_operator"]
+    lines += [
+        f"{s},TPS {s},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,telkomsel"
+        for s in ids
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return ids
 
 
 def proc_sample(pid: int) -> tuple[float, float]:

@@ -35,27 +35,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample
+from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample, stations_csv
 
 from agent.contract.record import Record, format_time
 from collector.lineproto import record_to_point
-from collector.regions import tps_code
 from collector.registry import Registry
 from tests.harness.dbs import free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json").read_text())
-
-
-def stations_csv(path: Path, n: int) -> list[str]:
-    ids = [tps_code("3171", i) for i in range(n)]  # well-formed TPS codes of Jakarta Pusat
-    lines = ["id,name,province,regency,lat,lon,tz,expected_operator"]
-    lines += [
-        f"{s},TPS {s},DKI Jakarta,Kota Jakarta Pusat,-6.17,106.82,Asia/Jakarta,telkomsel"
-        for s in ids
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return ids
 
 
 def build_batches(

@@ -1,39 +1,38 @@
-"""Load: simulated fleets reporting every minute into one collector and InfluxDB 1.6.7.
+"""Load: a fleet reporting every minute through nginx into collector processes and InfluxDB.
 
-Starts a real influxd (Debian's 1.6.7, loopback, temp dir, `tests.harness.dbs.influxd`), registers
-the largest fleet's stations and issues their tokens with the real CLI
-(`sinyal-collector stations import`, `agents add --all-stations --out tokens.csv`), then for
-each fleet size:
+Everything on this machine: Debian's InfluxDB 1.6.7 (loopback, `tests.harness.dbs.influxd`),
+`sinyal-collector serve` processes (one port each), Debian's nginx-light routing every
+station to one of them (`hash $station consistent`, benchmarks.wrkload.nginx_config) and the
+load generator, wrk replaying pre-built envelopes (benchmarks/wrkload.py). The registry holds
+--stations stations, each with its own token, made with the real CLI's bulk path
+(`stations import`, `agents add --all-stations --out`), timed.
 
-1. starts `sinyal-collector serve` (a separate process, sink v1, its own database) and runs
-   the fleet simulator's Python API (benchmarks.simulate.run: each station its own token, one
-   gzip envelope per round of 3 icmp records + a heartbeat, rounds spread over the 60 s
-   interval by the real scheduler's offsets) for --seconds, in --generators child processes;
-   samples the CPU of the collector, InfluxDB and the generators from /proc, the
-   collector's RSS every second, and (with --py-spy) profiles the collector;
-2. checks that every acknowledged record is in InfluxDB;
-3. writes the same kind of line protocol (the simulator's records, encoded by the
-   collector's own encoder, one station's round per request) straight to InfluxDB's /write
-   with the same concurrency, as fast as it goes, for --direct-seconds: the baseline.
+1. Fleet: --stations stations at one envelope (3 icmp records + the heartbeat) every 60 s for
+   --minutes, through nginx to --collectors processes: every record acknowledged (the answers'
+   `accepted` ids counted by the Lua script) and stored (counted in InfluxDB), ack p99,
+   how late wrk sent (its pacing), CPU of every process from /proc, the load average.
+2. Saturation: the same stack with 1 and then 2 collector processes, wrk sending as fast as
+   --sat-connections connections allow for --sat-seconds: envelopes/s answered, the ratio,
+   and the CPU per envelope of the collectors.
+3. 100-record envelopes (99 icmp + heartbeat) at saturation through nginx to one collector:
+   the collector's CPU per point.
 
-    .venv/bin/python benchmarks/load.py [--sizes 1000,10000,100000] [--seconds 120]
-        [--generators 1,1,2] [--concurrency 64] [--py-spy]
-Writes benchmarks/results/load.md (and load.json).
+    .venv/bin/python benchmarks/load.py [--stations 100000] [--minutes 5] [--collectors 2]
+Writes benchmarks/results/load.md and load.json. Needs wrk, nginx and influxd (Debian).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
-import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,103 +40,19 @@ from typing import Any
 import httpx
 import yaml
 
+# Run as a script (python benchmarks/X.py): the checkout's packages come first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, post_http, proc_sample
-from ingest import pct, stations_csv
-
-from benchmarks import simulate
-from benchmarks.simulate import SimConfig, SimStation, StationToken
-from collector.lineproto import record_to_point
+from benchmarks import simulate, wrkload
+from benchmarks.common import RESULTS, machine, machine_busy, proc_sample, stations_csv
+from benchmarks.simulate import StationToken
 from tests.harness.dbs import free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
-REGION = {"province": "DKI Jakarta", "regency": "Kota Jakarta Pusat"}
+PY = [sys.executable, "-m", "collector.cli"]
 
 
-def generator(cfg: SimConfig, out: Any) -> None:
-    """One load-generator process: run the fleet part, hand back the report."""
-    out.put(asyncio.run(simulate.run(cfg)))
-
-
-class RssWatch:
-    """Peak RSS of a process, sampled every second."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0.0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(1.0):
-            try:
-                self.peak = max(self.peak, proc_sample(self.pid)[1])
-            except OSError:
-                return
-
-    def done(self) -> float:
-        self.stop.set()
-        self.thread.join(5)
-        return max(self.peak, proc_sample(self.pid)[1])
-
-
-@dataclass
-class Run:
-    size: int
-    generators: int
-    report: simulate.Report
-    seconds: float  # wall time of the whole run (rounds + drain)
-    cpu: dict[str, float]  # share of one core over the run
-    rss_mb: float
-    stored: int
-    direct_rate: float = 0.0
-    direct_lat: list[float] = field(default_factory=list)
-    direct_cpu: dict[str, float] = field(default_factory=dict)
-    spy: tuple[list[tuple[str, float]], list[tuple[str, float]]] = ([], [])
-    in_flight: int = 0  # uploads in flight at most, all generator processes
-
-    @property
-    def offered(self) -> float:
-        """Records per second the fleet made (at its schedule unless the generator lagged)."""
-        return float(self.report.to_dict()["offered_records_per_s"] or 0.0)
-
-    @property
-    def little_bound(self) -> float:
-        """Requests/s the generators' uploads in flight allow at the measured mean ack
-        latency (Little's law): when the achieved rate is near it, the concurrency capped."""
-        lat = self.report.ack_latencies_s
-        return self.in_flight * len(lat) / sum(lat) if lat else 0.0
-
-    @property
-    def envelope_rate(self) -> float:
-        """Envelopes the collector acknowledged per second (200 answers)."""
-        r = self.report
-        return r.requests["200"] / (r.elapsed_s + r.drain_s)
-
-    @property
-    def rate(self) -> float:
-        r = self.report
-        return r.records_accepted / (r.elapsed_s + r.drain_s)
-
-    @property
-    def holds(self) -> bool:
-        """The fleet is carried at its schedule: everything made was acknowledged (a failed
-        request is retried, as by agents), rounds started on time and records arrived within
-        an interval of being measured."""
-        r, d = self.report, self.report.to_dict()
-        return (
-            r.records_accepted == r.records_made
-            and (d["round_lag_s"]["p99"] or 0) < 5
-            and (d["delivery_s"]["p99"] or 0) < r.interval_s
-        )
-
-
-def start_collector(
-    tmp: Path, influx_url: str, database: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def collector_config(tmp: Path, influx_url: str, database: str, port: int) -> Path:
     cfg = {
         "listen": {"host": "127.0.0.1", "port": port},
         "sink": {"kind": "v1", "url": influx_url, "database": database, "timeout_s": 30},
@@ -145,409 +60,540 @@ def start_collector(
         "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
         "status": {"sweeper": False},
     }
-    path = tmp / f"collector-{database}.yaml"
+    path = tmp / f"collector-{database}-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [str(BIN / "sinyal-collector"), "serve", "-c", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / f"collector-{database}.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    return path
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited ({proc.returncode}) before {url} answered")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("collector did not start")
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"collector at {url} did not start")
 
 
-GROUPS = (  # leaf frame's file -> what it is, for the self-time summary
-    ("collector/", "collector code (collector/*.py)"),
-    ("agent/", "record contract (agent/*.py)"),
-    ("httpx/", "httpx + httpcore (the sink's writes to InfluxDB)"),
-    ("httpcore/", "httpx + httpcore (the sink's writes to InfluxDB)"),
-    ("h11/", "httpx + httpcore (the sink's writes to InfluxDB)"),
-    ("uvicorn/", "uvicorn (HTTP server)"),
-    ("httptools", "uvicorn (HTTP server)"),
-    ("starlette/", "FastAPI + Starlette"),
-    ("fastapi/", "FastAPI + Starlette"),
-    ("pydantic", "FastAPI + Starlette"),
-    ("anyio/", "anyio (threadpool hand-off)"),
-    ("asyncio/", "asyncio event loop"),
-    ("prometheus_client/", "prometheus metrics"),
-    ("gzip.py", "gzip"),
-    ("zlib", "gzip"),
-    ("json/", "json"),
-    ("threading.py", "threads, locks, queues"),
-    ("queue.py", "threads, locks, queues"),
-    ("socket.py", "sockets"),
-    ("ssl.py", "sockets"),
-    ("sqlite3", "registry (sqlite3)"),
+@contextlib.contextmanager
+def collectors(
+    tmp: Path, influx_url: str, database: str, n: int
+) -> Iterator[list[tuple[int, str]]]:
+    """`n` collector processes, one port each: [(pid, url)]."""
+    procs: list[subprocess.Popen[bytes]] = []
+    out = []
+    try:
+        for _ in range(n):
+            port = free_port()
+            path = collector_config(tmp, influx_url, database, port)
+            proc = subprocess.Popen(
+                [*PY, "serve", "-c", str(path)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp / f"collector-{database}-{port}.log").open("wb"),
+            )
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, proc)
+            out.append((proc.pid, url))
+        yield out
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(20)
+
+
+@dataclass
+class Measured:
+    name: str
+    collectors: int
+    stations: int
+    envelopes: int  # planned
+    records: int  # planned
+    records_per_envelope: float
+    offered_per_s: float  # envelopes/s planned
+    build_s: float
+    wrk: dict[str, Any]
+    seconds: float
+    finished: bool
+    stored: int
+    cpu_s: dict[str, float]  # CPU seconds over the window, by process group
+    machine_cpu_s: float  # the whole machine's busy CPU seconds over the window
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    notes: list[str] = field(default_factory=list)
+    influx_disk_mb: float = 0.0  # the run's database: TSM + WAL directories after the run
+    influx_rss_mb: float = 0.0  # InfluxDB's resident memory after the run (all databases)
+    series: int = 0  # series in the run's database
+
+    @property
+    def rate(self) -> float:
+        return float(self.wrk["ok"]) / self.seconds
+
+    def pct(self, group: str) -> float:
+        return 100 * self.cpu_s.get(group, 0.0) / self.seconds
+
+    @property
+    def collector_cpu_per_envelope_ms(self) -> float:
+        return 1000 * self.cpu_s["collectors"] / max(1, self.wrk["ok"])
+
+    @property
+    def all_acknowledged(self) -> bool:
+        w = self.wrk
+        return (
+            self.finished
+            and w["ok"] == self.envelopes
+            and w["accepted"] == self.records
+            and w["other"] == 0
+            and w["rejected_envelopes"] == 0
+        )
+
+    @property
+    def held(self) -> bool:
+        """Every record acknowledged and stored, ack p99 under 2 s, every envelope sent
+        and answered within one interval of its planned (measurement) time."""
+        delivery_bound_s = (
+            self.wrk["late_ms"]["max"] + self.wrk["latency_us"]["max"] / 1000
+        ) / 1000
+        return (
+            self.all_acknowledged
+            and self.stored == self.records
+            and self.wrk["latency_us"]["p99"] < 2_000_000
+            and delivery_bound_s < 60
+        )
+
+
+def influx_query(db: Any, q: str, database: str) -> list[list[Any]]:
+    """The rows of every series a query returns; a long timeout (the machine is shared and
+    a count reads every point of the run)."""
+    r = httpx.post(f"{db.url}/query", data={"q": q, "db": database}, timeout=600)
+    r.raise_for_status()
+    return [v for s in r.json()["results"][0].get("series", []) for v in s["values"]]
+
+
+def stored_records(db: Any, database: str) -> int:
+    total = 0
+    for kind in ("icmp", "agent"):
+        rows = influx_query(db, f'SELECT count("id") FROM "{kind}"', database)
+        total += int(rows[0][1]) if rows else 0
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def measure(
+    name: str,
+    tmp: Path,
+    db: Any,
+    tokens: list[StationToken],
+    n_collectors: int,
+    plan_args: dict[str, Any],
+    connections: int,
+    deadline_s: float | None,
+    lead_s: float,
+    before_stop: Callable[[list[tuple[int, str]]], None] | None = None,
+) -> Measured:
+    """One run: fresh database, `n_collectors` behind nginx, wrk replaying the plan;
+    `before_stop` sees the collectors [(pid, url)] after the run, while they still run."""
+    database = name.replace("-", "_")
+    db.create_database(database)
+    with (
+        collectors(tmp, db.url, database, n_collectors) as procs,
+        wrkload.nginx(tmp / f"nginx-{name}", [u for _, u in procs]) as (nginx_pid, nginx_url),
+    ):
+        # Envelope times are the planned send times: the start must leave time to build
+        # them all (the machine is shared: how fast it builds is measured now).
+        plan = wrkload.Plan(tokens, start=time.time(), **plan_args)
+        estimate = wrkload.estimate_build_s(plan, tmp / f"requests-{name}")
+        lead_s = max(lead_s, 2 * estimate + 15)
+        print(f"{name}: building for about {estimate:.0f} s, start in {lead_s:.0f} s", flush=True)
+        t_build = time.monotonic()
+        plan = wrkload.Plan(tokens, start=time.time() + lead_s, host="127.0.0.1", **plan_args)
+        built = wrkload.build(plan, tmp / f"requests-{name}")
+        build_s = time.monotonic() - t_build
+        late_start = time.time() - plan.start
+        notes = []
+        if late_start > -1:
+            notes.append(f"the build ended {late_start:.0f} s after the planned start")
+            print(f"{name}: {notes[-1]}", flush=True)
+        time.sleep(max(0.0, plan.start - time.time() - 0.5))
+        watch = {f"collector {i + 1}": pid for i, (pid, _) in enumerate(procs)}
+        watch["InfluxDB"] = db.process.pid
+        for i, w in enumerate(children_of(nginx_pid)):
+            watch[f"nginx worker {i + 1}"] = w
+        load_before = os.getloadavg()
+        busy0 = machine_busy()
+        result = wrkload.run(
+            nginx_url,
+            tmp / f"requests-{name}",
+            plan,
+            connections,
+            deadline_s if deadline_s is not None else plan.span_s + 60,
+            watch,
+        )
+        busy = machine_busy() - busy0
+        load_after = os.getloadavg()
+        print(f"{name}: {json.dumps(result.summary)} cpu {result.cpu}", flush=True)
+        if before_stop is not None:
+            before_stop(procs)
+    time.sleep(1)
+    stored = stored_records(db, database)
+    root = db.log_path.parent
+    disk = sum(
+        f.stat().st_size
+        for d in (root / "data" / database, root / "wal" / database)
+        if d.exists()
+        for f in d.rglob("*")
+        if f.is_file()
+    )
+    rows = influx_query(db, f'SHOW SERIES EXACT CARDINALITY ON "{database}"', database)
+    series = sum(int(r[0]) for r in rows)  # one row per measurement
+    groups: dict[str, float] = {"collectors": 0.0, "nginx": 0.0}
+    for k, v in result.cpu.items():
+        if k.startswith("collector"):
+            groups["collectors"] += v
+        elif k.startswith("nginx"):
+            groups["nginx"] += v
+        groups[k] = v
+    return Measured(
+        name=name,
+        collectors=n_collectors,
+        stations=len(tokens),
+        envelopes=built.envelopes,
+        records=built.records,
+        records_per_envelope=built.records / built.envelopes,
+        offered_per_s=plan.rate,
+        build_s=build_s,
+        wrk=result.summary,
+        seconds=result.seconds,
+        finished=result.finished,
+        stored=stored,
+        cpu_s=groups,
+        machine_cpu_s=busy,
+        load_before=load_before,
+        load_after=load_after,
+        notes=notes,
+        influx_disk_mb=disk / 2**20,
+        influx_rss_mb=proc_sample(db.process.pid)[1],
+        series=series,
+    )
+
+
+def setup_registry(tmp: Path, influx_url: str, n: int) -> tuple[list[StationToken], float]:
+    (tmp / "collector").mkdir(exist_ok=True)
+    stations_csv(tmp / "stations.csv", n)
+    cfg = tmp / "setup.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "sink": {"kind": "v1", "url": influx_url, "database": "unused"},
+                "data_dir": str(tmp / "collector"),
+                "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
+            }
+        )
+    )
+    t0 = time.monotonic()
+    cli = [*PY, "-c", str(cfg)]
+    subprocess.run([*cli, "stations", "import", str(tmp / "stations.csv")], check=True, cwd=ROOT)
+    subprocess.run(
+        [*cli, "agents", "add", "--all-stations", "--out", str(tmp / "tokens.csv")],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    return simulate.load_tokens(tmp / "tokens.csv"), time.monotonic() - t0
+
+
+def cpu_line(m: Measured) -> str:
+    keys = ["collectors", "nginx", "InfluxDB", "wrk"]
+    parts = [f"{k} {m.pct(k):.0f} %" for k in keys]
+    ours = sum(m.cpu_s.get(k, 0.0) for k in keys)
+    parts.append(
+        f"everything else on the machine {100 * (m.machine_cpu_s - ours) / m.seconds:.0f} %"
+    )
+    return ", ".join(parts)
+
+
+def row(m: Measured) -> str:
+    w = m.wrk
+    lat = w["latency_us"]
+    return (
+        f"| {m.name} | {m.collectors} | {m.stations:,} | {m.offered_per_s:,.0f} | {m.rate:,.0f} "
+        f"| {w['ok']:,} / {m.envelopes:,} | {w['accepted']:,} / {m.records:,} | {m.stored:,} "
+        f"| {lat['p50'] / 1000:.1f} ms | {lat['p99'] / 1000:.1f} ms | {lat['max'] / 1000:.0f} ms "
+        f"| {w['late_ms']['p99']:,} ms / {w['late_ms']['max'] / 1000:.1f} s "
+        f"| {m.pct('collectors'):.0f} % | {m.pct('nginx'):.0f} % | {m.pct('InfluxDB'):.0f} % "
+        f"| {m.pct('wrk'):.1f} % | {m.load_before[0]:.1f} → {m.load_after[0]:.1f} |"
+    )
+
+
+HEADER = (
+    "| run | collector processes | stations | offered env/s | answered env/s "
+    "| envelopes 200 / planned | records acknowledged / planned | records stored "
+    "| ack p50 | ack p99 | ack max | wrk late p99 / max | collectors CPU | nginx CPU "
+    "| InfluxDB CPU | wrk CPU | load average (1 min) before → after |\n|" + "---|" * 17
 )
 
 
-def spy_summary(raw: Path) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """From py-spy's raw output (--gil: samples while holding the GIL, i.e. Python CPU):
-    (self time by component of the innermost frame, inclusive time of collector functions),
-    each as % of the samples."""
-    by_group: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n_s = line.rpartition(" ")
-        if not n_s.isdigit():
-            continue
-        n = int(n_s)
-        total += n
-        frames = stack.split(";")
-        leaf = frames[-1]
-        group = next((g for key, g in GROUPS if key in leaf), "other (stdlib, C calls)")
-        by_group[group] += n
-        seen = set()
-        for frame in frames:
-            if "collector/" in frame and "collector/cli.py" not in frame:
-                name = frame.split(" (", 1)[0]
-                where = frame.split("collector/", 1)[1].split(":", 1)[0]
-                key = f"{name} (collector/{where})"
-                if key not in seen:
-                    seen.add(key)
-                    inclusive[key] += n
-    if not total:
-        return [], []
-    return (
-        [(k, 100 * v / total) for k, v in by_group.most_common()],
-        [(k, 100 * v / total) for k, v in inclusive.most_common(14)],
+def fleet_section(m: Measured, minutes: int) -> list[str]:
+    w = m.wrk
+    delivery_bound = (w["late_ms"]["max"] + w["latency_us"]["max"] / 1000) / 1000
+    offered_rec = m.offered_per_s * m.records_per_envelope
+    gen_ratio = m.cpu_s["wrk"] / max(1e-9, m.cpu_s["collectors"])
+    return [
+        f"### {m.stations:,} stations, {minutes} minutes ({m.name})",
+        "",
+        f"- Offered {m.offered_per_s:,.0f} envelopes/s ({offered_rec:,.0f} records/s)"
+        f" for {m.envelopes / m.offered_per_s:.0f} s through nginx to {m.collectors}"
+        f" collector processes; answered {m.rate:,.0f}/s over the window of"
+        f" {m.seconds:.0f} s.",
+        f"- Envelopes answered 200: {w['ok']:,} of {m.envelopes:,}; other answers {w['other']};"
+        f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}.",
+        f"- Records acknowledged {w['accepted']:,} of {m.records:,}; stored in InfluxDB"
+        f" {m.stored:,}.",
+        f"- Ack latency p50 {w['latency_us']['p50'] / 1000:.1f} ms, p90"
+        f" {w['latency_us']['p90'] / 1000:.1f} ms, p99 {w['latency_us']['p99'] / 1000:.1f} ms,"
+        f" p99.9 {w['latency_us']['p999'] / 1000:.1f} ms,"
+        f" max {w['latency_us']['max'] / 1000:.0f} ms.",
+        f"- Delivery: every envelope was sent at most {w['late_ms']['max'] / 1000:.1f} s after"
+        f" its records were measured and answered at most {w['latency_us']['max'] / 1e6:.1f} s"
+        f" later: every record acknowledged within {delivery_bound:.1f} s of being measured"
+        " (an upper bound: the worst send lag plus the worst latency).",
+        f"- CPU: {cpu_line(m)}.",
+        f"- InfluxDB after the run: {m.series:,} series in the run's database,"
+        f" {m.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
+        f" mostly WAL, {1e6 * m.influx_disk_mb / max(1, m.stored) * 1.048576:,.0f}"
+        f" bytes a point, an upper bound), resident memory {m.influx_rss_mb:,.0f} MB"
+        " (Debian's default `inmem` index).",
+        f"- The generator: wrk used {m.cpu_s['wrk']:.1f} s of CPU, the collector processes"
+        f" {m.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
+        " (target: under 0.25).",
+        f"- Build: {m.envelopes:,} envelopes in {m.build_s:.0f} s (two processes, before"
+        " the run)" + (f"; {'; '.join(m.notes)}." if m.notes else "."),
+        f"- **Held: {'yes' if m.held else 'no'}** (every record acknowledged and stored, ack"
+        " p99 under 2 s, delivered within one interval).",
+        "",
+    ]
+
+
+def write_results(
+    runs: dict[str, Measured], args: argparse.Namespace, setup_s: float, ingest_note: str
+) -> str:
+    fleets = sorted(
+        (m for k, m in runs.items() if k.startswith("fleet")), key=lambda m: -m.stations
     )
-
-
-def expect_204(status: int, text: bytes) -> None:
-    if status != 204:
-        raise RuntimeError(f"InfluxDB /write: HTTP {status}: {text[:300]!r}")
-
-
-def direct_bodies(tokens: list[StationToken], batches: int) -> list[bytes]:
-    """`batches` requests of one station's round each (3 icmp + heartbeat), as line protocol
-    the collector's encoder writes (with the registry's region tags)."""
-    cfg = SimConfig("http://unused", tokens, interval_s=60.0)
-    t0 = time.monotonic_ns()
-    stations = [SimStation(i, t, "good4g", cfg, t0) for i, t in enumerate(tokens[:batches])]
-    bodies = []
-    while len(bodies) < batches:
-        for st in stations:
-            records = st.make_round(time.time(), 60.0)
-            lines = "\n".join(record_to_point(r, REGION) for r in records)
-            bodies.append(lines.encode())
-            if len(bodies) >= batches:
-                break
-    return bodies
-
-
-def run_size(
-    size: int,
-    gens: int,
-    tokens: list[StationToken],
-    tmp: Path,
-    db: Any,
-    args: argparse.Namespace,
-) -> Run:
-    database = f"load_{size}"
-    db.create_database(database)
-    proc, url = start_collector(tmp, db.url, database)
-    spy = None
-    raw = tmp / f"spy-{size}.txt"
-    try:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        parts = [tokens[i:size:gens] for i in range(gens)]
-        cfgs = [
-            SimConfig(
-                collector=url,
-                stations=part,
-                interval_s=args.interval_s,
-                targets=3,
-                duration_s=args.seconds,
-                concurrency=args.concurrency,
-                drain_s=args.drain_s,
-                timeout_s=60,
-            )
-            for part in parts
+    held = [m.stations for m in fleets if m.held]
+    one, two = runs.get("sat-1"), runs.get("sat-2")
+    batch = runs.get("batch-100")
+    lines = [
+        "# Load: a fleet through nginx into collector processes, driven by wrk",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} UTC on {machine()}, a machine shared with"
+        " other engineers' work (the load average and the CPU of everything else are in the"
+        " tables). Commands (the later ones add their runs to load.json with --append):",
+        "",
+        *(f"    .venv/bin/python benchmarks/load.py {c}" for c in args.command),
+        "",
+        "Stack, all on these 2 cores: InfluxDB 1.6.7 (Debian `influxd`, loopback,"
+        " `tests.harness.dbs.influxd` config); `sinyal-collector serve` processes, one port each"
+        " (sink v1, status engine on, sweeper off, default limits: every station has its own"
+        " token); Debian nginx-light in front with `deploy/nginx/collector.conf` as shipped"
+        " (TLS, `hash $sinyal_station consistent` on the station of"
+        " `/api/v1/stations/{id}/measurements`, keep-alive to the upstreams; listen address,"
+        " certificate and servers replaced, 2 workers); the load generator: Debian wrk 4.1 with"
+        " `benchmarks/wrk/replay.lua` (benchmarks/wrkload.py), over TLS.",
+        "",
+        f"Registry: {args.registry:,} stations and one token each, with the real CLI's bulk path"
+        f" (`stations import` then `agents add --all-stations --out`): **{setup_s:.0f} s**.",
+        "",
+        "Envelopes: built before each run (the build time is in the details, not in any CPU"
+        " figure) by the fleet simulator's stations and the contract's encoder, one per station"
+        " a round: 3 icmp records and the heartbeat, gzip, the station's own token, unique"
+        " record ids; each measured at its planned send time. wrk sends each at that time"
+        " (replay.lua's `delay()`; see benchmarks/wrkload.py for why: Debian's wrk has no"
+        " constant-rate mode), so when wrk keeps up every record is current when sent. `wrk"
+        " late` is how late wrk sent (all connections were waiting for answers); `ack` is wrk's"
+        " latency, from a request's send to its answer, per envelope. `envelopes 200` and"
+        " `records acknowledged` are counted by the Lua script from the answers (`accepted`"
+        " ids); `records stored` is `count(id)` in InfluxDB after the run.",
+        "",
+        "CPU is in % of one core (200 % = the whole machine), over the run's window (wrk's start"
+        " until every answer was in).",
+        "",
+        HEADER,
+        *(row(m) for m in runs.values()),
+        "",
+        "## 1. Fleets at one envelope a minute",
+        "",
+        *(line for m in fleets for line in fleet_section(m, args.minutes)),
+        (
+            f"**Largest fleet held: {max(held):,} stations** of those tried"
+            f" ({', '.join(f'{m.stations:,}' for m in fleets)})."
+            if held
+            else "**No fleet tried was held.**"
+        ),
+        "",
+    ]
+    if one and two:
+        ratio = two.rate / one.rate
+        lines += [
+            "## 2. One collector process vs two, at saturation",
+            "",
+            f"wrk with {args.sat_connections} connections through nginx, sending as fast as the"
+            f" answers come for {args.sat_seconds:g} s (envelopes planned at"
+            f" {one.offered_per_s:,.0f}/s, more than either stack answers; later envelopes go"
+            " out late and are measured that long before they are sent, still well inside the"
+            " collector's window).",
+            "",
+            "| collector processes | envelopes/s answered | collectors CPU | per process"
+            " | nginx CPU | InfluxDB CPU | wrk CPU | everything else | collector CPU per"
+            " envelope |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        children = [ctx.Process(target=generator, args=(c, queue)) for c in cfgs]
-        for c in children:
-            c.start()
-        time.sleep(1.0 + size / 100_000)  # the children set their stations up first
-        pids = {"collector": proc.pid, "InfluxDB": db.process.pid}
-        pids.update({f"generator {i + 1}": c.pid for i, c in enumerate(children)})
-        before = {k: proc_sample(p)[0] for k, p in pids.items()}
-        watch = RssWatch(proc.pid)
-        if args.py_spy and size == max(args.sizes):
-            spy = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "-p", str(proc.pid), "-o", str(raw), "-f",
-                 "raw", "-r", "50", "-d", str(int(args.seconds)), "--gil", "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        t0 = time.monotonic()
-        after: dict[str, float] = {}
-        reports = []
-        for _ in children:
-            reports.append(queue.get(timeout=args.seconds + args.drain_s + 600))
-        seconds = time.monotonic() - t0
-        for k, p in pids.items():
-            try:
-                after[k] = proc_sample(p)[0]
-            except OSError:  # a generator that has already exited
-                after[k] = before[k]
-        rss = watch.done()
-        for c in children:
-            c.join(30)
-        # a generator's CPU is measured until its report is handed back (it exits then)
-        cpu = {k: 100 * (after[k] - before[k]) / seconds for k in pids}
-        if spy is not None:
-            spy.wait(args.seconds + 60)
-        report = reports[0]
-        for r in reports[1:]:
-            report.merge(r)
-        stored = sum(
-            int(rows[0]["count"]) if rows else 0
-            for rows in (
-                db.query(f'SELECT count("id") FROM "{kind}"', database)
-                for kind in ("icmp", "agent")
+        for m in (one, two):
+            per = ", ".join(f"{m.pct(k):.0f} %" for k in m.cpu_s if k.startswith("collector "))
+            ours = sum(m.cpu_s.get(k, 0.0) for k in ("collectors", "nginx", "InfluxDB", "wrk"))
+            lines.append(
+                f"| {m.collectors} | {m.rate:,.0f} | {m.pct('collectors'):.0f} % | {per} "
+                f"| {m.pct('nginx'):.0f} % | {m.pct('InfluxDB'):.0f} % | {m.pct('wrk'):.1f} % "
+                f"| {100 * (m.machine_cpu_s - ours) / m.seconds:.0f} % "
+                f"| {m.collector_cpu_per_envelope_ms:.2f} ms |"
             )
-        )
-        result = Run(size, gens, report, seconds, cpu, rss, stored)
-        result.in_flight = gens * args.concurrency
-        if spy is not None and raw.exists():
-            result.spy = spy_summary(raw)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-    # the direct baseline, same database server, a database of its own
-    direct_db = f"direct_{size}"
-    db.create_database(direct_db)
-    batches = int(args.direct_seconds * 3000)
-    bodies = direct_bodies(tokens[:size], batches)
-    before = proc_sample(db.process.pid)[0]
-    own0 = time.process_time()
-    t_write = f"{db.url}/write?db={direct_db}&precision=ns"
-    requests, secs, lat = asyncio.run(
-        post_http(
-            t_write, [(b, {}) for b in bodies], args.direct_seconds, args.concurrency, expect_204
-        )
+        lines += [
+            "",
+            f"**Two ÷ one: {ratio:.2f}x** (goal 1.6x when the machine has idle CPU).",
+            "",
+        ]
+    if batch:
+        per_point_us = 1e6 * batch.cpu_s["collectors"] / max(1, batch.wrk["accepted"])
+        lines += [
+            "## 3. 100-record envelopes (99 icmp records + the heartbeat)",
+            "",
+            f"One collector process behind nginx, wrk at saturation ({args.sat_connections}"
+            f" connections) for {args.sat_seconds:g} s: {batch.rate:,.0f} envelopes/s,"
+            f" {batch.wrk['accepted'] / batch.seconds:,.0f} records/s acknowledged; collector"
+            f" CPU {batch.pct('collectors'):.0f} %, InfluxDB {batch.pct('InfluxDB'):.0f} %:"
+            f" **{per_point_us:.1f} µs of collector CPU per point**.",
+            "",
+        ]
+    lines += [ingest_note, ""]
+    lines.append(
+        "The 4-record envelope costs and the Python-simulator figures of the run before this"
+        " one (`benchmarks/simulate.py` as generator, 2-3x the collector's CPU) are in this"
+        " file's history; the collector's CPU per envelope by component is in"
+        " [`envelope-cpu.md`](envelope-cpu.md)."
     )
-    points = 4 * requests
-    result.direct_cpu = {
-        "InfluxDB": 100 * (proc_sample(db.process.pid)[0] - before) / secs,
-        "load generator": 100 * (time.process_time() - own0) / secs,
-    }
-    result.direct_rate = points / secs
-    result.direct_lat = lat
-    return result
-
-
-def fmt_cpu(cpu: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.0f} %" for k, v in cpu.items())
-
-
-def write_results(runs: list[Run], args: argparse.Namespace, setup_s: float) -> str:
-    rows, direct_rows, detail = [], [], []
-    for r in runs:
-        d = r.report.to_dict()
-        ack = d["ack_latency_ms"]
-        gen_cpu = sum(v for k, v in r.cpu.items() if k.startswith("generator"))
-        rows.append(
-            f"| {r.size:,} | {r.offered:,.0f} | {r.rate:,.0f} "
-            f"| {r.envelope_rate:,.0f} / {r.little_bound:,.0f} | {ack['p50']:.1f} ms "
-            f"| {ack['p99']:.1f} ms | {d['delivery_s']['p99']:.1f} s "
-            f"| {d['round_lag_s']['p99']:.2f} s | {r.cpu['collector']:.0f} % | {r.rss_mb:.0f} MB "
-            f"| {r.cpu['InfluxDB']:.0f} % "
-            f"| {gen_cpu:.0f} % ({r.generators}) "
-            f"| {'yes' if r.holds else '**no**'} |"
-        )
-        direct_rows.append(
-            f"| {r.size:,} | {r.direct_rate:,.0f} | {pct(r.direct_lat, 50):.1f} ms "
-            f"| {pct(r.direct_lat, 99):.1f} ms | {fmt_cpu(r.direct_cpu)} "
-            f"| {f'{r.rate / r.direct_rate:.2f}' if not r.holds else 'paced'} |"
-        )
-        held = ", ".join(f"{k} {v}" for k, v in d["records"]["held"].items()) or "none"
-        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r.report.requests.items()))
-        detail.append(
-            f"- {r.size:,} stations: {d['rounds']:,} rounds, records made {d['records']['made']:,},"
-            f" acknowledged {d['records']['accepted']:,}, stored in InfluxDB {r.stored:,},"
-            f" still pending after the {args.drain_s:g} s drain {held}; requests {statuses};"
-            f" {d['elapsed_s']:.0f} s of rounds + {d['drain_s']:.1f} s drain;"
-            f" CPU {fmt_cpu(r.cpu)}"
-        )
-    held_sizes = [r for r in runs if r.holds]
-    best = max((r.rate for r in runs), default=0.0)
-    # Each station sends one envelope per interval: the envelope rate is what limits.
-    best_env = max((r.envelope_rate for r in runs), default=0.0)
-    capacity = best_env * args.interval_s
-    spy_rows = ""
-    for r in runs:
-        groups, functions = r.spy
-        if groups:
-            spy_rows = (
-                f"\npy-spy of the collector during the {r.size:,}-station run (50 Hz, `--gil`:"
-                " samples while Python code runs, so idle time is not counted). Where the"
-                " collector's CPU goes, by the innermost frame:\n\n| component | share |\n"
-                "|---|---|\n"
-                + "\n".join(f"| {name} | {share:.0f} % |" for name, share in groups)
-                + "\n\nCollector functions, inclusive (on the stack):\n\n| function | share |\n"
-                "|---|---|\n"
-                + "\n".join(f"| {name} | {share:.0f} % |" for name, share in functions)
-                + "\n"
-            )
-    header = (
-        "| stations | offered rec/s | acknowledged rec/s | requests/s / in-flight bound "
-        "| ack p50 | ack p99 | delivery p99 "
-        "| round lag p99 | collector CPU | collector RSS (peak) | InfluxDB CPU "
-        "| generator CPU (processes) | holds |\n|" + "---|" * 13
-    )
-    report = f"""# Load: simulated fleets into one collector
-
-Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, a machine shared with other
-work. InfluxDB 1.6.7 (Debian `influxd`, loopback, `tests.harness.dbs.influxd` config) and one
-`sinyal-collector serve` process (uvicorn, sink v1, status engine on, sweeper off) on the same
-2 cores as the load generator. Command:
-
-    .venv/bin/python benchmarks/load.py {" ".join(sys.argv[1:])}
-
-Load generator: `benchmarks.simulate.run` (the `python -m benchmarks.simulate` fleet simulator) in
-child processes (the count is in the table), {args.concurrency} uploads in flight per process.
-Every station has its own token (issued by `sinyal-collector agents add --all-stations --out`)
-and uploads one gzip envelope per round: 3 icmp records + the heartbeat (the real agent's
-envelope code), every **{args.interval_s:g} s (the real interval, not compressed)**, rounds
-spread over the interval by the real scheduler's offsets; profile good4g. Each fleet size
-runs **{args.seconds:g} s of rounds** (so {args.seconds / args.interval_s:g} rounds a station),
-then at most {args.drain_s:g} s to upload what is still pending. Set-up (registry of
-{max(args.sizes):,} stations, bulk tokens) took {setup_s:.0f} s.
-
-- offered: records/s the fleet makes at its schedule (4 records per station a minute);
-  acknowledged: records the collector acknowledged per second over rounds + drain.
-- ack p50/p99: per request (one station's envelope), send to the collector's 200.
-- delivery p99: measured → acknowledged, per record; round lag p99: how late the generator
-  started rounds (above a few seconds the generator itself is behind).
-- requests/s / in-flight bound: envelopes the collector acknowledged per second, and the
-  generators' uploads in flight ({args.concurrency} per process) ÷ the mean ack latency
-  (Little's law). When the two are equal every upload slot was busy all the time, waiting
-  for the collector: the queue is in front of the collector, and more uploads in flight
-  only lengthen the wait (see the two runs below).
-- holds: every record acknowledged (a failed request is retried with the records kept, as by
-  agents), rounds on time and delivered within one interval.
-
-{header}
-{chr(10).join(rows)}
-
-CPU is in % of one core (the machine has 2 cores: 200 % in all), over the run.
-
-Direct baseline, in the same run after each fleet: the same records (simulated rounds, encoded
-by the collector's line-protocol encoder with the registry's region tags), one station's
-round (4 lines) per request, POSTed straight to InfluxDB's `/write`, {args.concurrency}
-requests in flight, as fast as it goes for {args.direct_seconds:g} s:
-
-| stations (series) | points/s | p50 | p99 | CPU | collector ÷ direct |
-|---|---|---|---|---|---|
-{chr(10).join(direct_rows)}
-
-{chr(10).join(detail)}
-
-**Stations held at one report per minute:** {", ".join(f"{r.size:,}" for r in held_sizes) or "none"}
-of the sizes tried. The most the collector answered in this run was {best_env:,.0f}
-envelopes/s (and at most {best:,.0f} records/s acknowledged; envelopes grow with a backlog):
-{capacity:,.0f} stations at one envelope every {args.interval_s:g} s on this machine
-(collector, InfluxDB and the load generator sharing 2 cores).
-{spy_rows}
-Agent footprint at its default schedule over 10 minutes (CPU, RSS, bytes on the wire) is in
-`benchmarks/results/agent-footprint.md`; it was not re-run here.
-
-Benchmarks are not timed tests: the machine is shared and noisy; compare figures from one run.
-"""
+    lines += [
+        "",
+        "Benchmarks are not timed tests: the machine is shared and noisy; compare figures from"
+        " one run.",
+        "",
+    ]
+    text = "\n".join(lines)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.md").write_text(report)
+    (RESULTS / "load.md").write_text(text)
     (RESULTS / "load.json").write_text(
         json.dumps(
-            [
-                {
-                    "stations": r.size,
-                    "generators": r.generators,
-                    "report": r.report.to_dict(),
-                    "wall_s": r.seconds,
-                    "cpu_pct": r.cpu,
-                    "collector_rss_mb": r.rss_mb,
-                    "stored": r.stored,
-                    "holds": r.holds,
-                    "direct_points_per_s": r.direct_rate,
-                    "direct_p50_ms": pct(r.direct_lat, 50),
-                    "direct_p99_ms": pct(r.direct_lat, 99),
-                    "direct_cpu_pct": r.direct_cpu,
-                    "collector_profile": {"self": r.spy[0], "inclusive": r.spy[1]},
-                }
-                for r in runs
-            ],
+            {k: {**asdict(m), "rate": m.rate, "held": m.held} for k, m in runs.items()},
             indent=2,
         )
         + "\n"
     )
-    return report
+    return text
+
+
+def previous_runs(path: Path) -> dict[str, Measured]:
+    """The runs of an earlier invocation (its load.json), to report with this one's."""
+    names = {f.name for f in fields(Measured)}
+    out = {}
+    for key, d in json.loads(path.read_text()).items():
+        m = Measured(**{k: v for k, v in d.items() if k in names})
+        m.load_before, m.load_after = tuple(m.load_before), tuple(m.load_after)  # type: ignore[assignment]
+        out[f"fleet-{m.stations}" if key == "fleet" else key] = m
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000,10000,100000")
-    ap.add_argument("--generators", default="1,1,2", help="generator processes per size")
-    ap.add_argument("--seconds", type=float, default=120)
-    ap.add_argument("--interval-s", type=float, default=60)
-    ap.add_argument("--drain-s", type=float, default=20)
-    ap.add_argument("--direct-seconds", type=float, default=15)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--py-spy", action="store_true", help="profile the collector (largest size)")
+    ap.add_argument("--fleets", default="100000", help="fleet sizes (stations), comma-separated")
+    ap.add_argument("--minutes", type=int, default=5)
+    ap.add_argument("--collectors", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--sat-connections", type=int, default=128)
+    ap.add_argument("--sat-seconds", type=float, default=40)
+    ap.add_argument("--sat-rate", type=float, default=3000)
+    ap.add_argument("--skip", default="", help="comma-separated: sat,batch")
+    ap.add_argument("--append", action="store_true", help="report the runs of load.json too")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite load.md from load.json, run nothing"
+    )
+    ap.add_argument("--registry-s", type=float, default=0.0, help="with --report-only")
+    ap.add_argument(
+        "--command", action="append", default=[], help="with --report-only: the runs' commands"
+    )
+    ap.add_argument(
+        "--note", action="append", default=[], help="a paragraph to add (a cited run), repeatable"
+    )
     args = ap.parse_args()
-    args.sizes = [int(s) for s in args.sizes.split(",")]
-    gens = [int(g) for g in args.generators.split(",")]
-    if len(gens) != len(args.sizes):
-        raise SystemExit("--generators: one count per size")
-    t_setup = time.monotonic()
+    skip = set(args.skip.split(",")) - {""}
+    sizes = [int(n) for n in args.fleets.split(",") if n]
+    runs: dict[str, Measured] = (
+        previous_runs(RESULTS / "load.json") if args.append or args.report_only else {}
+    )
+    if not args.report_only:
+        args.command = [" ".join(sys.argv[1:])]
+    if args.report_only:
+        args.registry = max(m.stations for m in runs.values())
+        print(write_results(runs, args, args.registry_s, "\n\n".join(args.note)))
+        return
+    sat_count = int(args.sat_rate * args.sat_seconds) if "sat" not in skip else 0
     with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
         tmp = Path(tmp_s)
-        (tmp / "collector").mkdir()
-        stations_csv(tmp / "stations.csv", max(args.sizes))
-        setup_cfg = tmp / "setup.yaml"
-        setup_cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "sink": {"kind": "v1", "url": db.url, "database": "unused"},
-                    "data_dir": str(tmp / "collector"),
-                    "thresholds_file": str(ROOT / "config" / "thresholds.yaml"),
-                }
-            )
-        )
-        cli = [str(BIN / "sinyal-collector"), "-c", str(setup_cfg)]
-        subprocess.run([*cli, "stations", "import", str(tmp / "stations.csv")], check=True)
-        tokens_path = tmp / "tokens.csv"
-        subprocess.run(
-            [*cli, "agents", "add", "--all-stations", "--out", str(tokens_path)], check=True
-        )
-        tokens = simulate.load_tokens(tokens_path)
-        setup_s = time.monotonic() - t_setup
-        print(f"set up {len(tokens):,} stations and tokens in {setup_s:.0f} s", flush=True)
-        runs = []
-        for size, g in zip(args.sizes, gens, strict=True):
-            print(f"fleet of {size:,} ({g} generator process(es))…", flush=True)
-            run = run_size(size, g, tokens[:size], tmp, db, args)
-            print(run.report.summary(), flush=True)
-            runs.append(run)
-    report = write_results(runs, args, setup_s)
-    print(report)
-    for r in runs:
-        # Requests still in flight when the drain ended were written but not acknowledged
-        # to the simulator: stored may exceed acknowledged, never made.
-        if not r.report.records_accepted <= r.stored <= r.report.records_made:
-            raise SystemExit(
-                f"{r.size}: made {r.report.records_made}, acknowledged"
-                f" {r.report.records_accepted}, stored {r.stored}"
-            )
+        tokens, setup_s = setup_registry(tmp, db.url, max([*sizes, sat_count, 2000]))
+        args.registry = len(tokens)
+        print(f"registry: {len(tokens):,} stations and tokens in {setup_s:.0f} s", flush=True)
+        for n in sizes:
+            runs[f"fleet-{n}"] = measure(
+                f"fleet-{n}", tmp, db, tokens[:n], args.collectors,
+                {"rate": n / 60.0, "rounds": args.minutes},
+                args.connections, None, lead_s=20,
+            )  # fmt: skip
+            print(row(runs[f"fleet-{n}"]), flush=True)
+        if "sat" not in skip:
+            for n_coll in (1, 2):
+                # every run has its own database: each station's first envelope
+                runs[f"sat-{n_coll}"] = measure(
+                    f"sat-{n_coll}", tmp, db, tokens[:sat_count], n_coll,
+                    {"rate": args.sat_rate, "rounds": 1},
+                    args.sat_connections, args.sat_seconds, lead_s=5,
+                )  # fmt: skip
+                print(row(runs[f"sat-{n_coll}"]), flush=True)
+        if "batch" not in skip:
+            # 150 envelopes/s planned (15,000 records/s), more than one process answers;
+            # a station's later rounds are cheap to build (its first is simulated)
+            count = min(len(tokens), int(50 * args.sat_seconds))
+            runs["batch-100"] = measure(
+                "batch-100", tmp, db, tokens[:count], 1,
+                {"rate": 150.0, "rounds": 3, "targets": 99},
+                args.sat_connections, args.sat_seconds, lead_s=5,
+            )  # fmt: skip
+            print(row(runs["batch-100"]), flush=True)
+    print(write_results(runs, args, setup_s, "\n\n".join(args.note)))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@
 # (dbus-daemon: a private bus for the mocked ModemManager of the signal tests), libdbus-1-dev,
 # libglib2.0-dev and pkg-config (to build dbus-python for python-dbusmock), chromium (the
 # /reports page, headless), fonts-dejavu-core and Pango (WeasyPrint's PDF rendering),
-# postgresql (the shared registry's server: tests start a throwaway cluster of their own).
+# postgresql (the shared registry's server: tests start a throwaway cluster of their own), wrk
+# (the load generator of the fleet benchmark and its smoke test: benchmarks/wrkload.py).
 # Installed with apt when running as root; otherwise the tests that need them skip with a
 # reason (and fail in CI).
 set -euo pipefail
 packages=(fping iperf3 nginx-light socat faketime dnsmasq-base iptables iproute2 iputils-ping
     procps util-linux debootstrap poppler-utils influxdb victoria-metrics dbus
     libdbus-1-dev libglib2.0-dev pkg-config chromium fonts-dejavu-core libpango-1.0-0
-    libpangoft2-1.0-0 postgresql)
+    libpangoft2-1.0-0 postgresql wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
