@@ -8,7 +8,9 @@ load generator, wrk replaying pre-built envelopes (benchmarks/wrkload.py). The r
 (`stations import`, `agents add --all-stations --out`), timed.
 
 1. Fleet: --stations stations at one envelope (3 icmp records + the heartbeat) every 60 s for
-   --minutes, through nginx to --collectors processes: every record acknowledged (the answers'
+   --minutes, through nginx to --collectors processes, after a warm-up (unless --no-warmup:
+   every station sends one envelope first, as fast as the stack takes it, checked and
+   reported apart, in none of the window's figures): every record acknowledged (the answers'
    `accepted` ids counted by the Lua script) and stored (counted in InfluxDB), ack p99,
    how late wrk sent (its pacing), CPU of every process from /proc, the load average.
 2. Saturation: the same stack with 1 and then 2 collector processes, wrk sending as fast as
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -129,6 +132,9 @@ class Measured:
     influx_disk_mb: float = 0.0  # the run's database: TSM + WAL directories after the run
     influx_rss_mb: float = 0.0  # InfluxDB's resident memory after the run (all databases)
     series: int = 0  # series in the run's database
+    # the warm-up before the measured window (None: the run started from an empty database):
+    # every station's one envelope, sent as fast as the stack took it; see warm_up()
+    warmup: dict[str, Any] | None = None
 
     @property
     def rate(self) -> float:
@@ -153,14 +159,29 @@ class Measured:
         )
 
     @property
+    def warmup_ok(self) -> bool:
+        """No warm-up, or every warm-up envelope answered 200 and every record acknowledged
+        and stored."""
+        w = self.warmup
+        return w is None or (
+            w["finished"]
+            and w["ok"] == w["envelopes"]
+            and w["accepted"] == w["records"] == w["stored"]
+            and w["other"] == 0
+            and w["rejected_envelopes"] == 0
+        )
+
+    @property
     def held(self) -> bool:
         """Every record acknowledged and stored, ack p99 under 2 s, every envelope sent
-        and answered within one interval of its planned (measurement) time."""
+        and answered within one interval of its planned (measurement) time (and the warm-up
+        before it, if any, complete)."""
         delivery_bound_s = (
             self.wrk["late_ms"]["max"] + self.wrk["latency_us"]["max"] / 1000
         ) / 1000
         return (
-            self.all_acknowledged
+            self.warmup_ok
+            and self.all_acknowledged
             and self.stored == self.records
             and self.wrk["latency_us"]["p99"] < 2_000_000
             and delivery_bound_s < 60
@@ -175,12 +196,54 @@ def influx_query(db: Any, q: str, database: str) -> list[list[Any]]:
     return [v for s in r.json()["results"][0].get("series", []) for v in s["values"]]
 
 
-def stored_records(db: Any, database: str) -> int:
+def stored_records(db: Any, database: str, where: str = "") -> int:
+    """Records (icmp and agent points) stored in `database`, those matching `where` (an
+    InfluxQL condition) if given."""
+    cond = f" WHERE {where}" if where else ""
     total = 0
     for kind in ("icmp", "agent"):
-        rows = influx_query(db, f'SELECT count("id") FROM "{kind}"', database)
+        rows = influx_query(db, f'SELECT count("id") FROM "{kind}"{cond}', database)
         total += int(rows[0][1]) if rows else 0
     return total
+
+
+WARMUP_RATE = 1e6  # envelopes/s planned: every request leaves as soon as a connection is free
+
+
+def warm_up(
+    name: str,
+    tmp: Path,
+    tokens: list[StationToken],
+    url: str,
+    connections: int,
+    targets: int,
+) -> tuple[dict[str, Any], float]:
+    """Every station of `tokens` sends one envelope (`targets` icmp records and the
+    heartbeat, its own token, unique ids, measured when the warm-up starts) through `url`,
+    as fast as the stack answers on `connections` connections, so that the measured window
+    sees the steady state (the stations' series exist in InfluxDB, each collector knows its
+    stations' status) rather than every station's first upload. (what wrk saw, the newest
+    measurement time of a warm-up record in epoch seconds)."""
+    out = tmp / f"warmup-{name}"
+    plan = wrkload.Plan(tokens, rate=WARMUP_RATE, rounds=1, start=time.time(), targets=targets)
+    lead_s = 2 * wrkload.estimate_build_s(plan, out) + 5
+    plan = dataclasses.replace(plan, start=time.time() + lead_s)
+    built = wrkload.build(plan, out)
+    time.sleep(max(0.0, plan.start - time.time()))
+    # a deadline no stack that holds a fleet at all comes near (50 envelopes/s)
+    result = wrkload.run(url, out, plan, connections, 60 + len(tokens) / 50)
+    summary = {
+        **result.summary,
+        "envelopes": built.envelopes,
+        "records": built.records,
+        "seconds": result.seconds,
+        "finished": result.finished,
+        "connections": connections,
+        "build_s": built.seconds,
+        "rate": result.rate,
+    }
+    print(f"{name}: warm-up {json.dumps(summary)}", flush=True)
+    return summary, plan.start + (plan.envelopes - 1) / plan.rate
 
 
 def children_of(pid: int) -> list[int]:
@@ -207,15 +270,25 @@ def measure(
     deadline_s: float | None,
     lead_s: float,
     before_stop: Callable[[list[tuple[int, str]]], None] | None = None,
+    warmup_connections: int = 0,
 ) -> Measured:
     """One run: fresh database, `n_collectors` behind nginx, wrk replaying the plan;
-    `before_stop` sees the collectors [(pid, url)] after the run, while they still run."""
+    `before_stop` sees the collectors [(pid, url)] after the run, while they still run.
+    With `warmup_connections`, every station first sends one envelope (warm_up(), on that
+    many connections), reported apart: the measured window's figures (answers, stored
+    records, CPU) exclude it."""
     database = name.replace("-", "_")
     db.create_database(database)
     with (
         collectors(tmp, db.url, database, n_collectors) as procs,
         wrkload.nginx(tmp / f"nginx-{name}", [u for _, u in procs]) as (nginx_pid, nginx_url),
     ):
+        warm: dict[str, Any] | None = None
+        warm_newest = 0.0
+        if warmup_connections:
+            warm, warm_newest = warm_up(
+                name, tmp, tokens, nginx_url, warmup_connections, plan_args.get("targets", 3)
+            )
         # Envelope times are the planned send times: the start must leave time to build
         # them all (the machine is shared: how fast it builds is measured now).
         plan = wrkload.Plan(tokens, start=time.time(), **plan_args)
@@ -236,6 +309,8 @@ def measure(
         watch["InfluxDB"] = db.process.pid
         for i, w in enumerate(children_of(nginx_pid)):
             watch[f"nginx worker {i + 1}"] = w
+        if warm is not None:
+            warm["gap_s"] = plan.start - warm_newest  # its records' age at the window's start
         load_before = os.getloadavg()
         busy0 = machine_busy()
         result = wrkload.run(
@@ -253,6 +328,16 @@ def measure(
             before_stop(procs)
     time.sleep(1)
     stored = stored_records(db, database)
+    if warm is not None:
+        # Point times are measurement times (plus seq mod 1000 ns): the warm-up's were all
+        # measured more than a second before the window's first (checked), so one boundary
+        # splits them exactly.
+        boundary = plan.start - 1.0
+        if warm_newest >= boundary:
+            raise RuntimeError(f"{name}: the warm-up's records are not all before {boundary}")
+        cond = f"time < {int(boundary * 1e9)}"
+        warm["stored"] = stored_records(db, database, cond)
+        stored -= warm["stored"]
     root = db.log_path.parent
     disk = sum(
         f.stat().st_size
@@ -291,6 +376,7 @@ def measure(
         influx_disk_mb=disk / 2**20,
         influx_rss_mb=proc_sample(db.process.pid)[1],
         series=series,
+        warmup=warm,
     )
 
 
@@ -350,6 +436,31 @@ HEADER = (
 )
 
 
+def warmup_line(m: Measured) -> str:
+    w = m.warmup
+    if w is None:
+        return (
+            "- **No warm-up** (`--no-warmup`): the window started from an empty database and"
+            " collectors that had never seen the stations, so it includes every station's"
+            " first upload (InfluxDB creates its series, each collector reads its last status)."
+        )
+    per = w["records"] // max(1, w["envelopes"])
+    return (
+        f"- **Warmed up first**: every station sent one envelope ({per} records, its own"
+        " token, unique ids) through the same nginx and"
+        f" collector processes, as fast as the stack answered (wrk, {w['connections']}"
+        f" connections, unpaced): {w['ok']:,} of {w['envelopes']:,} answered 200 (other"
+        f" {w['other']}, wrk errors {sum(w['errors'].values())}), {w['accepted']:,} of"
+        f" {w['records']:,} records acknowledged and {w['stored']:,} stored, in"
+        f" {w['seconds']:.0f} s ({w['rate']:,.0f} envelopes/s; ack p99"
+        f" {w['latency_us']['p99'] / 1000:.0f} ms). Its records were measured"
+        f" {w['gap_s']:.0f} s before the window's first (the window's envelopes were built"
+        " after it). **Complete: " + ("yes" if m.warmup_ok else "NO, so not held") + "**."
+        " None of it is in this run's figures: answers, stored records (counted by time,"
+        " the window's only) and CPU cover the measured window alone."
+    )
+
+
 def fleet_section(m: Measured, minutes: int) -> list[str]:
     w = m.wrk
     delivery_bound = (w["late_ms"]["max"] + w["latency_us"]["max"] / 1000) / 1000
@@ -358,6 +469,7 @@ def fleet_section(m: Measured, minutes: int) -> list[str]:
     return [
         f"### {m.stations:,} stations, {minutes} minutes ({m.name})",
         "",
+        warmup_line(m),
         f"- Offered {m.offered_per_s:,.0f} envelopes/s ({offered_rec:,.0f} records/s)"
         f" for {m.envelopes / m.offered_per_s:.0f} s through nginx to {m.collectors}"
         f" collector processes; answered {m.rate:,.0f}/s over the window of"
@@ -430,7 +542,17 @@ def write_results(
         " late` is how late wrk sent (all connections were waiting for answers); `ack` is wrk's"
         " latency, from a request's send to its answer, per envelope. `envelopes 200` and"
         " `records acknowledged` are counted by the Lua script from the answers (`accepted`"
-        " ids); `records stored` is `count(id)` in InfluxDB after the run.",
+        " ids); `records stored` is `count(id)` in InfluxDB after the run, of the window's"
+        " records only.",
+        "",
+        "Warm-up (fleet runs, unless `--no-warmup`): on voting day the fleet has reported since"
+        " the morning, so before a fleet's measured window every station sends one envelope"
+        " of the same kind through the same nginx and collector processes, as fast as the"
+        " stack answers (wrk, unpaced, `--warmup-connections`), checked (every answer 200,"
+        " every record acknowledged and stored) and reported on its own line in each fleet's"
+        " details; the measured window then sees the steady state (the stations' series exist"
+        " in InfluxDB, each collector knows its stations' status), as `benchmarks/ingest.py`"
+        " does. The saturation and 100-record runs start from an empty database.",
         "",
         "CPU is in % of one core (200 % = the whole machine), over the run's window (wrk's start"
         " until every answer was in).",
@@ -538,6 +660,17 @@ def main() -> None:
     ap.add_argument("--sat-seconds", type=float, default=40)
     ap.add_argument("--sat-rate", type=float, default=3000)
     ap.add_argument("--skip", default="", help="comma-separated: sat,batch")
+    ap.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before each fleet's measured window every station sends one envelope, as fast"
+        " as the stack takes it, not counted (default: on; --no-warmup measures from an"
+        " empty database, first uploads included)",
+    )
+    ap.add_argument(
+        "--warmup-connections", type=int, default=128, help="wrk connections for the warm-up"
+    )
     ap.add_argument("--append", action="store_true", help="report the runs of load.json too")
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite load.md from load.json, run nothing"
@@ -572,6 +705,7 @@ def main() -> None:
                 f"fleet-{n}", tmp, db, tokens[:n], args.collectors,
                 {"rate": n / 60.0, "rounds": args.minutes},
                 args.connections, None, lead_s=20,
+                warmup_connections=args.warmup_connections if args.warmup else 0,
             )  # fmt: skip
             print(row(runs[f"fleet-{n}"]), flush=True)
         if "sat" not in skip:
