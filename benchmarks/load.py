@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,8 @@ class Measured:
     # the warm-up before the measured window (None: the run started from an empty database):
     # every station's one envelope, sent as fast as the stack took it; see warm_up()
     warmup: dict[str, Any] | None = None
+    # records the collectors rejected in the measured window, by reason (their /metrics)
+    rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -246,6 +249,19 @@ def warm_up(
     return summary, plan.start + (plan.envelopes - 1) / plan.rate
 
 
+REJECTED = re.compile(r'^sinyal_records_rejected_total\{reason="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+def rejected_by_reason(urls: list[str]) -> dict[str, int]:
+    """Records rejected so far by the collectors at `urls`, by reason (their /metrics)."""
+    out: dict[str, int] = {}
+    for url in urls:
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        for reason, n in REJECTED.findall(text):
+            out[reason] = out.get(reason, 0) + int(float(n))
+    return out
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -309,8 +325,10 @@ def measure(
         watch["InfluxDB"] = db.process.pid
         for i, w in enumerate(children_of(nginx_pid)):
             watch[f"nginx worker {i + 1}"] = w
+        rejected0 = rejected_by_reason([u for _, u in procs])
         if warm is not None:
             warm["gap_s"] = plan.start - warm_newest  # its records' age at the window's start
+            warm["rejected"] = rejected0
         load_before = os.getloadavg()
         busy0 = machine_busy()
         result = wrkload.run(
@@ -324,6 +342,11 @@ def measure(
         busy = machine_busy() - busy0
         load_after = os.getloadavg()
         print(f"{name}: {json.dumps(result.summary)} cpu {result.cpu}", flush=True)
+        rejected = {
+            k: v - rejected0.get(k, 0)
+            for k, v in rejected_by_reason([u for _, u in procs]).items()
+            if v > rejected0.get(k, 0)
+        }
         if before_stop is not None:
             before_stop(procs)
     time.sleep(1)
@@ -377,6 +400,7 @@ def measure(
         influx_rss_mb=proc_sample(db.process.pid)[1],
         series=series,
         warmup=warm,
+        rejected=rejected,
     )
 
 
@@ -450,7 +474,8 @@ def warmup_line(m: Measured) -> str:
         " token, unique ids) through the same nginx and"
         f" collector processes, as fast as the stack answered (wrk, {w['connections']}"
         f" connections, unpaced): {w['ok']:,} of {w['envelopes']:,} answered 200 (other"
-        f" {w['other']}, wrk errors {sum(w['errors'].values())}), {w['accepted']:,} of"
+        f" {w['other']}, wrk errors {sum(w['errors'].values())}, records rejected"
+        f" {w.get('rejected') or 'none'}), {w['accepted']:,} of"
         f" {w['records']:,} records acknowledged and {w['stored']:,} stored, in"
         f" {w['seconds']:.0f} s ({w['rate']:,.0f} envelopes/s; ack p99"
         f" {w['latency_us']['p99'] / 1000:.0f} ms). Its records were measured"
@@ -475,7 +500,8 @@ def fleet_section(m: Measured, minutes: int) -> list[str]:
         f" collector processes; answered {m.rate:,.0f}/s over the window of"
         f" {m.seconds:.0f} s.",
         f"- Envelopes answered 200: {w['ok']:,} of {m.envelopes:,}; other answers {w['other']};"
-        f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}.",
+        f" wrk errors {w['errors']}; envelopes with a rejected record {w['rejected_envelopes']}"
+        + (f" (records rejected, by reason: {m.rejected})." if m.rejected else "."),
         f"- Records acknowledged {w['accepted']:,} of {m.records:,}; stored in InfluxDB"
         f" {m.stored:,}.",
         f"- Ack latency p50 {w['latency_us']['p50'] / 1000:.1f} ms, p90"
