@@ -171,7 +171,7 @@ async def _collector_checks(config: AgentConfig, c: CollectorEndpoint) -> list[C
 
     from agent import safehttp
     from agent.timekeeper import plausible_ns
-    from agent.uploader import PATH, envelope_bytes
+    from agent.uploader import envelope_bytes, upload_path
 
     verify: str | bool = str(c.ca_bundle) if c.ca_bundle else True
     deadline = c.timeout_s * safehttp.DEADLINE_FACTOR
@@ -218,7 +218,7 @@ async def _collector_checks(config: AgentConfig, c: CollectorEndpoint) -> list[C
             r = await safehttp.request(
                 h,
                 "POST",
-                PATH,
+                upload_path(config.station.id),
                 deadline_s=deadline,
                 content=envelope_bytes(config.station.id, []),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},

@@ -207,6 +207,7 @@ class IngestService:
         self._pending: list[tuple[Station, list[Any]]] = []
         self._pending_ids: set[str] = set()
         self._pending_wake = asyncio.Event()
+        self._taking_over = 0  # uploads of a batch whose latest status is being read
         self._takeover_task: asyncio.Task[None] | None = None
         self.fast = FastPath()
         self.guard = Guard(cfg.limits)
@@ -453,6 +454,7 @@ class IngestService:
             del self._pending[: len(batch)]
             if not batch:
                 continue
+            self._taking_over = len(batch)
             ids = sorted({st.id for st, _ in batch})
             try:
                 rows = await asyncio.to_thread(
@@ -470,6 +472,7 @@ class IngestService:
             self.engine.adopt(rows)
             self._pending_ids = {st.id for st, _ in self._pending}
             self._evaluate(batch)
+            self._taking_over = 0
             if self._pending:
                 self._pending_wake.set()
         self._evaluate(self._pending)  # at shutdown: no more reading
@@ -508,7 +511,7 @@ class IngestService:
 
     def status_settled(self) -> bool:
         """No upload waits for its status and no status point waits to be written."""
-        return not self._pending and not self.status_writer.pending()
+        return not self._pending and not self._taking_over and not self.status_writer.pending()
 
     def write_status(self, stations: list[Station]) -> None:
         """Queue the current station_status points of these stations (the status writer

@@ -58,13 +58,17 @@ class Seeded:
         return d0.isoformat(), (d0 + timedelta(days=1)).isoformat()
 
 
+POST_RECORDS = 500
+
+
 def _post(url: str, token: str, station: str, recs: list[dict[str, Any]]) -> None:
-    for i in range(0, len(recs), 4000):
+    # Requests of limits.max_records (500) records at most, as agents send them.
+    for i in range(0, len(recs), POST_RECORDS):
         body = {
             "schema": 1,
             "agent": {"station": station, "version": "test", "boot_id": None},
             "sent_at": format_time(datetime.now(UTC)),
-            "records": recs[i : i + 4000],
+            "records": recs[i : i + POST_RECORDS],
         }
         r = httpx.post(
             f"{url}/api/v1/measurements",
@@ -76,7 +80,7 @@ def _post(url: str, token: str, station: str, recs: list[dict[str, Any]]) -> Non
         assert r.status_code == 200, r.text
         doc = r.json()
         assert not doc["rejected"], doc["rejected"][:3]
-        assert len(doc["accepted"]) == len(recs[i : i + 4000])
+        assert len(doc["accepted"]) == len(recs[i : i + POST_RECORDS])
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from tests.harness.collector_stack import (
     envelope,
     golden,
     running_collector,
+    status_written,
 )
 from tests.harness.dbs import InfluxServer
 
@@ -57,6 +58,7 @@ def seed(stack: Stack) -> None:
         timeout=30,
     )
     assert len(answer.json()["accepted"]) == len(recs), answer.text
+    status_written(stack)  # station_status is written after the acknowledgement
 
 
 def test_status_view_shows_hostile_names_verbatim(
