@@ -63,13 +63,13 @@ def test_report_times_flags_and_clears_against_the_targets() -> None:
     assert "**Result: FAIL**" in text and "MISSED" in text and "NOT ok" in text
 
 
-@pytest.mark.root
-@pytest.mark.netns
-@pytest.mark.slow
-def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path: Path) -> None:
-    proc, out, log = _start_drill(tmp_path, 8)
+def _run_drill(
+    tmp_path: Path, timeout_s: float, *args: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Run the short drill to its end (its log printed); it must exit 0."""
+    proc, out, log = _start_drill(tmp_path, 8, *args)
     try:
-        rc = proc.wait(timeout=420)
+        rc = proc.wait(timeout=timeout_s)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -77,6 +77,14 @@ def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path:
     text = log.read_text()
     print(text)
     assert rc == 0, text
+    return proc, out
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_short_drill_flags_and_clears_every_problem_within_the_targets(tmp_path: Path) -> None:
+    proc, out = _run_drill(tmp_path, 420)
     rep = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     assert rep["passed"] and not rep["failures"]
@@ -116,16 +124,7 @@ def test_short_drill_with_two_collectors_behind_nginx_one_killed_and_restarted(
     station's killed 30 s after T0 and restarted 15 s later: no station wrongly flagged,
     every problem flagged and cleared within its target."""
     require_tool("nginx")
-    proc, out, log = _start_drill(tmp_path, 8, "--shards", "2", "--kill-shard-at", "30")
-    try:
-        rc = proc.wait(timeout=480)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-    text = log.read_text()
-    print(text)
-    assert rc == 0, text
+    _, out = _run_drill(tmp_path, 480, "--shards", "2", "--kill-shard-at", "30")
     rep = json.loads((out / "report.json").read_text())
     assert rep["passed"] and not rep["failures"] and rep["shards"] == 2
     killed, restarted = rep["shard_events"]
