@@ -18,7 +18,15 @@ from collector.registry import Station
 from collector.report import compute
 from collector.report.i18n import Lang
 from collector.report.model import crosses_condition, meets_condition
-from collector.report.query import Read, ReportQuery, Rows, ident, literal
+from collector.report.query import (
+    QueryError,
+    Read,
+    ReportQuery,
+    Rows,
+    ident,
+    literal,
+    parse_series_key,
+)
 from collector.report.scope import ReportError, ReportRequest, Window, resolve
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -144,6 +152,51 @@ def test_scope_filters_are_tag_conditions() -> None:
     rq = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope(zone="WIB", operator="xlsmart"))
     text = rq.text(ICMP)
     assert "\"operator\" = 'xlsmart'" in text and "(SELECT" not in text
+
+
+def test_series_keys_are_parsed_with_line_protocol_escaping() -> None:
+    key = r"icmp,operator=indosat,province=Papua,regency=Kota\ Jayapura,station=9171011001003"
+    assert parse_series_key(key) == (
+        "icmp",
+        {"operator": "indosat", "province": "Papua", "regency": "Kota Jayapura",
+         "station": "9171011001003"},
+    )  # fmt: skip
+    assert parse_series_key(r"a\,b\ c,k\=1=v\,2\=3,x=y=z") == (
+        "a,b c",
+        {"k=1": "v,2=3", "x": "y=z"},
+    )
+    assert parse_series_key("icmp") == ("icmp", {})
+    for bad in ("icmp,foo", r"icmp,fo\=o"):
+        with pytest.raises(QueryError, match="not `measurement,tag=value"):
+            parse_series_key(bad)
+
+
+FULL = Read("icmp", "icmp", ("loss_pct",),
+            ("station", "operator", "province", "regency", "uplink", "target"))  # fmt: skip
+
+
+def _key(s: str, op: str, prov: str, up: str = "m0", tgt: str = "kpu") -> dict[str, str]:
+    return {"station": s, "operator": op, "province": prov, "regency": "R", "uplink": up,
+            "target": tgt}  # fmt: skip
+
+
+def test_reads_group_by_the_fewest_tags_the_series_index_allows() -> None:
+    rq = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope())
+    one = [_key("1", "a", "P"), _key("1", "b", "P"), _key("2", "a", "Q")]
+    group, full = rq.grouping(FULL, one)
+    assert group == ("station", "operator")
+    assert full is not None and full[("1", "b")] == ("1", "b", "P", "R", "m0", "kpu")
+    # Two targets of one station and operator: their rounds are told apart (series count).
+    two = [*one, _key("1", "a", "P", tgt="dns")]
+    group, full = rq.grouping(FULL, two)
+    assert group == ("station", "operator", "uplink", "target")
+    assert full is not None and full[("1", "a", "m0", "dns")][5] == "dns"
+    # A station whose province changed: every tag, as the rows' tags group the tables.
+    moved = [*two, _key("2", "a", "Z")]
+    assert rq.grouping(FULL, moved) == (FULL.tags, None)
+    rows4 = Read("dns", "dns", ("ok",), FULL.tags[:4])
+    assert rq.grouping(rows4, [_key("2", "a", "Q"), _key("2", "a", "Z")]) == (rows4.tags, None)
+    assert rq.grouping(rows4, [_key("2", "a", "Q")])[0] == ("station", "operator")
 
 
 def _t(hiw: bool, inclusive: bool) -> Threshold:
