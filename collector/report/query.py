@@ -31,6 +31,7 @@ read as JSON. VictoriaMetrics has no InfluxQL and cannot serve reports.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +190,9 @@ class ReportQuery:
         }
         self.spans = merged([w for g in scope.groups for w in g.windows])
         self._groups: dict[str, tuple[str, ...]] = {}  # each read's GROUP BY, once chosen
+        self._accept = MSGPACK  # JSON after a 406 (a server without MessagePack)
+        # gzip costs both sides CPU for nothing on loopback; it pays over a network.
+        self._encoding = "identity" if _loopback(cfg.url) else "gzip"
 
     def _scope_filters(self) -> list[str]:
         r = self.scope.request
@@ -329,17 +333,24 @@ class ReportQuery:
                 "/query",
                 params=params,
                 data={"q": statement},
-                headers={"Accept": f"{MSGPACK}, application/json;q=0.5"},
+                # MessagePack alone: InfluxDB 1.6 answers JSON to a list of types with q
+                # values ("application/x-msgpack, application/json;q=0.5").
+                headers={"Accept": self._accept, "Accept-Encoding": self._encoding},
             ) as r:
-                if r.status_code != 200:
-                    body = r.read()
-                    message = _error_text(_as_json(body, r.headers), None, r.reason_phrase)
-                    if r.status_code == 400:
+                if r.status_code == 406 and self._accept == MSGPACK:
+                    self._accept = "application/json"  # a server without MessagePack
+                    retry = True
+                else:
+                    retry = False
+                    if r.status_code != 200:
+                        body = r.read()
+                        message = _error_text(_as_json(body, r.headers), None, r.reason_phrase)
+                        if r.status_code == 400:
+                            raise QueryError(message)
+                        _classify(r.status_code, message, where, self.cfg)
                         raise QueryError(message)
-                    _classify(r.status_code, message, where, self.cfg)
-                    raise QueryError(message)
-                for doc in _documents(r):
-                    take(doc)
+                    for doc in _documents(r):
+                        take(doc)
         except httpx.TimeoutException:
             raise SinkUnavailable(
                 f"{where} did not answer within {self.cfg.timeout_s:g} s", self.cfg.retry_after_s
@@ -348,6 +359,8 @@ class ReportQuery:
             raise SinkUnavailable(
                 f"{where} unreachable: {type(exc).__name__}: {exc}", self.cfg.retry_after_s
             ) from None
+        if retry:
+            self._stream(client, statement, take)
 
     def _series(self, b: _Builder, ser: Any) -> None:
         try:
@@ -388,6 +401,16 @@ class ReportQuery:
             b.time.append(t[keep])
             for f in b.read.fields:
                 b.values.setdefault(f, []).append(got[f] if f in got else np.full(n, np.nan))
+
+
+def _loopback(url: str) -> bool:
+    host = (httpx.URL(url).host or "").strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _result_series(doc: Any) -> Iterator[Any]:

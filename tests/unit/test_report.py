@@ -171,6 +171,16 @@ def test_series_keys_are_parsed_with_line_protocol_escaping() -> None:
             parse_series_key(bad)
 
 
+def test_reads_ask_for_messagepack_alone_and_gzip_only_over_a_network() -> None:
+    # InfluxDB 1.6 answers JSON to "application/x-msgpack, application/json;q=0.5".
+    near = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope())
+    assert (near._accept, near._encoding) == ("application/x-msgpack", "identity")
+    for url in ("http://[::1]:8086", "http://localhost:8086"):
+        assert ReportQuery(SinkConfig("v1", url), scope())._encoding == "identity"
+    far = ReportQuery(SinkConfig("v1", "https://influx.example:8086"), scope())
+    assert far._encoding == "gzip"
+
+
 FULL = Read("icmp", "icmp", ("loss_pct",),
             ("station", "operator", "province", "regency", "uplink", "target"))  # fmt: skip
 
