@@ -19,6 +19,7 @@ from collector.report import compute
 from collector.report.i18n import Lang
 from collector.report.model import crosses_condition, meets_condition
 from collector.report.query import (
+    SPLIT,
     QueryError,
     Read,
     ReportQuery,
@@ -146,6 +147,15 @@ def test_one_statement_per_stretch_of_time_the_zones_windows_cover() -> None:
         Window(utc("2026-12-02T22:00"), utc("2026-12-03T06:00")),
     ]
     assert rq.text(ICMP).count("SELECT") == 2
+
+
+def test_the_largest_read_is_split_by_station_into_two_complementary_statements() -> None:
+    rq = ReportQuery(SinkConfig("v1", "http://127.0.0.1:1"), scope())
+    rq._parts["icmp"] = list(SPLIT)
+    a, b = rq.text(ICMP).split("; ")
+    assert 'AND "station" =~ /[02468]$/ GROUP BY' in a
+    assert 'AND "station" !~ /[02468]$/ GROUP BY' in b
+    assert a.replace("=~", "!~") == b
 
 
 def test_scope_filters_are_tag_conditions() -> None:
