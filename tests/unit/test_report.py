@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from collector.report.query import (
     literal,
     parse_series_key,
 )
+from collector.report.render import PdfProcess
 from collector.report.scope import ReportError, ReportRequest, Window, resolve
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -314,3 +316,16 @@ def test_numbers_and_dates_in_both_languages() -> None:
     assert id_.date(datetime(2026, 12, 3)) == "3 Desember 2026"
     assert en.date(datetime(2026, 12, 3)) == "3 December 2026"
     assert id_.number(None) == "–"
+
+
+def test_the_pdf_process_writes_the_file_or_says_why(tmp_path: Path) -> None:
+    good = PdfProcess(tmp_path / "a.pdf")
+    good.send("<h1>Laporan</h1><p>1.234,5</p>")
+    good.wait()
+    good.stop()
+    assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF-")
+    bad = PdfProcess(tmp_path / "missing" / "b.pdf")
+    bad.send("<p>x</p>")
+    with pytest.raises(RuntimeError, match=r"^b\.pdf: the PDF renderer failed: .*No such file"):
+        bad.wait()
+    bad.stop()
