@@ -8,8 +8,8 @@ graticule lines: no map tiles, nothing fetched from the internet.
 
 from __future__ import annotations
 
+import functools
 import io
-from dataclasses import dataclass
 
 import matplotlib
 
@@ -30,22 +30,33 @@ MAP_EXTENT = (94.0, 142.0, -11.5, 6.5)
 PNG_DPI = 150  # the PDF's charts: 9 inches wide, about 1,350 pixels
 
 
-@dataclass(frozen=True)
 class Chart:
-    key: str
-    title: str
-    svg: str
-    png: bytes
+    """A drawn chart; its SVG (HTML page) and PNG (PDF) are made when first asked for, so
+    the PDF's PNGs are ready before any SVG is written. The figure is out of pyplot's
+    registry (nothing kept after the report)."""
+
+    def __init__(self, key: str, title: str, fig: Figure) -> None:
+        self.key = key
+        self.title = title
+        self._fig = fig
+
+    @functools.cached_property
+    def svg(self) -> str:
+        buf = io.StringIO()
+        self._fig.savefig(buf, format="svg", bbox_inches="tight")
+        text = buf.getvalue()
+        return text[text.index("<svg") :]
+
+    @functools.cached_property
+    def png(self) -> bytes:
+        png = io.BytesIO()
+        self._fig.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
+        return png.getvalue()
 
 
 def _chart(key: str, title: str, fig: Figure) -> Chart:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return Chart(key, title, text[text.index("<svg") :], png.getvalue())
+    plt.close(fig)  # out of pyplot's registry; the figure still draws
+    return Chart(key, title, fig)
 
 
 def _timeline(report: Report, lang: Lang, value: str, ylabel: str, title: str) -> Chart:

@@ -229,10 +229,12 @@ class ReportQuery:
             (rd, w, group, part) for w in self.spans for part in self._parts.get(rd.name, [None])
         ]
 
-    def index_statement(self, rd: Read) -> str:
-        """The series index of `rd`'s measurement in scope (SHOW SERIES reads no points)."""
+    def index_statement(self, reads: Sequence[Read]) -> str:
+        """The series index of the reads' measurements in scope (SHOW SERIES reads no
+        points)."""
         where = " AND ".join(self._filters)
-        return f"SHOW SERIES FROM {ident(rd.measurement)}" + (f" WHERE {where}" if where else "")
+        froms = ", ".join(ident(m) for m in dict.fromkeys(rd.measurement for rd in reads))
+        return f"SHOW SERIES FROM {froms}" + (f" WHERE {where}" if where else "")
 
     def grouping(
         self, rd: Read, keys: Sequence[dict[str, str]]
@@ -272,8 +274,9 @@ class ReportQuery:
         client: httpx.Client = _http_client(self.cfg)
         builders = {}
         try:
+            index = self._series_index(client, reads)
             for rd in reads:
-                group, full = self.grouping(rd, self._series_index(client, rd))
+                group, full = self.grouping(rd, index.get(rd.measurement, []))
                 self._groups[rd.name] = group
                 builders[rd.name] = _Builder(rd, group, full)
         except BaseException:
@@ -302,19 +305,24 @@ class ReportQuery:
             client.close()
         return {name: b.rows() for name, b in builders.items()}
 
-    def _series_index(self, client: httpx.Client, rd: Read) -> list[dict[str, str]]:
-        """The tags of every series of `rd`'s measurement in scope."""
-        keys: list[dict[str, str]] = []
+    def _series_index(
+        self, client: httpx.Client, reads: Sequence[Read]
+    ) -> dict[str, list[dict[str, str]]]:
+        """The tags of every series of the reads' measurements in scope, by measurement."""
+        keys: dict[str, list[dict[str, str]]] = {}
 
         def take(doc: Any) -> None:
             for ser in _result_series(doc):
                 try:
                     values = ser.get("values") or []
-                    keys.extend(parse_series_key(str(v[0]))[1] for v in values)
+                    for v in values:
+                        m, tags = parse_series_key(str(v[0]))
+                        keys.setdefault(m, []).append(tags)
                 except (TypeError, IndexError, AttributeError):
                     raise QueryError("the answer is not an InfluxDB query result") from None
 
-        self._stream(client, self.index_statement(rd), take)
+        if reads:
+            self._stream(client, self.index_statement(reads), take)
         return keys
 
     def _read(self, client: httpx.Client, b: _Builder, statement: str) -> None:

@@ -494,9 +494,9 @@ def write_all(
         files: list[Path] = []
         if "html" in formats or "pdf" in formats:
             cl = charts(report, lang)
-            _step(step, "charts")
             if pdf is not None:
-                pdf.send(render_html(report, lang, cl, True))
+                pdf.send(render_html(report, lang, cl, True))  # draws the PNGs
+            _step(step, "charts")
             if "html" in formats:
                 (tmp / "report.html").write_text(render_html(report, lang, cl, False), "utf-8")
                 _step(step, "html")
