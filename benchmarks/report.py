@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -166,9 +167,29 @@ def run_child(cfg: Path, out: Path, args: list[str], influx_pid: int) -> dict[st
     return res
 
 
+def _children_hwm(stop: threading.Event, peak: dict[int, float]) -> None:
+    """Each child process's peak RSS (VmHWM, its own after exec: ru_maxrss of children
+    counts the parent's pages at fork), sampled every 50 ms until `stop`."""
+    me = str(os.getpid())
+    while not stop.wait(0.05):
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if (d / "stat").read_text().rsplit(")", 1)[1].split()[1] != me:
+                    continue
+                peak[int(d.name)] = proc_hwm_mb(int(d.name))
+            except (OSError, IndexError):
+                continue
+
+
 def child(cfg_path: str, out: str, args: list[str]) -> None:
     """One report in this process: phase timings and peak RSS as one JSON line."""
     t0 = time.perf_counter()
+    stop = threading.Event()
+    peak: dict[int, float] = {}
+    watcher = threading.Thread(target=_children_hwm, args=(stop, peak), daemon=True)
+    watcher.start()
     from agent.contract.thresholds import load as load_thresholds
     from collector import config
     from collector.report.api import ReportRequest, make_report
@@ -200,6 +221,8 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
     write_all(report, Lang("id"), req.formats, Path(out), step)
     t3 = time.perf_counter()
     rows = report.table("stations")
+    stop.set()
+    watcher.join()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({
         "import_s": t1 - t0, "query_s": t2 - t1, "files_s": t3 - t2, "total_s": t3 - t0,
@@ -207,7 +230,7 @@ def child(cfg_path: str, out: str, args: list[str]) -> None:
         "station_rows": len(rows.rows) if rows else 0,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # The PDF is laid out in a child process (collector.report.render.PdfProcess).
-        "child_maxrss_mb": kids.ru_maxrss / 1024,
+        "child_maxrss_mb": max(peak.values(), default=0.0),
         "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime
         + resource.getrusage(resource.RUSAGE_SELF).ru_stime + kids.ru_utime + kids.ru_stime,
         "child_cpu_s": kids.ru_utime + kids.ru_stime,

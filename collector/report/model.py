@@ -11,8 +11,10 @@ README, the XLSX number formats and the HTML/PDF tables all come from it.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -565,6 +567,34 @@ def _aggregate(
                 d[st.key] = int(v) if st.expr == "count" else v
 
 
+def _arrivals(
+    rq: ReportQuery, reads: Sequence[Read], progress: Callable[[str], None] | None
+) -> Iterator[tuple[str, Rows]]:
+    """Each read's rows as soon as its statements have answered (the reads run in a thread;
+    its error is raised here)."""
+    q: queue.Queue[tuple[str, Rows] | BaseException | None] = queue.Queue()
+
+    def run() -> None:
+        try:
+            rest = rq.read(reads, progress, done=lambda n, r: q.put((n, r)))
+            for item in rest.items():
+                q.put(item)
+        except BaseException as exc:  # handed to the caller's thread
+            q.put(exc)
+        else:
+            q.put(None)
+
+    t = threading.Thread(target=run, name="report-read", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        t.join()
+
+
 def build(
     scope: Scope,
     th: Thresholds,
@@ -573,20 +603,21 @@ def build(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     reads = plan(scope, th)
-    data = rq.read(reads, progress)
     group_tables = ["operators", "provinces"] + (["regencies"] if scope.request.by_regency else [])
     raws: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {
         t: {} for t in ("stations", *GROUPINGS)
     }
     stats = [*STATS, *threshold_stats(th)]
-    # The largest (icmp) last, when the others' rows are gone; each measurement's rows are
-    # dropped once aggregated (icmp's are used below).
-    for rd in sorted(reads, key=lambda r: r.name == "icmp"):
-        mrows = data[rd.name] if rd.name == "icmp" else data.pop(rd.name)
-        if not len(mrows):
-            continue
-        mine = [s for s in stats if s.measurement == rd.measurement]
-        _aggregate(mrows, mine, _groupings(mrows, group_tables), raws)
+    measurement = {rd.name: rd.measurement for rd in reads}
+    data: dict[str, Rows] = {}
+    # Each read is aggregated here as soon as it has arrived, while the others stream; its
+    # rows are dropped then (icmp's are used below).
+    for name, mrows in _arrivals(rq, reads, progress):
+        if name == "icmp":
+            data[name] = mrows
+        if len(mrows):
+            mine = [s for s in stats if s.measurement == measurement[name]]
+            _aggregate(mrows, mine, _groupings(mrows, group_tables), raws)
         del mrows
     station_raw = raws.pop("stations")
     group_raw = raws

@@ -265,10 +265,12 @@ class ReportQuery:
         reads: Sequence[Read],
         progress: Callable[[str], None] | None = None,
         workers: int = 2,
+        done: Callable[[str, Rows], None] | None = None,
     ) -> dict[str, Rows]:
         """Stream each read, one statement per span of time (the first and largest read: two,
         split by station), `workers` at a time (InfluxDB 1.x runs a statement on one core);
-        rows by read name. Raises
+        rows by read name, or each read's rows handed to `done` (from a worker thread) as soon
+        as its last statement has answered, so they are used while the others stream. Raises
         SinkUnavailable when the database does not answer, QueryError when it refuses a
         statement or sends what is not an InfluxDB answer."""
         client: httpx.Client = _http_client(self.cfg)
@@ -293,8 +295,11 @@ class ReportQuery:
             self._read(client, builders[rd.name], self.statement(*task))
             with lock:
                 left[rd.name] -= 1
-                done = left[rd.name] == 0
-            if done and progress is not None:
+                last = left[rd.name] == 0
+                b = builders.pop(rd.name) if last and done is not None else None
+            if b is not None and done is not None:
+                done(rd.name, b.rows())
+            if last and progress is not None:
                 progress(rd.name)
 
         try:
