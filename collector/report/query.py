@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -447,45 +448,32 @@ def _result_series(doc: Any) -> Iterator[Any]:
         yield from res.get("series") or []
 
 
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+_UNESCAPED_EQUALS = re.compile(r"(?<!\\)=")
+_ESCAPE = re.compile(r"\\([,= ])")
+
+
 def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
     """A series key as SHOW SERIES prints it (`m,tag=value,...`, line protocol escaping:
     a backslash before a comma, equals sign or space; collector.lineproto stores no other
-    backslash before these) as its measurement and tags."""
+    backslash before these, nor one at the end) as its measurement and tags."""
     if "\\" not in key:
         m, *pairs = key.split(",")
-        try:
-            return m, dict(p.split("=", 1) for p in pairs)
-        except ValueError:
-            raise QueryError(
-                f"the series key {key[:200]!r} is not `measurement,tag=value,...`"
-            ) from None
-    parts: list[list[str]] = [[]]
-    cur: list[str] = []
-    i = 0
-    while i < len(key):
-        c = key[i]
-        if c == "\\" and i + 1 < len(key) and key[i + 1] in ",= ":
-            cur.append(key[i + 1])
-            i += 2
-            continue
-        if c == ",":
-            parts[-1].append("".join(cur))
-            parts.append([])
-            cur = []
-        elif c == "=" and not parts[-1] and len(parts) > 1:
-            parts[-1].append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    parts[-1].append("".join(cur))
-    measurement = parts[0][0]
-    tags: dict[str, str] = {}
-    for p in parts[1:]:
-        if len(p) != 2:
-            raise QueryError(f"the series key {key[:200]!r} is not `measurement,tag=value,...`")
-        tags[p[0]] = p[1]
-    return measurement, tags
+        split = [p.split("=", 1) for p in pairs]
+    elif "\0" not in key and "\1" not in key:
+        # The escaped commas and equals signs as NUL and SOH while splitting (str methods).
+        k = key.replace("\\,", "\0").replace("\\=", "\1").replace("\\ ", " ")
+        m, *pairs = k.split(",")
+        m = m.replace("\0", ",").replace("\1", "=")
+        split = [[x.replace("\0", ",").replace("\1", "=") for x in p.split("=", 1)] for p in pairs]
+    else:
+        m, *pairs = _UNESCAPED_COMMA.split(key)
+        split = [_UNESCAPED_EQUALS.split(p, maxsplit=1) for p in pairs]
+        m = _ESCAPE.sub(r"\1", m)
+        split = [[_ESCAPE.sub(r"\1", x) for x in kv] for kv in split]
+    if any(len(kv) != 2 for kv in split):
+        raise QueryError(f"the series key {key[:200]!r} is not `measurement,tag=value,...`")
+    return m, {k: v for k, v in split}
 
 
 def _as_json(body: bytes, headers: httpx.Headers) -> bytes:

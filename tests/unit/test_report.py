@@ -178,7 +178,9 @@ def test_series_keys_are_parsed_with_line_protocol_escaping() -> None:
         {"k=1": "v,2=3", "x": "y=z"},
     )
     assert parse_series_key("icmp") == ("icmp", {})
-    for bad in ("icmp,foo", r"icmp,fo\=o"):
+    # Keys holding NUL or SOH (not written by the collector) take the regular expressions.
+    assert parse_series_key("m\x00\\,x,k=v\\=w\\ z") == ("m\x00,x", {"k": "v=w z"})
+    for bad in ("icmp,foo", r"icmp,fo\=o", "icmp\x01,fo\\=o"):
         with pytest.raises(QueryError, match="not `measurement,tag=value"):
             parse_series_key(bad)
 
