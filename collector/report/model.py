@@ -571,12 +571,14 @@ def _arrivals(
     rq: ReportQuery, reads: Sequence[Read], progress: Callable[[str], None] | None
 ) -> Iterator[tuple[str, Rows]]:
     """Each read's rows as soon as its statements have answered (the reads run in a thread;
-    its error is raised here)."""
+    its error is raised here). When the caller stops early (an error, Ctrl-C), no further
+    statement starts and the caller does not wait for the running ones."""
     q: queue.Queue[tuple[str, Rows] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
 
     def run() -> None:
         try:
-            rest = rq.read(reads, progress, done=lambda n, r: q.put((n, r)))
+            rest = rq.read(reads, progress, done=lambda n, r: q.put((n, r)), stop=stop)
             for item in rest.items():
                 q.put(item)
         except BaseException as exc:  # handed to the caller's thread
@@ -589,10 +591,13 @@ def _arrivals(
     try:
         while (item := q.get()) is not None:
             if isinstance(item, BaseException):
+                t.join()
                 raise item
             yield item
-    finally:
-        t.join()
+    except BaseException:
+        stop.set()
+        raise
+    t.join()
 
 
 def build(

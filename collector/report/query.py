@@ -267,11 +267,13 @@ class ReportQuery:
         progress: Callable[[str], None] | None = None,
         workers: int = 2,
         done: Callable[[str, Rows], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> dict[str, Rows]:
         """Stream each read, one statement per span of time (the first and largest read: two,
         split by station), `workers` at a time (InfluxDB 1.x runs a statement on one core);
         rows by read name, or each read's rows handed to `done` (from a worker thread) as soon
-        as its last statement has answered, so they are used while the others stream. Raises
+        as its last statement has answered, so they are used while the others stream; once
+        `stop` is set no further statement starts (the rows are then incomplete). Raises
         SinkUnavailable when the database does not answer, QueryError when it refuses a
         statement or sends what is not an InfluxDB answer."""
         client: httpx.Client = _http_client(self.cfg)
@@ -291,9 +293,17 @@ class ReportQuery:
         left = {rd.name: sum(1 for t in tasks if t[0] is rd) for rd in reads}
         lock = threading.Lock()
 
+        failed = threading.Event()  # a statement failed: the others do not start
+
         def one(task: _Task) -> None:
+            if failed.is_set() or (stop is not None and stop.is_set()):
+                return
             rd = task[0]
-            self._read(client, builders[rd.name], self.statement(*task))
+            try:
+                self._read(client, builders[rd.name], self.statement(*task))
+            except BaseException:
+                failed.set()
+                raise
             with lock:
                 left[rd.name] -= 1
                 last = left[rd.name] == 0
