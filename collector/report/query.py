@@ -68,8 +68,8 @@ MAX_CHUNK_BYTES = 256 * 1024 * 1024
 # The largest read runs as two statements side by side (InfluxDB 1.x runs a statement on one
 # core), split by station: ids ending in an even digit, and the others. Not by time: a
 # statement decodes every TSM block it touches whole (a block holds up to 1,000 points of a
-# series, days of rounds), so pieces of time decode the same blocks again (1.6 to 2 times
-# the CPU for 6-hour pieces of a day); a split by station reads each block once.
+# series, days of rounds), so pieces of time decode the same blocks again; a split by
+# station reads each block once.
 SPLIT = ("=~ /[02468]$/", "!~ /[02468]$/")
 
 
@@ -244,8 +244,8 @@ class ReportQuery:
         operator when each (station, operator) has one series, or one combination of the
         other tags (province, regency) per (station, operator, uplink, target); else all of
         `rd.tags`. With fewer tags, the map from a group to its series' tags. (InfluxDB 1.x
-        spends more on each tag of a raw GROUP BY than on the values: a third to a half of
-        the read's CPU for four tags.)"""
+        spends more on each tag of a raw GROUP BY than on the values;
+        benchmarks/results/report.md.)"""
         full = [tuple(k.get(t, "") for t in rd.tags) for k in keys]
         pos = {t: i for i, t in enumerate(rd.tags)}
         for cand in (("station", "operator"), ("station", "operator", "uplink", "target")):

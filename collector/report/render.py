@@ -391,7 +391,7 @@ HTML(string=html, base_url=sys.argv[1]).write_pdf(sys.argv[2])
 
 class PdfProcess:
     """The PDF laid out in another process while this one writes the other formats
-    (WeasyPrint's layout is the largest single cost of a report: 4-6 s of CPU). Started
+    (WeasyPrint's layout is the largest fixed cost of a report). Started
     first, so its imports run while the charts are drawn; `send` gives it the HTML,
     `wait` waits for the file."""
 
