@@ -8,7 +8,7 @@ series (station, operator, province, regency, and uplink and target for icmp)::
     GROUP BY "station", "operator", "province", "regency", "uplink", "target"
 
 InfluxDB 1.x spends more CPU on each tag of a raw GROUP BY than on the values, so a read
-first takes the measurement's series index (SHOW SERIES, no points read) and groups by the
+first takes the series index (one SHOW SERIES, no points read) and groups by the
 fewest tags that still tell its series apart for the report: station and operator (plus
 uplink and target when a station has several ICMP series), each group's province and regency
 then come from the index; only when one station and operator has several of those does the
