@@ -40,7 +40,7 @@ from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample, 
 from agent.contract.record import Record, format_time
 from collector.lineproto import record_to_point
 from collector.registry import Registry
-from tests.harness.dbs import free_port, influxd
+from tests.harness.dbs import deploy_influx_tuning, free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json").read_text())
@@ -159,9 +159,19 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--stations", type=int, default=2000)
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collector (raw output)")
+    ap.add_argument(
+        "--influx",
+        choices=("deploy", "stock"),
+        default="deploy",
+        help="InfluxDB's settings: deploy/influxdb's tuning (default) or influxd's defaults",
+    )
     args = ap.parse_args()
+    options, env = deploy_influx_tuning() if args.influx == "deploy" else ({}, {})
     max_batches = int(60_000 * args.seconds / args.batch)  # more than can be sent
-    with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
+    with (
+        tempfile.TemporaryDirectory() as tmp_s,
+        influxd("/usr/bin/influxd", data_options=options, env=env) as db,
+    ):
         tmp = Path(tmp_s)
         for name in ("direct", "station", "region"):
             db.create_database(name)
@@ -280,11 +290,17 @@ def main() -> None:
         f"{p.rss_mb:.0f} MB"
         for p in phases[1:]
     )
+    influx_settings = (
+        "settings as deploy/influxdb ships them (tsi1, 256 MB cache snapshots, GOGC=200)"
+        if args.influx == "deploy"
+        else "influxd's default settings"
+    )
     report = f"""# Ingest throughput
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.
-InfluxDB 1.6.7 (Debian) on loopback; `sinyal-collector serve` (one uvicorn process) with
-sink v1; {args.stations} registered stations. Batches of {n} icmp records (gzip JSON
+InfluxDB 1.6.7 (Debian) on loopback, {influx_settings};
+`sinyal-collector serve` (one uvicorn process) with sink v1; {args.stations} registered
+stations. Batches of {n} icmp records (gzip JSON
 envelopes, 10 targets per station), {conc} concurrent clients, {secs:g} s per phase, all
 phases in one run. Agents: one station's records per envelope, each station with its own
 token (what `sinyal-agent` sends). Survey laptops: one region token, {n} stations per
