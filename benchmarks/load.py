@@ -520,7 +520,11 @@ def fleet_section(m: Measured, minutes: int) -> list[str]:
         f" {m.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
         f" mostly WAL, {1e6 * m.influx_disk_mb / max(1, m.stored) * 1.048576:,.0f}"
         f" bytes a point, an upper bound), resident memory {m.influx_rss_mb:,.0f} MB"
-        " (Debian's default `inmem` index).",
+        + (
+            " (`tsi1` index, GOGC=200: deploy/influxdb)."
+            if m.influx == "deploy"
+            else " (Debian's default `inmem` index)."
+        ),
         f"- The generator: wrk used {m.cpu_s['wrk']:.1f} s of CPU, the collector processes"
         f" {m.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
         " (target: under 0.25).",
