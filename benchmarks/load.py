@@ -48,7 +48,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import simulate, wrkload
-from benchmarks.common import RESULTS, machine, machine_busy, proc_sample, stations_csv
+from benchmarks.common import (
+    RESULTS,
+    children_of,
+    machine,
+    machine_busy,
+    proc_sample,
+    stations_csv,
+)
 from benchmarks.simulate import StationToken
 from tests.harness.dbs import deploy_influx_tuning, free_port, influxd
 
@@ -261,19 +268,6 @@ def rejected_by_reason(urls: list[str]) -> dict[str, int]:
         text = httpx.get(f"{url}/metrics", timeout=30).text
         for reason, n in REJECTED.findall(text):
             out[reason] = out.get(reason, 0) + int(float(n))
-    return out
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
     return out
 
 
