@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,12 +36,21 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample, stations_csv
+from common import (
+    BIN,
+    RESULTS,
+    children_of,
+    machine,
+    machine_busy,
+    post_http,
+    proc_sample,
+    stations_csv,
+)
 
 from agent.contract.record import Record, format_time
 from collector.lineproto import record_to_point
 from collector.registry import Registry
-from tests.harness.dbs import free_port, influxd
+from tests.harness.dbs import deploy_influx_tuning, free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "records" / "icmp-ok.json").read_text())
@@ -94,15 +104,17 @@ def accepts(expect: int) -> Callable[[int, bytes], None]:
 
 
 def drive(
-    url: str,
+    url: str | list[str],
     bodies: list[tuple[bytes, dict[str, str]]],
     seconds: float,
     concurrency: int,
     expect: int,
+    route: list[int] | None = None,
 ) -> tuple[int, float, list[float]]:
-    """Post (body, headers) in turn for `seconds`; returns (points, elapsed, latencies)."""
+    """Post (body, headers) in turn for `seconds`; returns (points, elapsed, latencies).
+    Several urls: `route` is each body's (benchmarks.common.post_http)."""
     n, elapsed, latencies = asyncio.run(
-        post_http(url, bodies, seconds, concurrency, accepts(expect))
+        post_http(url, bodies, seconds, concurrency, accepts(expect), route=route)
     )
     return n * expect, elapsed, latencies
 
@@ -140,14 +152,21 @@ PROCS = ("collector", "InfluxDB", "load generator")
 
 
 def measured(
-    name: str, pids: dict[str, int], run: Callable[[], tuple[int, float, list[float]]]
+    name: str,
+    pids: dict[str, int | list[int]],
+    run: Callable[[], tuple[int, float, list[float]]],
 ) -> Phase:
-    """Run one phase, sampling the CPU time of the given processes (and our own) around it."""
-    before = {k: proc_sample(pid)[0] for k, pid in pids.items()}
+    """Run one phase, sampling the CPU time of the given processes (and our own) around it;
+    a list of pids is counted as one (the collector's worker processes)."""
+
+    def cpu_s(p: int | list[int]) -> float:
+        return sum(proc_sample(q)[0] for q in ([p] if isinstance(p, int) else p))
+
+    before = {k: cpu_s(p) for k, p in pids.items()}
     own0 = time.process_time()
     busy0 = machine_busy()
     points, seconds, lat = run()
-    cpu = {k: 100 * (proc_sample(pid)[0] - before[k]) / seconds for k, pid in pids.items()}
+    cpu = {k: 100 * (cpu_s(p) - before[k]) / seconds for k, p in pids.items()}
     cpu["load generator"] = 100 * (time.process_time() - own0) / seconds
     return Phase(name, points, seconds, lat, cpu, machine=100 * (machine_busy() - busy0) / seconds)
 
@@ -159,9 +178,26 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--stations", type=int, default=2000)
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collector (raw output)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="a further agents phase with `serve --workers N` (N processes, each station's"
+        " batches to one of them, as nginx routes them); 1: none",
+    )
+    ap.add_argument(
+        "--influx",
+        choices=("deploy", "stock"),
+        default="deploy",
+        help="InfluxDB's settings: deploy/influxdb's tuning (default) or influxd's defaults",
+    )
     args = ap.parse_args()
+    options, env = deploy_influx_tuning() if args.influx == "deploy" else ({}, {})
     max_batches = int(60_000 * args.seconds / args.batch)  # more than can be sent
-    with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
+    with (
+        tempfile.TemporaryDirectory() as tmp_s,
+        influxd("/usr/bin/influxd", data_options=options, env=env) as db,
+    ):
         tmp = Path(tmp_s)
         for name in ("direct", "station", "region"):
             db.create_database(name)
@@ -171,6 +207,7 @@ def main() -> None:
         reg.import_stations_csv(tmp / "stations.csv")
         tokens = {info.scope_value: t for info, t in reg.add_tokens([(s, None) for s in ids])}
         _, region_token = reg.add_token(region="3171", note="bench")
+        auth_of = {f"Bearer {t}": s for s, t in tokens.items()}  # station of a token
         reg.close()
 
         def auth(token: str) -> dict[str, str]:
@@ -206,11 +243,17 @@ def main() -> None:
             lambda: drive(f"{db.url}/write?db=direct&precision=ns", line_bodies, secs, conc, n),
         )
         phases = [direct]
-        for label, database, bodies in (
-            ("agents -> collector (one station per batch)", "station", station_bodies),
-            ("survey laptops -> collector (100 stations per batch)", "region", region_bodies),
-        ):
-            port = free_port()
+        runs = [
+            ("agents -> collector (one station per batch)", "station", station_bodies, 1),
+            ("survey laptops -> collector (100 stations per batch)", "region", region_bodies, 1),
+        ]
+        if args.workers > 1:
+            label = f"agents -> {args.workers} collector processes (`serve --workers`)"
+            db.create_database("workers")
+            runs.append((label, "workers", station_bodies, args.workers))
+        for label, database, bodies, workers in runs:
+            ports = [free_port() for _ in range(workers)]
+            port = ports[0]
             cfg = {
                 "listen": {"host": "127.0.0.1", "port": port},
                 "sink": {"kind": "v1", "url": db.url, "database": database},
@@ -227,22 +270,49 @@ def main() -> None:
             }
             (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
             # This checkout's collector (the installed entry point may be another tree's).
+            serve = [
+                sys.executable,
+                "-m",
+                "collector.cli",
+                "serve",
+                "-c",
+                str(tmp / "collector.yaml"),
+            ]
+            if workers > 1:
+                serve += ["--ports", ",".join(map(str, ports))]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "collector.cli", "serve", "-c", str(tmp / "collector.yaml")],
+                serve,
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             try:
-                for _ in range(100):
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
+                for p in ports:
+                    for _ in range(100):
+                        try:
+                            if httpx.get(f"http://127.0.0.1:{p}/healthz").status_code == 200:
+                                break
+                        except httpx.HTTPError:
+                            time.sleep(0.1)
                 # Steady state: every station has reported once (the status engine knows
-                # it, its series are cached), as a minute into election day.
-                url = f"http://127.0.0.1:{port}/api/v1/measurements"
-                warm = drive(url, warm_bodies, 600, conc, 1)[0]
+                # it, its series are cached), as a minute into election day. Each station
+                # to one process (by a hash of its id, as nginx's `hash $station` does).
+                urls = [f"http://127.0.0.1:{p}/api/v1/measurements" for p in ports]
+
+                def route(
+                    b: list[tuple[bytes, dict[str, str]]], workers: int = workers
+                ) -> list[int] | None:
+                    if workers == 1:
+                        return None
+                    return [
+                        zlib.crc32(auth_of[h["Authorization"]].encode()) % workers for _, h in b
+                    ]
+
+                warm = drive(urls, warm_bodies, 600, conc, 1, route(warm_bodies))[0]
+                pids: int | list[int] = proc.pid
+                if workers > 1:
+                    pids = [proc.pid, *children_of(proc.pid)]
+                    if len(pids) != workers + 1:
+                        raise RuntimeError(f"serve --ports: {len(pids) - 1} workers running")
                 spy = None
                 if args.profile and database == "station":
                     spy_cmd = [str(BIN / "py-spy"), "record", "-p", str(proc.pid)]
@@ -251,10 +321,12 @@ def main() -> None:
                     spy = subprocess.Popen(spy_cmd)
                 phase = measured(
                     label,
-                    {"collector": proc.pid, **influx},
-                    lambda b=bodies, u=url: drive(u, b, secs, conc, n),  # type: ignore[misc]
+                    {"collector": pids, **influx},
+                    lambda b=bodies, u=urls: drive(u, b, secs, conc, n, route(b)),  # type: ignore[misc]
                 )
-                phase.rss_mb = proc_sample(proc.pid)[1]
+                phase.rss_mb = max(
+                    proc_sample(p)[1] for p in ([pids] if isinstance(pids, int) else pids)
+                )
                 if spy is not None:
                     spy.wait(30)
             finally:
@@ -280,10 +352,24 @@ def main() -> None:
         f"{p.rss_mb:.0f} MB"
         for p in phases[1:]
     )
+    workers_line = ""
+    if len(phases) > 3:
+        w = phases[3]
+        workers_line = (
+            f"\n- ratio collector / direct (agents, {args.workers} collector processes, each"
+            f" station's batches to one of them): **{w.rate / direct.rate:.2f}** (target >= 0.6)"
+        )
+    influx_settings = (
+        "settings as deploy/influxdb ships them (tsi1, 256 MB cache snapshots, GOGC=200)"
+        if args.influx == "deploy"
+        else "influxd's default settings"
+    )
     report = f"""# Ingest throughput
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.
-InfluxDB 1.6.7 (Debian) on loopback; `sinyal-collector serve` (one uvicorn process) with
+InfluxDB 1.6.7 (Debian) on loopback, {influx_settings};
+`sinyal-collector serve` (one uvicorn process; in the last phase `--workers {args.workers}`,
+the batches of each station to one process by a hash of its id, as nginx routes them) with
 sink v1; {args.stations} registered stations. Batches of {n} icmp records (gzip JSON
 envelopes, 10 targets per station), {conc} concurrent clients, {secs:g} s per phase, all
 phases in one run. Agents: one station's records per envelope, each station with its own
@@ -301,7 +387,8 @@ work for loopback traffic included), in % of one core; 200 % is both cores.
 |---|---|---|---|---|---|---|
 {rows}
 
-- ratio collector / direct (agents): **{via.rate / direct.rate:.2f}** (target >= 0.6)
+- ratio collector / direct (agents, one collector process): **{via.rate / direct.rate:.2f}**
+  (target >= 0.6){workers_line}
 - collector throughput (agents): **{via.rate:,.0f} points/s** (target >= 25,000)
 - p99 acknowledgement of a {n}-record batch under that load: **{pct(via.latencies, 99):.0f} ms**
 {checks}

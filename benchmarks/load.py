@@ -48,9 +48,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import simulate, wrkload
-from benchmarks.common import RESULTS, machine, machine_busy, proc_sample, stations_csv
+from benchmarks.common import (
+    RESULTS,
+    children_of,
+    machine,
+    machine_busy,
+    proc_sample,
+    stations_csv,
+)
 from benchmarks.simulate import StationToken
-from tests.harness.dbs import free_port, influxd
+from tests.harness.dbs import deploy_influx_tuning, free_port, influxd
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = [sys.executable, "-m", "collector.cli"]
@@ -138,6 +145,8 @@ class Measured:
     warmup: dict[str, Any] | None = None
     # records the collectors rejected in the measured window, by reason (their /metrics)
     rejected: dict[str, int] = field(default_factory=dict)
+    # InfluxDB's settings: "deploy" (deploy/influxdb's tuning), "stock" (influxd's defaults)
+    influx: str = "stock"
 
     @property
     def rate(self) -> float:
@@ -259,19 +268,6 @@ def rejected_by_reason(urls: list[str]) -> dict[str, int]:
         text = httpx.get(f"{url}/metrics", timeout=30).text
         for reason, n in REJECTED.findall(text):
             out[reason] = out.get(reason, 0) + int(float(n))
-    return out
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
     return out
 
 
@@ -443,7 +439,8 @@ def row(m: Measured) -> str:
     w = m.wrk
     lat = w["latency_us"]
     return (
-        f"| {m.name} | {m.collectors} | {m.stations:,} | {m.offered_per_s:,.0f} | {m.rate:,.0f} "
+        f"| {m.name} | {m.influx} | {m.collectors} | {m.stations:,} "
+        f"| {m.offered_per_s:,.0f} | {m.rate:,.0f} "
         f"| {w['ok']:,} / {m.envelopes:,} | {w['accepted']:,} / {m.records:,} | {m.stored:,} "
         f"| {lat['p50'] / 1000:.1f} ms | {lat['p99'] / 1000:.1f} ms | {lat['max'] / 1000:.0f} ms "
         f"| {w['late_ms']['p99']:,} ms / {w['late_ms']['max'] / 1000:.1f} s "
@@ -453,10 +450,10 @@ def row(m: Measured) -> str:
 
 
 HEADER = (
-    "| run | collector processes | stations | offered env/s | answered env/s "
+    "| run | InfluxDB settings | collector processes | stations | offered env/s | answered env/s "
     "| envelopes 200 / planned | records acknowledged / planned | records stored "
     "| ack p50 | ack p99 | ack max | wrk late p99 / max | collectors CPU | nginx CPU "
-    "| InfluxDB CPU | wrk CPU | load average (1 min) before → after |\n|" + "---|" * 17
+    "| InfluxDB CPU | wrk CPU | load average (1 min) before → after |\n|" + "---|" * 18
 )
 
 
@@ -517,7 +514,11 @@ def fleet_section(m: Measured, minutes: int) -> list[str]:
         f" {m.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
         f" mostly WAL, {1e6 * m.influx_disk_mb / max(1, m.stored) * 1.048576:,.0f}"
         f" bytes a point, an upper bound), resident memory {m.influx_rss_mb:,.0f} MB"
-        " (Debian's default `inmem` index).",
+        + (
+            " (`tsi1` index, GOGC=200: deploy/influxdb)."
+            if m.influx == "deploy"
+            else " (Debian's default `inmem` index)."
+        ),
         f"- The generator: wrk used {m.cpu_s['wrk']:.1f} s of CPU, the collector processes"
         f" {m.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
         " (target: under 0.25).",
@@ -536,8 +537,9 @@ def write_results(
         (m for k, m in runs.items() if k.startswith("fleet")), key=lambda m: -m.stations
     )
     held = [m.stations for m in fleets if m.held]
-    one, two = runs.get("sat-1"), runs.get("sat-2")
-    batch = runs.get("batch-100")
+    one = runs.get("sat-1") or runs.get("sat-1-stock")
+    two = runs.get("sat-2") or runs.get("sat-2-stock")
+    batch = runs.get("batch-100") or runs.get("batch-100-stock")
     lines = [
         "# Load: a fleet through nginx into collector processes, driven by wrk",
         "",
@@ -548,7 +550,10 @@ def write_results(
         *(f"    .venv/bin/python benchmarks/load.py {c}" for c in args.command),
         "",
         "Stack, all on these 2 cores: InfluxDB 1.6.7 (Debian `influxd`, loopback,"
-        " `tests.harness.dbs.influxd` config); `sinyal-collector serve` processes, one port each"
+        ' `tests.harness.dbs.influxd` config; "InfluxDB settings" `deploy`: plus the tuning'
+        " that deploy/influxdb ships (`index-version = tsi1`, 256 MB cache snapshots, 2 GB"
+        " cache, `GOGC=200`; docs/operations.md), `stock`: influxd's defaults for those)"
+        "; `sinyal-collector serve` processes, one port each"
         " (sink v1, status engine on, sweeper off, default limits: every station has its own"
         " token); Debian nginx-light in front with `deploy/nginx/collector.conf` as shipped"
         " (TLS, `hash $sinyal_station consistent` on the station of"
@@ -697,6 +702,12 @@ def main() -> None:
     ap.add_argument(
         "--warmup-connections", type=int, default=128, help="wrk connections for the warm-up"
     )
+    ap.add_argument(
+        "--influx",
+        choices=("deploy", "stock"),
+        default="deploy",
+        help="InfluxDB's settings: deploy/influxdb's tuning (default) or influxd's defaults",
+    )
     ap.add_argument("--append", action="store_true", help="report the runs of load.json too")
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite load.md from load.json, run nothing"
@@ -721,38 +732,46 @@ def main() -> None:
         print(write_results(runs, args, args.registry_s, "\n\n".join(args.note)))
         return
     sat_count = int(args.sat_rate * args.sat_seconds) if "sat" not in skip else 0
-    with tempfile.TemporaryDirectory() as tmp_s, influxd("/usr/bin/influxd") as db:
+    options, env = deploy_influx_tuning() if args.influx == "deploy" else ({}, {})
+    with (
+        tempfile.TemporaryDirectory() as tmp_s,
+        influxd("/usr/bin/influxd", data_options=options, env=env) as db,
+    ):
         tmp = Path(tmp_s)
+        suffix = "" if args.influx == "deploy" else "-stock"
         tokens, setup_s = setup_registry(tmp, db.url, max([*sizes, sat_count, 2000]))
         args.registry = len(tokens)
         print(f"registry: {len(tokens):,} stations and tokens in {setup_s:.0f} s", flush=True)
         for n in sizes:
-            runs[f"fleet-{n}"] = measure(
-                f"fleet-{n}", tmp, db, tokens[:n], args.collectors,
+            runs[f"fleet-{n}{suffix}"] = measure(
+                f"fleet-{n}{suffix}", tmp, db, tokens[:n], args.collectors,
                 {"rate": n / 60.0, "rounds": args.minutes},
                 args.connections, None, lead_s=20,
                 warmup_connections=args.warmup_connections if args.warmup else 0,
             )  # fmt: skip
-            print(row(runs[f"fleet-{n}"]), flush=True)
+            runs[f"fleet-{n}{suffix}"].influx = args.influx
+            print(row(runs[f"fleet-{n}{suffix}"]), flush=True)
         if "sat" not in skip:
             for n_coll in (1, 2):
                 # every run has its own database: each station's first envelope
-                runs[f"sat-{n_coll}"] = measure(
-                    f"sat-{n_coll}", tmp, db, tokens[:sat_count], n_coll,
+                runs[f"sat-{n_coll}{suffix}"] = measure(
+                    f"sat-{n_coll}{suffix}", tmp, db, tokens[:sat_count], n_coll,
                     {"rate": args.sat_rate, "rounds": 1},
                     args.sat_connections, args.sat_seconds, lead_s=5,
                 )  # fmt: skip
-                print(row(runs[f"sat-{n_coll}"]), flush=True)
+                runs[f"sat-{n_coll}{suffix}"].influx = args.influx
+                print(row(runs[f"sat-{n_coll}{suffix}"]), flush=True)
         if "batch" not in skip:
             # 150 envelopes/s planned (15,000 records/s), more than one process answers;
             # a station's later rounds are cheap to build (its first is simulated)
             count = min(len(tokens), int(50 * args.sat_seconds))
-            runs["batch-100"] = measure(
-                "batch-100", tmp, db, tokens[:count], 1,
+            runs[f"batch-100{suffix}"] = measure(
+                f"batch-100{suffix}", tmp, db, tokens[:count], 1,
                 {"rate": 150.0, "rounds": 3, "targets": 99},
                 args.sat_connections, args.sat_seconds, lead_s=5,
             )  # fmt: skip
-            print(row(runs["batch-100"]), flush=True)
+            runs[f"batch-100{suffix}"].influx = args.influx
+            print(row(runs[f"batch-100{suffix}"]), flush=True)
     print(write_results(runs, args, setup_s, "\n\n".join(args.note)))
 
 

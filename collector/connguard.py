@@ -140,6 +140,49 @@ class ConnectionGuard:
         return Bound
 
 
+class _CorkedWrites:
+    """What uvicorn's response cycle writes in one turn of the event loop, sent as one write.
+
+    uvicorn writes an answer's head and its body separately: two system calls and two TCP
+    segments for every acknowledgement. The cycle's writes are kept until the answer is
+    complete, the end of the loop's turn or `FLUSH_BYTES`, whichever comes first, and then
+    written together; closing writes what is kept first, so nothing is reordered or lost.
+    The cycle uses only write, close and is_closing."""
+
+    FLUSH_BYTES = 64 * 1024
+    __slots__ = ("_kept", "_loop", "_size", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._kept: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._kept:
+            self._loop.call_soon(self.flush)
+        self._kept.append(data)
+        self._size += len(data)
+        if self._size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._kept:
+            return
+        data = self._kept[0] if len(self._kept) == 1 else b"".join(self._kept)
+        self._kept.clear()
+        self._size = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of `ConnectionGuard` (module docstring)."""
 
@@ -246,6 +289,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel("_head_timer")
         self.guard.waiting.pop(self, None)
         super().on_headers_complete()
+        if self.cycle is not None and self.scope["method"] == "POST":
+            # POST answers (the uploads' acknowledgements) are small: one write, not two
+            self.cycle.transport = _CorkedWrites(self.transport, self.loop)  # type: ignore[assignment]
         if not self.parser.should_upgrade():
             self._arm_body_timer()
 
@@ -259,6 +305,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.transport, _CorkedWrites):
+            self.cycle.transport.flush()  # before anything may close the connection
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
             self._in_head = True

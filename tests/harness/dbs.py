@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
+import re
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,14 +60,37 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], ok: int, deadline_s: flo
 
 # --- InfluxDB 1.x ----------------------------------------------------------------------------
 
+DEPLOY_INFLUX = Path(__file__).resolve().parents[2] / "deploy" / "influxdb"
+# The [data] settings of the shipped config that tune InfluxDB for a fleet (its paths and
+# limits are the harness's own).
+TUNING_KEYS = ("index-version", "cache-snapshot-memory-size", "cache-max-memory-size")
+
+
+def deploy_influx_tuning() -> tuple[dict[str, str | int], dict[str, str]]:
+    """The tuning shipped in deploy/influxdb: the `[data]` settings of influxdb.conf in
+    TUNING_KEYS and the environment of the systemd drop-in (GOGC), for `influxd(data_options=,
+    env=)`, so a benchmark measures the InfluxDB the deployment docs install."""
+    data = tomllib.loads((DEPLOY_INFLUX / "influxdb.conf").read_text())["data"]
+    options = {k: data[k] for k in TUNING_KEYS if k in data}
+    dropin = (DEPLOY_INFLUX / "influxdb.service.d" / "sinyal.conf").read_text()
+    env = dict(re.findall(r"^Environment=(\w+)=(\S+)$", dropin, re.MULTILINE))
+    return options, env
+
 
 def influxd_config(
-    tmp: Path, http_port: int, rpc_port: int, auth: bool, max_series: int = 0
+    tmp: Path,
+    http_port: int,
+    rpc_port: int,
+    auth: bool,
+    max_series: int = 0,
+    data_options: Mapping[str, str | int] | None = None,
 ) -> str:
     """A config for `influxd run -config`: loopback only, no tag-value limit, quiet, and none
     of the side services (UDP, graphite, monitor store, CQs, retention sweeps, subscribers).
-    max_series: max-series-per-database (0: none). Section names as printed by `influxd
-    config` of 1.6.7."""
+    max_series: max-series-per-database (0: none). data_options: more `[data]` settings (for
+    example the deployed tuning, `deploy_influx_tuning()`). Section names as printed by
+    `influxd config` of 1.6.7."""
+    extra = "".join(f"  {k} = {json.dumps(v)}\n" for k, v in sorted((data_options or {}).items()))
     return f"""\
 reporting-disabled = true
 bind-address = "{LOOPBACK}:{rpc_port}"
@@ -79,7 +105,7 @@ bind-address = "{LOOPBACK}:{rpc_port}"
   query-log-enabled = false
   max-values-per-tag = 0
   max-series-per-database = {max_series}
-
+{extra}
 [coordinator]
   log-queries-after = "0s"
 
@@ -183,10 +209,13 @@ def influxd(
     admin: tuple[str, str] | None = None,
     startup_s: float = 20.0,
     max_series: int = 0,
+    data_options: Mapping[str, str | int] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[InfluxServer]:
     """influxd 1.x on free loopback ports with a temp config and data dir. With `admin`,
     auth is enabled and that user is created with all privileges (1.x allows creating the
-    first admin without credentials)."""
+    first admin without credentials). data_options: more `[data]` settings; env: more
+    environment variables for influxd (GOGC)."""
     with tempfile.TemporaryDirectory(prefix="sinyal-influxd-") as tmp:
         tmpdir = Path(tmp)
         log_path = tmpdir / "influxd.log"
@@ -194,7 +223,9 @@ def influxd(
             http_port, rpc_port = free_port(), free_port()
             conf = tmpdir / "influxdb.conf"
             conf.write_text(
-                influxd_config(tmpdir, http_port, rpc_port, admin is not None, max_series)
+                influxd_config(
+                    tmpdir, http_port, rpc_port, admin is not None, max_series, data_options
+                )
             )
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
@@ -202,6 +233,7 @@ def influxd(
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env={**os.environ, **(env or {})},
                 )
             url = f"http://{LOOPBACK}:{http_port}"
             if _wait_http(f"{url}/ping", proc, 204, startup_s):
