@@ -216,10 +216,14 @@ def guard_counts(c: CollectorProcess) -> dict[str, float]:
     return out
 
 
-def rate_limit_runs(tmp: Path, influx: InfluxServer, seconds: float) -> list[dict[str, Any]]:
-    rows = []
+def rate_limit_runs(
+    tmp: Path, influx: InfluxServer, seconds: float, repeat: int = 1
+) -> list[dict[str, Any]]:
+    """The good station under the abuser: `repeat` runs with the default limits (each with
+    its own collector and database), then one with the limits out of reach."""
+    rows: list[dict[str, Any]] = []
     settings = (
-        ("default limits", DEFAULT_LIMITS),
+        *((f"default limits, run {i + 1}", DEFAULT_LIMITS) for i in range(repeat)),
         ("per-token limits out of reach (as on the old main)", UNLIMITED),
     )
     for name, limits in settings:
@@ -266,6 +270,11 @@ def flood_run(tmp: Path, influx: InfluxServer, seconds: float) -> dict[str, Any]
     return row
 
 
+# What follows this line in hardening.md is written by hand (analyses, the runs' history) and
+# kept when the benchmark rewrites the tables above it.
+MARKER = "<!-- history: kept by benchmarks/abuse.py -->"
+
+
 def fmt(d: dict[str, Any]) -> str:
     return f"{d['acked']}/{d['sent']} acked, p50 {d['p50_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms"
 
@@ -302,16 +311,18 @@ def report(rows: list[dict[str, Any]], flood: dict[str, Any], seconds: float) ->
             f"| {r['setting']} | {fmt(r['quiet'])} | {fmt(r['abused'])} | {ratio:.2f} |"
             f" {r['abuser_records_per_s']:,.0f} | {r['abuser_429']:,} |"
         )
-    limited = rows[0]
-    ratio = limited["abused"]["p99_ms"] / limited["quiet"]["p99_ms"]
-    verdict = "met" if ratio <= 2 else "NOT met"
+    limited = [r for r in rows if r["setting"].startswith("default limits")]
+    ratios = [r["abused"]["p99_ms"] / r["quiet"]["p99_ms"] for r in limited]
+    met = sum(x <= 2 for x in ratios)
+    verdict = "met" if met == len(ratios) else "NOT met"
+    shown = ", ".join(f"{x:.2f}x" for x in ratios)
     lines += [
         "",
         f"Target (issue 15): under one abusive token, the good station's p99 within 2x of its"
-        f" quiet value, with the default limits: {verdict} in this run ({ratio:.2f}x). The p99"
-        f" of {limited['quiet']['sent']} answers lies among their"
-        f" {limited['quiet']['sent'] // 100 + 1} slowest: a few coincidences with an"
-        " abusive write move it.",
+        f" quiet value, with the default limits: {verdict} ({met} of {len(ratios)} runs:"
+        f" {shown}). The p99 of {limited[0]['quiet']['sent']} answers lies among their"
+        f" {limited[0]['quiet']['sent'] // 100 + 1} slowest: a few coincidences with an"
+        " abusive write, or with anything else on the machine, move it.",
     ]
     closed = ", ".join(f"{k} {v:,.0f}" for k, v in flood["closed"].items() if v)
     lines += [
@@ -339,6 +350,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--only-rate", action="store_true", help="finding 7 only; no report")
     ap.add_argument(
+        "--repeat", type=int, default=3, help="runs with the default limits (finding 7)"
+    )
+    ap.add_argument(
         "--max-records",
         type=int,
         default=None,
@@ -354,12 +368,17 @@ def main() -> None:
         influxd("/usr/bin/influxd") as db,
     ):
         tmp = Path(d)
-        rows = rate_limit_runs(tmp, db, args.seconds)
+        rows = rate_limit_runs(tmp, db, args.seconds, args.repeat)
         if args.only_rate:
             return
         flood = flood_run(tmp, db, args.seconds)
     text = report(rows, flood, args.seconds)
-    (RESULTS / "hardening.md").write_text(text)
+    out = RESULTS / "hardening.md"
+    if out.exists() and MARKER in out.read_text():
+        text += "\n" + MARKER + out.read_text().split(MARKER, 1)[1]
+    else:
+        text += "\n" + MARKER + "\n"
+    out.write_text(text)
     print(text)
 
 
