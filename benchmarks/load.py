@@ -595,8 +595,9 @@ def write_results(
         "",
         *(line for m in fleets for line in fleet_section(m, args.minutes)),
         (
-            f"**Largest fleet held: {max(held):,} stations** of those tried"
-            f" ({', '.join(f'{m.stations:,}' for m in fleets)})."
+            f"**Largest fleet held: {max(held):,} stations**, in"
+            f" {held.count(max(held))} of {sum(m.stations == max(held) for m in fleets)} runs"
+            f" of that size, of those tried ({', '.join(f'{m.stations:,}' for m in fleets)})."
             if held
             else "**No fleet tried was held.**"
         ),
