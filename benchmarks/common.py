@@ -156,17 +156,15 @@ async def post_http(
         raise ValueError(f"{len(urls)} urls need at least as many connections ({concurrency})")
     routes = route if route is not None else [0] * len(requests)
     wires: list[list[bytes]] = [[] for _ in urls]
-    addresses = []
+    addresses, targets = [], []
     for u in urls:
         parts = urlsplit(u)
         addresses.append((parts.hostname or "127.0.0.1", parts.port or 80))
+        targets.append(f"{parts.path}?{parts.query}" if parts.query else parts.path)
     for i, (body, headers) in enumerate(requests):
         k = routes[i]
         host, port = addresses[k]
-        parts = urlsplit(urls[k])
-        target = (
-            paths[i] if paths else (f"{parts.path}?{parts.query}" if parts.query else parts.path)
-        )
+        target = paths[i] if paths else targets[k]
         wires[k].append(
             b"".join(
                 (

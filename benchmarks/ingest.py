@@ -153,14 +153,14 @@ PROCS = ("collector", "InfluxDB", "load generator")
 
 def measured(
     name: str,
-    pids: dict[str, int | list[int]],
+    pids: dict[str, list[int]],
     run: Callable[[], tuple[int, float, list[float]]],
 ) -> Phase:
     """Run one phase, sampling the CPU time of the given processes (and our own) around it;
-    a list of pids is counted as one (the collector's worker processes)."""
+    each name's processes counted together (the collector's worker processes)."""
 
-    def cpu_s(p: int | list[int]) -> float:
-        return sum(proc_sample(q)[0] for q in ([p] if isinstance(p, int) else p))
+    def cpu_s(p: list[int]) -> float:
+        return sum(proc_sample(q)[0] for q in p)
 
     before = {k: cpu_s(p) for k, p in pids.items()}
     own0 = time.process_time()
@@ -235,7 +235,7 @@ def main() -> None:
             ("\n".join(record_to_point(Record.from_dict(r), extra) for r in b).encode(), {})
             for b in station_batches
         ]
-        influx = {"InfluxDB": db.process.pid}
+        influx = {"InfluxDB": [db.process.pid]}
         n, conc, secs = args.batch, args.concurrency, args.seconds
         direct = measured(
             "direct /write (same lines)",
@@ -308,11 +308,10 @@ def main() -> None:
                     ]
 
                 warm = drive(urls, warm_bodies, 600, conc, 1, route(warm_bodies))[0]
-                pids: int | list[int] = proc.pid
-                if workers > 1:
-                    pids = [proc.pid, *children_of(proc.pid)]
-                    if len(pids) != workers + 1:
-                        raise RuntimeError(f"serve --ports: {len(pids) - 1} workers running")
+                routes = route(bodies)  # before the clock starts
+                pids = [proc.pid, *children_of(proc.pid)] if workers > 1 else [proc.pid]
+                if len(pids) != workers + (workers > 1):
+                    raise RuntimeError(f"serve --ports: {len(pids) - 1} workers running")
                 spy = None
                 if args.profile and database == "station":
                     spy_cmd = [str(BIN / "py-spy"), "record", "-p", str(proc.pid)]
@@ -322,11 +321,9 @@ def main() -> None:
                 phase = measured(
                     label,
                     {"collector": pids, **influx},
-                    lambda b=bodies, u=urls: drive(u, b, secs, conc, n, route(b)),  # type: ignore[misc]
+                    lambda b=bodies, u=urls, r=routes: drive(u, b, secs, conc, n, r),  # type: ignore[misc]
                 )
-                phase.rss_mb = max(
-                    proc_sample(p)[1] for p in ([pids] if isinstance(pids, int) else pids)
-                )
+                phase.rss_mb = max(proc_sample(p)[1] for p in pids)
                 if spy is not None:
                     spy.wait(30)
             finally:

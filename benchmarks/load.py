@@ -740,39 +740,41 @@ def main() -> None:
     ):
         tmp = Path(tmp_s)
         suffix = "" if args.influx == "deploy" else "-stock"
+
+        def run(name: str, *params: Any, **options: Any) -> None:
+            """measure() one run, named for the InfluxDB settings, kept and printed."""
+            m = measure(name + suffix, *params, **options)
+            m.influx = args.influx
+            runs[m.name] = m
+            print(row(m), flush=True)
+
         tokens, setup_s = setup_registry(tmp, db.url, max([*sizes, sat_count, 2000]))
         args.registry = len(tokens)
         print(f"registry: {len(tokens):,} stations and tokens in {setup_s:.0f} s", flush=True)
         for n in sizes:
-            runs[f"fleet-{n}{suffix}"] = measure(
-                f"fleet-{n}{suffix}", tmp, db, tokens[:n], args.collectors,
+            run(
+                f"fleet-{n}", tmp, db, tokens[:n], args.collectors,
                 {"rate": n / 60.0, "rounds": args.minutes},
                 args.connections, None, lead_s=20,
                 warmup_connections=args.warmup_connections if args.warmup else 0,
             )  # fmt: skip
-            runs[f"fleet-{n}{suffix}"].influx = args.influx
-            print(row(runs[f"fleet-{n}{suffix}"]), flush=True)
         if "sat" not in skip:
             for n_coll in (1, 2):
                 # every run has its own database: each station's first envelope
-                runs[f"sat-{n_coll}{suffix}"] = measure(
-                    f"sat-{n_coll}{suffix}", tmp, db, tokens[:sat_count], n_coll,
+                run(
+                    f"sat-{n_coll}", tmp, db, tokens[:sat_count], n_coll,
                     {"rate": args.sat_rate, "rounds": 1},
                     args.sat_connections, args.sat_seconds, lead_s=5,
                 )  # fmt: skip
-                runs[f"sat-{n_coll}{suffix}"].influx = args.influx
-                print(row(runs[f"sat-{n_coll}{suffix}"]), flush=True)
         if "batch" not in skip:
             # 150 envelopes/s planned (15,000 records/s), more than one process answers;
             # a station's later rounds are cheap to build (its first is simulated)
             count = min(len(tokens), int(50 * args.sat_seconds))
-            runs[f"batch-100{suffix}"] = measure(
-                f"batch-100{suffix}", tmp, db, tokens[:count], 1,
+            run(
+                "batch-100", tmp, db, tokens[:count], 1,
                 {"rate": 150.0, "rounds": 3, "targets": 99},
                 args.sat_connections, args.sat_seconds, lead_s=5,
             )  # fmt: skip
-            runs[f"batch-100{suffix}"].influx = args.influx
-            print(row(runs[f"batch-100{suffix}"]), flush=True)
     print(write_results(runs, args, setup_s, "\n\n".join(args.note)))
 
 

@@ -26,10 +26,15 @@ class _Transport:
         return self.closed
 
 
+def _cork(t: _Transport) -> _CorkedWrites:
+    """A cork over `t`, on the running loop (call it inside asyncio.run)."""
+    return _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
 def test_head_and_body_of_one_turn_go_out_as_one_write() -> None:
     async def run() -> list[bytes]:
         t = _Transport()
-        cork = _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        cork = _cork(t)
         cork.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
         cork.write(b"{}")
         assert t.writes == []  # kept until the turn ends
@@ -42,7 +47,7 @@ def test_head_and_body_of_one_turn_go_out_as_one_write() -> None:
 def test_explicit_flush_then_turn_end_writes_nothing_twice() -> None:
     async def run() -> list[bytes]:
         t = _Transport()
-        cork = _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        cork = _cork(t)
         cork.write(b"head")
         cork.write(b"body")
         cork.flush()  # the answer is complete
@@ -57,7 +62,7 @@ def test_explicit_flush_then_turn_end_writes_nothing_twice() -> None:
 def test_close_writes_what_is_kept_first() -> None:
     async def run() -> _Transport:
         t = _Transport()
-        cork = _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        cork = _cork(t)
         cork.write(b"head")
         cork.write(b"body")
         cork.close()
@@ -71,7 +76,7 @@ def test_close_writes_what_is_kept_first() -> None:
 def test_large_answers_are_not_held_in_memory() -> None:
     async def run() -> list[int]:
         t = _Transport()
-        cork = _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        cork = _cork(t)
         chunk = b"x" * (_CorkedWrites.FLUSH_BYTES // 2)
         for _ in range(5):
             cork.write(chunk)
@@ -89,7 +94,7 @@ def test_large_answers_are_not_held_in_memory() -> None:
 def test_nothing_is_written_to_a_closing_transport() -> None:
     async def run() -> list[bytes]:
         t = _Transport()
-        cork = _CorkedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        cork = _cork(t)
         cork.write(b"late")
         t.closed = True  # the peer went away
         await asyncio.sleep(0)
