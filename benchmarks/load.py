@@ -34,6 +34,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -147,6 +148,16 @@ class Measured:
     rejected: dict[str, int] = field(default_factory=dict)
     # InfluxDB's settings: "deploy" (deploy/influxdb's tuning), "stock" (influxd's defaults)
     influx: str = "stock"
+    # those settings in words (runs before this field existed: the tuning of their time)
+    influx_settings: str = ""
+    # what InfluxDB's engine did in the measured window (its /debug/vars, after - before):
+    # cache snapshots, TSM compactions and garbage collections, counts and seconds
+    influx_window: dict[str, float] = field(default_factory=dict)
+
+    def settings(self) -> str:
+        if self.influx_settings:
+            return self.influx_settings
+        return OLD_DEPLOY if self.influx == "deploy" else STOCK
 
     @property
     def rate(self) -> float:
@@ -198,6 +209,155 @@ class Measured:
             and self.wrk["latency_us"]["p99"] < 2_000_000
             and delivery_bound_s < 60
         )
+
+
+STOCK = "influxd's defaults (`inmem` index, 25 MB cache snapshots, 1 GB cache, GOGC=100)"
+# deploy/influxdb's tuning before runs recorded their settings (load.json entries without it)
+OLD_DEPLOY = "`tsi1`, 256 MB cache snapshots, 2 GB cache, GOGC=200"
+
+
+def settings_text(options: dict[str, Any], env: dict[str, str]) -> str:
+    """deploy/influxdb's tuning (deploy_influx_tuning()) in words, for the report."""
+    if not options and not env:
+        return STOCK
+    parts = []
+    if "index-version" in options:
+        parts.append(f"`{options['index-version']}`")
+    for key, what in (("cache-snapshot-memory-size", "cache snapshots"),
+                      ("cache-max-memory-size", "cache")):  # fmt: skip
+        if key in options:
+            parts.append(f"{int(options[key]) / 2**20:,.0f} MB {what}")
+    parts += [f"{k}={v}" for k, v in sorted(env.items())]
+    return ", ".join(parts)
+
+
+ENGINE_COUNTERS = {
+    # /debug/vars name.field -> key in Measured.influx_window
+    "tsm1_engine.cacheCompactions": "snapshots",
+    "tsm1_engine.cacheCompactionDuration": "snapshot_s",
+    **{
+        f"tsm1_engine.tsm{level}Compactions": "compactions"
+        for level in ("Level1", "Level2", "Level3", "Optimize", "Full")
+    },
+    **{
+        f"tsm1_engine.tsm{level}CompactionDuration": "compaction_s"
+        for level in ("Level1", "Level2", "Level3", "Optimize", "Full")
+    },
+}
+
+
+def influx_engine(url: str) -> dict[str, float]:
+    """InfluxDB's engine counters now (summed over shards): cache snapshots and TSM
+    compactions (counts and seconds) and Go's garbage collections (count, pause seconds)."""
+    v = httpx.get(f"{url}/debug/vars", timeout=30).json()
+    out = dict.fromkeys([*ENGINE_COUNTERS.values(), "gc", "gc_pause_s"], 0.0)
+    for entry in v.values():
+        if not isinstance(entry, dict) or entry.get("name") != "tsm1_engine":
+            continue
+        for name, value in entry.get("values", {}).items():
+            key = ENGINE_COUNTERS.get(f"tsm1_engine.{name}")
+            if key is not None:
+                out[key] += value / 1e9 if key.endswith("_s") else value
+    out["gc"] = float(v["memstats"]["NumGC"])
+    out["gc_pause_s"] = v["memstats"]["PauseTotalNs"] / 1e9
+    return out
+
+
+SLOW_WAIT_S = "0.5"  # a bucket bound of sinyal_database_write_seconds
+
+
+def slow_waits(url: str) -> tuple[float, float]:
+    """A collector's database waits so far (its sinyal_database_write_seconds histogram):
+    (all, longer than SLOW_WAIT_S)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    count = re.search(r"^sinyal_database_write_seconds_count ([0-9.e+]+)$", text, re.M)
+    le = re.search(
+        rf'^sinyal_database_write_seconds_bucket\{{le="{SLOW_WAIT_S}"\}} ([0-9.e+]+)$', text, re.M
+    )
+    if not count or not le:
+        raise RuntimeError(f"{url}/metrics has no sinyal_database_write_seconds histogram")
+    return float(count.group(1)), float(count.group(1)) - float(le.group(1))
+
+
+class SnapshotWatch:
+    """Once a second while the window runs: is InfluxDB writing a cache snapshot (its
+    tsm1_cache diskBytes, the snapshot being written, above 0), and how many of the
+    collectors' database waits took longer than SLOW_WAIT_S. Seconds whose samples failed
+    (a process too busy to answer /metrics within 5 s) are left out and counted."""
+
+    def __init__(self, influx_url: str, collector_urls: list[str]) -> None:
+        self.influx_url = influx_url
+        self.urls = collector_urls
+        self.totals = {True: [0, 0.0, 0.0], False: [0, 0.0, 0.0]}  # seconds, waits, slow
+        self.missed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _snapshotting(self) -> bool:
+        v = httpx.get(f"{self.influx_url}/debug/vars", timeout=5).json()
+        return any(
+            e.get("values", {}).get("diskBytes", 0) > 0
+            for e in v.values()
+            if isinstance(e, dict) and e.get("name") == "tsm1_cache"
+        )
+
+    def _sample(self) -> tuple[bool, list[tuple[float, float]]]:
+        return self._snapshotting(), [slow_waits(u) for u in self.urls]
+
+    def _run(self) -> None:
+        prev = None
+        while not self._stop.wait(1.0):
+            try:
+                cur = self._sample()
+            except (httpx.HTTPError, RuntimeError, ValueError):
+                self.missed += 1
+                prev = None
+                continue
+            if prev is not None:
+                t = self.totals[cur[0] or prev[0]]
+                t[0] += 1
+                t[1] += sum(c[0] - p[0] for c, p in zip(cur[1], prev[1], strict=True))
+                t[2] += sum(c[1] - p[1] for c, p in zip(cur[1], prev[1], strict=True))
+            prev = cur
+
+    def __enter__(self) -> SnapshotWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = {"missed_s": float(self.missed)}
+        for during, (secs, waits, slow) in self.totals.items():
+            key = "snapshot" if during else "other"
+            out[f"{key}_s"], out[f"{key}_waits"], out[f"{key}_slow"] = secs, waits, slow
+        return out
+
+
+def engine_line(m: Measured) -> str:
+    w = m.influx_window
+    if not w:
+        return ""
+    line = (
+        f"- InfluxDB's engine in the window: {w['snapshots']:.0f} cache snapshots to TSM"
+        f" ({w['snapshot_s']:.0f} s of snapshotting in all), {w['compactions']:.0f} TSM"
+        f" compactions ({w['compaction_s']:.0f} s), {w['gc']:.0f} garbage collections"
+        f" ({1000 * w['gc_pause_s']:.0f} ms of pauses); its settings: {m.settings()}."
+    )
+    if "snapshot_s_sampled" not in w:
+        return line
+
+    def share(key: str) -> str:
+        return f"{100 * w[key + '_slow'] / max(1.0, w[key + '_waits']):.1f} %"
+
+    return line + (
+        f" Sampled each second: in the {w['snapshot_s_sampled']:.0f} s while a snapshot was"
+        f" being written, {share('snapshot')} of the collectors' database waits took over"
+        f" {SLOW_WAIT_S} s; in the other {w['other_s_sampled']:.0f} s, {share('other')}"
+        f" ({w['missed_s']:.0f} s not sampled: a process did not answer within 5 s)."
+    )
 
 
 def influx_query(db: Any, q: str, database: str) -> list[list[Any]]:
@@ -326,16 +486,23 @@ def measure(
             warm["gap_s"] = plan.start - warm_newest  # its records' age at the window's start
             warm["rejected"] = rejected0
         load_before = os.getloadavg()
+        engine0 = influx_engine(db.url)
         busy0 = machine_busy()
-        result = wrkload.run(
-            nginx_url,
-            tmp / f"requests-{name}",
-            plan,
-            connections,
-            deadline_s if deadline_s is not None else plan.span_s + 60,
-            watch,
-        )
+        with SnapshotWatch(db.url, [u for _, u in procs]) as snapshots:
+            result = wrkload.run(
+                nginx_url,
+                tmp / f"requests-{name}",
+                plan,
+                connections,
+                deadline_s if deadline_s is not None else plan.span_s + 60,
+                watch,
+            )
         busy = machine_busy() - busy0
+        engine = {k: v - engine0[k] for k, v in influx_engine(db.url).items()}
+        sampled = snapshots.result()
+        for key in ("snapshot", "other"):
+            sampled[f"{key}_s_sampled"] = sampled.pop(f"{key}_s")
+        engine.update(sampled)
         load_after = os.getloadavg()
         print(f"{name}: {json.dumps(result.summary)} cpu {result.cpu}", flush=True)
         rejected = {
@@ -397,6 +564,7 @@ def measure(
         series=series,
         warmup=warm,
         rejected=rejected,
+        influx_window=engine,
     )
 
 
@@ -514,11 +682,8 @@ def fleet_section(m: Measured, minutes: int) -> list[str]:
         f" {m.influx_disk_mb:,.0f} MB on disk for it (TSM + WAL, minutes after the writes:"
         f" mostly WAL, {1e6 * m.influx_disk_mb / max(1, m.stored) * 1.048576:,.0f}"
         f" bytes a point, an upper bound), resident memory {m.influx_rss_mb:,.0f} MB"
-        + (
-            " (`tsi1` index, GOGC=200: deploy/influxdb)."
-            if m.influx == "deploy"
-            else " (Debian's default `inmem` index)."
-        ),
+        + f" ({m.settings()}).",
+        *([engine_line(m)] if m.influx_window else []),
         f"- The generator: wrk used {m.cpu_s['wrk']:.1f} s of CPU, the collector processes"
         f" {m.cpu_s['collectors']:.1f} s: **{gen_ratio:.3f} of the collectors' CPU**"
         " (target: under 0.25).",
@@ -551,8 +716,9 @@ def write_results(
         "",
         "Stack, all on these 2 cores: InfluxDB 1.6.7 (Debian `influxd`, loopback,"
         ' `tests.harness.dbs.influxd` config; "InfluxDB settings" `deploy`: plus the tuning'
-        " that deploy/influxdb ships (`index-version = tsi1`, 256 MB cache snapshots, 2 GB"
-        " cache, `GOGC=200`; docs/operations.md), `stock`: influxd's defaults for those)"
+        " that deploy/influxdb ships at the time of the run (`index-version`, cache snapshot"
+        " and cache sizes, Go's GC settings; docs/operations.md; each run's details name"
+        " them), `stock`: influxd's defaults for those)"
         "; `sinyal-collector serve` processes, one port each"
         " (sink v1, status engine on, sweeper off, default limits: every station has its own"
         " token); Debian nginx-light in front with `deploy/nginx/collector.conf` as shipped"
@@ -741,10 +907,11 @@ def main() -> None:
         tmp = Path(tmp_s)
         suffix = "" if args.influx == "deploy" else "-stock"
 
-        def run(name: str, *params: Any, **options: Any) -> None:
+        def run(name: str, *params: Any, **kw: Any) -> None:
             """measure() one run, named for the InfluxDB settings, kept and printed."""
-            m = measure(name + suffix, *params, **options)
+            m = measure(name + suffix, *params, **kw)
             m.influx = args.influx
+            m.influx_settings = settings_text(options, env)
             runs[m.name] = m
             print(row(m), flush=True)
 

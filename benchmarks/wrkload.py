@@ -106,7 +106,7 @@ def _request(plan: Plan, st: SimStation, records: list[Record], at: float) -> by
     return head + body
 
 
-def _next_round(st: SimStation, first: list[Record], k: int, at: float) -> list[Record]:
+def next_round(st: SimStation, first: list[Record], k: int, at: float) -> list[Record]:
     """Round k of a station: its first round's fields, a new id, time, seq and clock."""
     measured = datetime.fromtimestamp(at, UTC)
     mono_ns = st.mono_start_ns + int((at - first[0].measured_at.timestamp()) * 1e9)
@@ -148,7 +148,7 @@ def _build_thread(plan: Plan, thread: int, out: Path) -> tuple[int, int, int]:
                 if k == 0:
                     recs = firsts[s] = st.make_round(at, cfg.interval_s)
                 else:
-                    recs = _next_round(st, firsts[s], k, at)
+                    recs = next_round(st, firsts[s], k, at)
                 req = _request(plan, st, recs, at)
                 f.write((HEADER % (len(req), round(at * 1000))).encode())
                 f.write(req)

@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.influx_snapshot import measure as measure_snapshot
+from benchmarks.influx_snapshot import station_lines
 from benchmarks.load import measure, setup_registry
 from tests.conftest import require_tool
-from tests.harness.dbs import InfluxServer
+from tests.harness.dbs import InfluxServer, deploy_influx_tuning
 
 STATIONS = 200
 ROUNDS = 2
@@ -73,3 +75,30 @@ def test_wrk_through_nginx_to_two_collectors(influxdb: InfluxServer, tmp_path: P
     assert sum(per_process) == m.records + warm["records"], per_process
     assert all(n > 0 for n in per_process), per_process
     assert all(n % (4 * (ROUNDS + 1)) == 0 for n in per_process), per_process
+    # InfluxDB's engine over the window, from its /debug/vars: counters that only grow
+    engine = m.influx_window
+    counters = {"snapshots", "snapshot_s", "compactions", "compaction_s", "gc", "gc_pause_s"}
+    sampled = {f"{k}_{x}" for k in ("snapshot", "other") for x in ("s_sampled", "waits", "slow")}
+    assert set(engine) == counters | sampled | {"missed_s"}, engine
+    # sampled once a second over a window of about 10 s; every wait is in one of the two
+    assert engine["snapshot_s_sampled"] + engine["other_s_sampled"] >= 5, engine
+    assert engine["snapshot_waits"] + engine["other_waits"] > 0, engine
+    assert engine["snapshot_slow"] <= engine["snapshot_waits"], engine
+    assert all(v >= 0 for v in engine.values()), engine
+    assert all(float(engine[k]).is_integer() for k in ("snapshots", "compactions", "gc"))
+
+
+@pytest.mark.slow
+def test_influx_snapshot_benchmark_measures_a_snapshot() -> None:
+    """benchmarks/influx_snapshot.py on a small fleet: the rounds are written, then the
+    snapshot InfluxDB makes on its own is timed and its keys counted."""
+    require_tool("influxd")
+    rounds = station_lines(STATIONS, ROUNDS, 3)
+    assert [len(r) for r in rounds] == [4 * STATIONS] * ROUNDS
+    options, _ = deploy_influx_tuning()
+    options = {**options, "cache-snapshot-write-cold-duration": "1s"}
+    r = measure_snapshot("200", rounds, options)
+    assert len(r.write_us_per_point) == ROUNDS and all(x >= 0 for x in r.write_us_per_point)
+    # every series' fields: 3 icmp series and the heartbeat's per station, 12+ fields each
+    assert r.keys >= STATIONS * 4 * 12, r
+    assert r.snapshot_s > 0 and r.snapshot_cpu_s >= 0, r
