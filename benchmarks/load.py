@@ -282,13 +282,14 @@ def slow_waits(url: str) -> tuple[float, float]:
 class SnapshotWatch:
     """Once a second while the window runs: is InfluxDB writing a cache snapshot (its
     tsm1_cache diskBytes, the snapshot being written, above 0), and how many of the
-    collectors' database waits took longer than SLOW_WAIT_S. Seconds whose samples failed
-    (a process too busy to answer /metrics within 5 s) are left out and counted."""
+    collectors' database waits took longer than SLOW_WAIT_S. The time between two samples
+    counts as "during a snapshot" when either saw one. A sample that failed (a process too
+    busy to answer within 5 s) is counted, and the time around it is left out."""
 
     def __init__(self, influx_url: str, collector_urls: list[str]) -> None:
         self.influx_url = influx_url
         self.urls = collector_urls
-        self.totals = {True: [0, 0.0, 0.0], False: [0, 0.0, 0.0]}  # seconds, waits, slow
+        self.totals = {True: [0.0, 0.0, 0.0], False: [0.0, 0.0, 0.0]}  # seconds, waits, slow
         self.missed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -306,6 +307,7 @@ class SnapshotWatch:
 
     def _run(self) -> None:
         prev = None
+        prev_at = 0.0
         while not self._stop.wait(1.0):
             try:
                 cur = self._sample()
@@ -313,12 +315,13 @@ class SnapshotWatch:
                 self.missed += 1
                 prev = None
                 continue
+            at = time.monotonic()  # a sample can take seconds when the machine is busy
             if prev is not None:
                 t = self.totals[cur[0] or prev[0]]
-                t[0] += 1
+                t[0] += at - prev_at
                 t[1] += sum(c[0] - p[0] for c, p in zip(cur[1], prev[1], strict=True))
                 t[2] += sum(c[1] - p[1] for c, p in zip(cur[1], prev[1], strict=True))
-            prev = cur
+            prev, prev_at = cur, at
 
     def __enter__(self) -> SnapshotWatch:
         self._thread.start()
@@ -329,7 +332,7 @@ class SnapshotWatch:
         self._thread.join()
 
     def result(self) -> dict[str, float]:
-        out: dict[str, float] = {"missed_s": float(self.missed)}
+        out: dict[str, float] = {"missed": float(self.missed)}
         for during, (secs, waits, slow) in self.totals.items():
             key = "snapshot" if during else "other"
             out[f"{key}_s"], out[f"{key}_waits"], out[f"{key}_slow"] = secs, waits, slow
@@ -356,7 +359,8 @@ def engine_line(m: Measured) -> str:
         f" Sampled each second: in the {w['snapshot_s_sampled']:.0f} s while a snapshot was"
         f" being written, {share('snapshot')} of the collectors' database waits took over"
         f" {SLOW_WAIT_S} s; in the other {w['other_s_sampled']:.0f} s, {share('other')}"
-        f" ({w['missed_s']:.0f} s not sampled: a process did not answer within 5 s)."
+        f" ({w['missed']:.0f} samples failed: a process did not answer within 5 s; the"
+        " time around them is in neither)."
     )
 
 
