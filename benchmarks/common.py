@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import yaml
 
 from collector.regions import tps_code
@@ -98,6 +99,21 @@ def proc_sample(pid: int) -> tuple[float, float]:
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
     return cpu, rss_kb / 1024
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait (up to about 30 s) until the collector `proc` answers `url`/healthz with 200;
+    raise if it exits or does not."""
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited ({proc.returncode}) before {url} answered")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"collector at {url} did not start")
 
 
 def machine_busy() -> float:

@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample
+from common import BIN, RESULTS, machine, machine_busy, post_http, proc_sample, wait_healthy
 from ingest import accepts, build_batches, envelope_body, stations_csv
 
 from agent.uploader import upload_path
@@ -91,19 +90,6 @@ HEADER = (
 
 def cpu(pid: int) -> float:
     return proc_sample(pid)[0]
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"collector exited {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("collector did not start")
 
 
 def main() -> None:
@@ -192,7 +178,7 @@ def main() -> None:
                     )
                 )
                 urls.append(f"http://127.0.0.1:{port}/")
-                wait_healthy(port, procs[-1])
+                wait_healthy(f"http://127.0.0.1:{port}", procs[-1])
                 warm_bodies, warm_paths = envelopes(1, len(ids), f"warm{k}")
                 asyncio.run(
                     post_http(urls[-1], warm_bodies, 600, args.concurrency, accepts(1), warm_paths)

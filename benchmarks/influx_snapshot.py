@@ -35,6 +35,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS, machine, proc_sample
+from benchmarks.load import debug_vars, influx_engine
 from benchmarks.simulate import SimConfig, SimStation, StationToken
 from benchmarks.wrkload import next_round
 from collector.lineproto import record_to_point
@@ -58,23 +59,6 @@ def station_lines(n: int, rounds: int, targets: int) -> list[list[str]]:
         for k in range(rounds):
             recs = first if k == 0 else next_round(st, first, k, start + k * 60 + s * 60 / n)
             out[k].extend(record_to_point(r, EXTRA) for r in recs)
-    return out
-
-
-def engine(url: str) -> dict[str, float]:
-    v = httpx.get(f"{url}/debug/vars", timeout=30).json()
-    out = {"snapshots": 0.0, "snapshot_s": 0.0, "keys": 0.0, "cache_mb": 0.0}
-    for entry in v.values():
-        if not isinstance(entry, dict):
-            continue
-        values = entry.get("values", {})
-        if entry.get("name") == "tsm1_engine":
-            out["snapshots"] += values.get("cacheCompactions", 0)
-            out["snapshot_s"] += values.get("cacheCompactionDuration", 0) / 1e9
-        elif entry.get("name") == "tsm1_cache":
-            out["cache_mb"] += values.get("memBytes", 0) / 2**20
-    out["gc"] = float(v["memstats"]["NumGC"])
-    out["heap_gb"] = v["memstats"]["HeapAlloc"] / 2**30
     return out
 
 
@@ -128,7 +112,7 @@ def measure(gogc: str, rounds: list[list[str]], options: dict[str, Any]) -> Resu
                 with cf.ThreadPoolExecutor(WRITERS) as ex:
                     list(ex.map(post, bodies))
                 per_point.append(1e6 * (proc_sample(pid)[0] - c0) / len(lines))
-        before = engine(db.url)
+        before = influx_engine(debug_vars(db.url))
         if before["snapshots"]:
             raise RuntimeError(
                 "InfluxDB snapshotted while the rounds were written: raise"
@@ -136,12 +120,13 @@ def measure(gogc: str, rounds: list[list[str]], options: dict[str, Any]) -> Resu
             )
         c0 = proc_sample(pid)[0]
         deadline = time.monotonic() + 900
-        after = before
+        after, v = before, {}
         while after["snapshots"] == 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("InfluxDB did not snapshot its cache within 15 minutes")
             time.sleep(0.5)
-            after = engine(db.url)
+            v = debug_vars(db.url)
+            after = influx_engine(v)
         cpu = proc_sample(pid)[0] - c0
         return Result(
             gogc=gogc,
@@ -150,8 +135,8 @@ def measure(gogc: str, rounds: list[list[str]], options: dict[str, Any]) -> Resu
             snapshot_cpu_s=cpu,
             keys=keys(db.url, "snap"),
             gcs=int(after["gc"] - before["gc"]),
-            heap_gb=after["heap_gb"],
-            settings=", ".join(f"{k} = {v}" for k, v in sorted(options.items())),
+            heap_gb=v["memstats"]["HeapAlloc"] / 2**30,
+            settings=", ".join(f"{k} = {val}" for k, val in sorted(options.items())),
         )
 
 

@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,6 +44,7 @@ from common import (
     post_http,
     proc_sample,
     stations_csv,
+    wait_healthy,
 )
 
 from agent.contract.record import Record, format_time
@@ -287,12 +287,7 @@ def main() -> None:
             )
             try:
                 for p in ports:
-                    for _ in range(100):
-                        try:
-                            if httpx.get(f"http://127.0.0.1:{p}/healthz").status_code == 200:
-                                break
-                        except httpx.HTTPError:
-                            time.sleep(0.1)
+                    wait_healthy(f"http://127.0.0.1:{p}", proc)
                 # Steady state: every station has reported once (the status engine knows
                 # it, its series are cached), as a minute into election day. Each station
                 # to one process (by a hash of its id, as nginx's `hash $station` does).

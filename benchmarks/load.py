@@ -56,6 +56,7 @@ from benchmarks.common import (
     machine_busy,
     proc_sample,
     stations_csv,
+    wait_healthy,
 )
 from benchmarks.simulate import StationToken
 from tests.harness.dbs import deploy_influx_tuning, free_port, influxd
@@ -75,19 +76,6 @@ def collector_config(tmp: Path, influx_url: str, database: str, port: int) -> Pa
     path = tmp / f"collector-{database}-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"collector exited ({proc.returncode}) before {url} answered")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"collector at {url} did not start")
 
 
 @contextlib.contextmanager
@@ -246,10 +234,16 @@ ENGINE_COUNTERS = {
 }
 
 
-def influx_engine(url: str) -> dict[str, float]:
-    """InfluxDB's engine counters now (summed over shards): cache snapshots and TSM
-    compactions (counts and seconds) and Go's garbage collections (count, pause seconds)."""
-    v = httpx.get(f"{url}/debug/vars", timeout=30).json()
+def debug_vars(url: str, timeout_s: float = 30) -> dict[str, Any]:
+    """InfluxDB's /debug/vars: its statistics and Go's memstats."""
+    v: dict[str, Any] = httpx.get(f"{url}/debug/vars", timeout=timeout_s).json()
+    return v
+
+
+def influx_engine(v: dict[str, Any]) -> dict[str, float]:
+    """The engine counters of a debug_vars() answer (summed over shards): cache snapshots
+    and TSM compactions (counts and seconds) and Go's garbage collections (count, pause
+    seconds)."""
     out = dict.fromkeys([*ENGINE_COUNTERS.values(), "gc", "gc_pause_s"], 0.0)
     for entry in v.values():
         if not isinstance(entry, dict) or entry.get("name") != "tsm1_engine":
@@ -295,7 +289,7 @@ class SnapshotWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _snapshotting(self) -> bool:
-        v = httpx.get(f"{self.influx_url}/debug/vars", timeout=5).json()
+        v = debug_vars(self.influx_url, timeout_s=5)
         return any(
             e.get("values", {}).get("diskBytes", 0) > 0
             for e in v.values()
@@ -335,14 +329,13 @@ class SnapshotWatch:
         out: dict[str, float] = {"missed": float(self.missed)}
         for during, (secs, waits, slow) in self.totals.items():
             key = "snapshot" if during else "other"
-            out[f"{key}_s"], out[f"{key}_waits"], out[f"{key}_slow"] = secs, waits, slow
+            out[f"{key}_s_sampled"], out[f"{key}_waits"], out[f"{key}_slow"] = secs, waits, slow
         return out
 
 
 def engine_line(m: Measured) -> str:
+    """The details' line on InfluxDB's engine (for runs with an influx_window)."""
     w = m.influx_window
-    if not w:
-        return ""
     line = (
         f"- InfluxDB's engine in the window: {w['snapshots']:.0f} cache snapshots to TSM"
         f" ({w['snapshot_s']:.0f} s of snapshotting in all), {w['compactions']:.0f} TSM"
@@ -490,7 +483,7 @@ def measure(
             warm["gap_s"] = plan.start - warm_newest  # its records' age at the window's start
             warm["rejected"] = rejected0
         load_before = os.getloadavg()
-        engine0 = influx_engine(db.url)
+        engine0 = influx_engine(debug_vars(db.url))
         busy0 = machine_busy()
         with SnapshotWatch(db.url, [u for _, u in procs]) as snapshots:
             result = wrkload.run(
@@ -502,11 +495,8 @@ def measure(
                 watch,
             )
         busy = machine_busy() - busy0
-        engine = {k: v - engine0[k] for k, v in influx_engine(db.url).items()}
-        sampled = snapshots.result()
-        for key in ("snapshot", "other"):
-            sampled[f"{key}_s_sampled"] = sampled.pop(f"{key}_s")
-        engine.update(sampled)
+        engine = {k: v - engine0[k] for k, v in influx_engine(debug_vars(db.url)).items()}
+        engine.update(snapshots.result())
         load_after = os.getloadavg()
         print(f"{name}: {json.dumps(result.summary)} cpu {result.cpu}", flush=True)
         rejected = {
